@@ -1,0 +1,62 @@
+"""Example pipelines deployed by `pipedeploy up --demo` and used by the tests.
+
+Each is what a team would write: a plain function or a Prefect flow whose returned dict is
+the execution's outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from prefect import flow, get_run_logger
+
+_CALLS = {"count": 0}  # module state: persists between runs in a low-latency pod
+
+
+def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
+    """A plain-function pipeline: a toy "model" that scores a text."""
+    words = text.split()
+    return {"words": len(words) * repeat, "score": round(sum(map(len, words)) / max(len(words), 1), 3)}
+
+
+@flow(log_prints=True)
+def counter(marker: str = "x", sleep_s: float = 0.0) -> dict:
+    """Counts its calls in module state, logs a marker, optionally sleeps (a sync flow)."""
+    _CALLS["count"] += 1
+    print(f"marker={marker}")
+    time.sleep(sleep_s)
+    return {"count": _CALLS["count"], "pid": os.getpid(), "thread": threading.get_ident()}
+
+
+@flow
+async def async_sleeper(marker: str = "x", sleep_s: float = 1.0) -> dict:
+    """An async flow that sleeps and logs a marker."""
+    get_run_logger().info("marker=%s", marker)
+    await asyncio.sleep(sleep_s)
+    return {"marker": marker, "pid": os.getpid()}
+
+
+@flow
+def fails(message: str = "boom") -> dict:
+    """Always raises."""
+    raise RuntimeError(message)
+
+
+@flow
+def hog(mib: int = 64, hold_s: float = 2.0) -> dict:
+    """Allocates `mib` MiB and holds it."""
+    block = bytearray(mib * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold_s)
+    return {"allocated_mib": mib}
+
+
+@flow
+def suicide() -> dict:
+    """Kills its own process (a crash the worker must explain)."""
+    os.kill(os.getpid(), 9)
+    return {}

@@ -1,0 +1,31 @@
+"""prefect-pipedeploy: deploy ML pipelines on Prefect 3 with endpoints, schedules and warm pods.
+
+Importing the package registers the `pipedeploy` worker type with Prefect (the package is a
+`prefect.collections` entry point), so `prefect worker start --type pipedeploy` finds it.
+"""
+
+from prefect_pipedeploy.exceptions import (
+    DeploymentExists,
+    DeploymentNotFound,
+    ExecutionNotFound,
+    PipeDeployError,
+    PipelineLoadError,
+    SpecError,
+)
+from prefect_pipedeploy.sdk import PipeDeploy
+from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
+from prefect_pipedeploy.worker import PipeDeployWorker
+
+__all__ = [
+    "DeploymentExists",
+    "DeploymentNotFound",
+    "DeploymentSpec",
+    "ExecutionNotFound",
+    "InputSource",
+    "OutputDestination",
+    "PipeDeploy",
+    "PipeDeployError",
+    "PipeDeployWorker",
+    "PipelineLoadError",
+    "SpecError",
+]

@@ -1,0 +1,54 @@
+"""Settings of prefect-pipedeploy, read from `PREFECT_INTEGRATIONS_PIPEDEPLOY_*` variables.
+
+For: every tunable of the worker, the pods, the gateway and the SDK, in one Prefect-style
+settings class. Not for: per-deployment settings (those are the deployment spec's job
+variables, see `spec.py`).
+
+Read them where they are used with `get_settings()`: nothing is frozen at import time, so a
+test or a process can change the environment and see the change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PipeDeploySettings(BaseSettings):
+    """Settings for prefect-pipedeploy (`PREFECT_INTEGRATIONS_PIPEDEPLOY_<NAME>`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PREFECT_INTEGRATIONS_PIPEDEPLOY_", extra="ignore")
+
+    default_pool: str = Field(
+        default="pipedeploy", description="Work pool the SDK uses when none is named."
+    )
+    home: Path = Field(
+        default=Path(".pipedeploy"),
+        description="Project-local directory for the local stack (server database, logs).",
+    )
+    poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Fallback poll interval of the worker; events wake it up at once.",
+    )
+    pod_start_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long a pod may take to import its pipeline."
+    )
+    ram_reserve: str = Field(
+        default="1GiB",
+        description="Memory kept free for the system when the worker's capacity is not given.",
+    )
+    ram_capacity: str | None = Field(
+        default=None,
+        description="RAM the worker may hand out, like '8GiB'; default: total memory minus ram_reserve.",
+    )
+    gateway_url: str | None = Field(
+        default=None, description="Base URL of the endpoint gateway, for the SDK's trigger verbs."
+    )
+
+
+def get_settings() -> PipeDeploySettings:
+    """The settings as the environment says now."""
+    return PipeDeploySettings()

@@ -1,0 +1,175 @@
+"""The local stack: start and stop the processes `pipedeploy up` (and the test fixtures) need.
+
+For: an embedded Prefect server on SQLite under a project-local home, and child processes
+(workers, gateway) started the way a user would start them and stopped with terminate, grace,
+kill. Not for: deciding what runs where (the worker does), or production setups (point
+PREFECT_API_URL at your server and start workers with `prefect worker start`).
+
+    pipedeploy up            # uses this module
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from prefect_pipedeploy.exceptions import ServerUnavailable
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ChildProcess:
+    """A process the stack started, with its log file; stop() ends it and its children."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Terminate, wait up to `grace_s`, then kill; returns the exit code."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_child(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ChildProcess:
+    """Start `args` in its own process group, output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - closed by ChildProcess.stop
+    popen = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return ChildProcess(name=name, popen=popen, log_path=log_path, _log=log)
+
+
+def server_environment(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of an embedded Prefect server whose database lives under `home`."""
+    env = dict(base if base is not None else os.environ)
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
+                f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+            ),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        }
+    )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def start_prefect_server(
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    ui: bool = True,
+    timeout_s: float = 90.0,
+) -> tuple[ChildProcess, str]:
+    """Start `prefect server start` on SQLite under `home`; returns it and its API URL."""
+    port = port or free_port(host)
+    env = server_environment(home)
+    env["PREFECT_UI_ENABLED"] = "true" if ui else "false"
+    child = start_child(
+        "prefect-server",
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+        ],
+        home / "logs" / "server.log",
+        env=env,
+    )
+    api_url = f"http://{host}:{port}/api"
+    try:
+        wait_for_http(f"{api_url}/health", timeout_s, child)
+    except Exception:
+        child.stop()
+        raise
+    return child, api_url
+
+
+def wait_for_http(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:
+    """Wait until `url` answers 200; fail early with the log tail if `child` dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child is not None and not child.alive():
+            raise ServerUnavailable(
+                f"{child.name} exited with code {child.popen.returncode} before {url} answered;"
+                f" its log ({child.log_path}) ends with:\n{child.log_tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise ServerUnavailable(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def running(children: list[ChildProcess]) -> Iterator[list[ChildProcess]]:
+    """Stop every child (last started first) when the block ends, whatever happens."""
+    try:
+        yield children
+    finally:
+        for child in reversed(children):
+            child.stop()

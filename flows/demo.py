@@ -19,7 +19,10 @@ _CALLS = {"count": 0}  # module state: persists between runs in a low-latency po
 def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
     """A plain-function pipeline: a toy "model" that scores a text."""
     words = text.split()
-    return {"words": len(words) * repeat, "score": round(sum(map(len, words)) / max(len(words), 1), 3)}
+    return {
+        "words": len(words) * repeat,
+        "score": round(sum(map(len, words)) / max(len(words), 1), 3),
+    }
 
 
 @flow(log_prints=True)

@@ -24,6 +24,7 @@ import typer
 
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.stack import ChildProcess
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm.")
@@ -110,7 +111,7 @@ def up(
     from prefect_pipedeploy.stack import free_port, running, start_child, start_prefect_server
 
     home = (home or get_settings().home).resolve()
-    children = []
+    children: list[ChildProcess] = []
     stop = {"requested": False}
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -119,7 +120,7 @@ def up(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with running(children):
-        api_url = os.environ.get("PREFECT_API_URL")
+        api_url = os.environ.get("PREFECT_API_URL", "")
         if api_url:
             typer.echo(f"Using the Prefect API at {api_url}")
         else:

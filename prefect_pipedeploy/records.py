@@ -61,5 +61,6 @@ async def read_outputs(client: PrefectClient, flow_run_id: UUID) -> dict[str, An
     )
     for artifact in artifacts:
         if (artifact.metadata_ or {}).get("pipedeploy") == OUTPUTS_ARTIFACT_KIND:
-            return {row["output"]: json.loads(row["value"]) for row in artifact.data or []}
+            rows: list[dict[str, str]] = artifact.data or []  # type: ignore[assignment]
+            return {row["output"]: json.loads(row["value"]) for row in rows}
     return None

@@ -24,6 +24,7 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
+    DeploymentFilterId,
     DeploymentFilterName,
     FlowRunFilter,
     FlowRunFilterId,
@@ -106,7 +107,7 @@ def load_pipeline(pipeline: Any) -> tuple[Flow[..., Any], Path, str]:
         if not path.is_file():
             raise PipelineLoadError(f"pipeline {pipeline!r}: no file at {path}")
         try:
-            flow = load_function_and_convert_to_flow(f"{path}:{func_name}")
+            flow: Flow[..., Any] = load_function_and_convert_to_flow(f"{path}:{func_name}")
         except Exception as exc:
             raise PipelineLoadError(
                 f"pipeline {pipeline!r} could not be imported: {type(exc).__name__}: {exc}"
@@ -359,7 +360,7 @@ class PipeDeploy:
             if deployment_name is not None:
                 deployment = await self._deployment(client, deployment_name)
                 names[deployment.id] = deployment.name
-                deployment_filter = DeploymentFilter(id={"any_": [deployment.id]})
+                deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
             else:
                 deployment_filter = None
             flow_runs = await client.read_flow_runs(
@@ -502,7 +503,7 @@ class PipeDeploy:
         return run_coro_as_sync(self.aupdate_deployment(deployment_name, **changes))
 
     def delete_deployment(self, deployment_name: str) -> None:
-        return run_coro_as_sync(self.adelete_deployment(deployment_name))
+        run_coro_as_sync(self.adelete_deployment(deployment_name))
 
     def list_pipeline_executions(
         self, deployment_name: str | None = None, limit: int = 100

@@ -496,8 +496,20 @@ class DeploymentSpec(BaseModel):
         return [DeploymentScheduleCreate(schedule=prefect_schedule, active=True)]
 
     def job_variables(self) -> dict[str, Any]:
-        """The job variables that store this spec on a Prefect deployment."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The job variables that store this spec on a Prefect deployment.
+
+        Mappings keep exactly the fields that were set, so a constant of None stays a constant.
+        """
+        data = self.model_dump(
+            mode="json", exclude_none=True, exclude={"inputs_mapping", "outputs_mapping"}
+        )
+        data["inputs_mapping"] = [
+            m.model_dump(mode="json", exclude_unset=True) for m in self.inputs_mapping
+        ]
+        data["outputs_mapping"] = [
+            m.model_dump(mode="json", exclude_unset=True) for m in self.outputs_mapping
+        ]
+        return data
 
 
 def spec_from_job_variables(job_variables: dict[str, Any] | None) -> DeploymentSpec:

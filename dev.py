@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""The two set-up commands of prefect-pipedeploy; needs only python3.
+
+    python3 dev.py up      # bring up the local stack (Prefect server, worker) with its demo
+    python3 dev.py test    # lint, type-check and run the whole test suite
+
+Each creates (or reuses) the project's virtualenv in .venv and installs the package into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".pipedeploy-installed"
+
+
+def ensure_venv() -> None:
+    """Create .venv and install the package with its test extras when pyproject.toml changed."""
+    if not (BIN / "python").exists():
+        print("Creating the virtualenv in .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    print("Installing prefect-pipedeploy and its test dependencies into .venv ...", flush=True)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def run(*args: str) -> int:
+    print("+", " ".join(args), flush=True)
+    return subprocess.call(list(args), cwd=ROOT)
+
+
+def test(extra: list[str]) -> int:
+    checks = [
+        (str(BIN / "ruff"), "check", "prefect_pipedeploy", "tests", "flows", "benchmarks"),
+        (str(BIN / "ruff"), "format", "--check", "prefect_pipedeploy", "tests", "flows"),
+        (str(BIN / "mypy"), "prefect_pipedeploy"),
+    ]
+    for check in checks:
+        if run(*check) != 0:
+            return 1
+    return run(str(BIN / "python"), "-m", "pytest", *(extra or ["-q"]))
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command not in ("up", "test"):
+        print(__doc__)
+        return 2
+    ensure_venv()
+    if command == "up":
+        os.execv(str(BIN / "pipedeploy"), [str(BIN / "pipedeploy"), "up", "--demo", *sys.argv[2:]])
+    return test(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

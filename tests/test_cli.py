@@ -1,0 +1,119 @@
+"""The `pipedeploy` command line, run as a user runs it: real processes, real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.stack import ChildProcess, free_port
+from tests.conftest import FLOWS, unique
+
+PIPEDEPLOY = [sys.executable, "-m", "prefect_pipedeploy.cli"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PIPEDEPLOY, *args], capture_output=True, text=True, timeout=timeout, env=os.environ
+    )
+
+
+def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    """`pipedeploy up --demo`: own server, worker, demo outputs; Ctrl-C stops every process."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "client-home")
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115
+    up = subprocess.Popen(
+        [*PIPEDEPLOY, "up", "--demo", "--port", str(port), "--home", str(tmp_path / "stack")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "Ready." not in (tmp_path / "up.log").read_text():
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.5)
+        output = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}/api" in output
+        assert "Demo execution:" in output and "-> Succeeded" in output
+        outputs = json.loads(output.split("Demo outputs:")[1].splitlines()[0])
+        assert outputs == {"words": 4, "score": 6.5}  # "hello from prefect pipedeploy"
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 2  # server and worker
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert alive == [], f"left running: {alive}"
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            raise AssertionError("the server still answers after `up` stopped")
+        except httpx.ConnectError:
+            pass
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+
+
+def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess) -> None:
+    name = unique("cli")
+    sdk.create_deployment(f"{FLOWS / 'demo.py'}:counter", name)
+    execution = sdk.run_deployment(name, {"marker": "from-cli"}, timeout_s=60)
+    listed = run_cli("deployment", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout
+    got = run_cli("deployment", "get", name)
+    assert json.loads(got.stdout)["name"] == name
+    ls = run_cli("executions", "ls", "--deployment", name)
+    assert execution["execution_id"] in ls.stdout and "Succeeded" in ls.stdout
+    shown = json.loads(run_cli("executions", "get", execution["execution_id"]).stdout)
+    assert shown["outputs"]["count"] >= 1
+    deadline = time.monotonic() + 15
+    while "marker=from-cli" not in run_cli("executions", "logs", execution["execution_id"]).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert run_cli("deployment", "rm", name).returncode == 0
+
+
+def test_errors_are_one_line_without_traceback(prefect_api: str) -> None:
+    result = run_cli("deployment", "get", "no-such-deployment")
+    assert result.returncode == 1
+    assert "error: no deployment named 'no-such-deployment'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    missing = run_cli("executions", "get", "nope")
+    assert missing.returncode == 1 and "no execution with id 'nope'" in missing.stderr
+
+
+def test_prefect_discovers_the_worker_type(prefect_api: str) -> None:
+    """`prefect work-pool create --type pipedeploy` gets our template through the entry point."""
+    pool = unique("native-pool")
+    created = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "pipedeploy"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    inspected = subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "inspect", pool],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert "'type': 'pipedeploy'" in inspected.stdout or "type='pipedeploy'" in inspected.stdout
+    assert "ram_request" in inspected.stdout

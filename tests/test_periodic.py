@@ -1,0 +1,36 @@
+"""Periodic deployments: Prefect's scheduler creates the runs, the pipedeploy worker runs them."""
+
+from __future__ import annotations
+
+import time
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.stack import ChildProcess
+from tests.conftest import FLOWS, unique
+
+
+def test_interval_deployment_produces_runs(sdk: PipeDeploy, worker: ChildProcess) -> None:
+    name = unique("every-2s")
+    created = sdk.create_deployment(
+        f"{FLOWS / 'demo.py'}:score",
+        name,
+        execution_rule="periodic",
+        schedule="every 2 seconds",
+        inputs_mapping=[
+            {"pipeline_input_name": "text", "constant_value": "tick tock"},
+            {"pipeline_input_name": "repeat", "constant_value": 1},
+        ],
+    )
+    assert created["schedule"] == {"type": "basic", "every": 2, "unit": "seconds"}
+    deadline = time.monotonic() + 90
+    succeeded: list[dict] = []
+    while len(succeeded) < 2:
+        assert time.monotonic() < deadline, sdk.list_pipeline_executions(name)
+        time.sleep(1)
+        succeeded = [e for e in sdk.list_pipeline_executions(name) if e["status"] == "Succeeded"]
+    sdk.update_deployment(name, disabled=True)
+    # each scheduled run was started by the worker and recorded its outputs
+    execution = sdk.get_pipeline_execution(succeeded[0]["execution_id"])
+    assert execution["outputs"]["words"] >= 1
+    starts = sorted(e["expected_start_time"] for e in succeeded)
+    assert starts[0] != starts[1]

@@ -1,0 +1,150 @@
+"""A real S3 server for tests: moto's server in its own process on a free 127.0.0.1 port.
+
+For: tests that need S3 to behave like a network service (connections, multipart uploads, a
+server that dies). Use the fixtures by importing them into a test module:
+
+    from tests.s3_server import s3_server, s3_bucket, s3_store  # noqa: F401
+
+`s3_server` (one per test session) yields the endpoint URL, `s3_bucket` a fresh bucket on it,
+`s3_store` an `S3DataStore` on that bucket with fake credentials set on the block.
+`running_moto_server()` starts a private server that a test may kill. The fixtures declare
+their names, so they may also be imported under other names (`import s3_store as
+s3_store_fixture`), which keeps ruff's F811 quiet about test parameters named like them.
+Not for: patching boto3 in-process (moto's `mock_aws`); nothing here touches real AWS.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from pydantic import SecretStr
+
+from prefect_pipedeploy.datastore import S3DataStore
+
+FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+REGION = "us-east-1"
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class MotoServer:
+    """A moto server process and the URL it answers on."""
+
+    process: subprocess.Popen[bytes]
+    endpoint_url: str
+    log_path: Path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(endpoint_url: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint_url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True  # an HTTP error is still an answer
+    except OSError:
+        return False
+    return True
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate, give it a grace period, then kill."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def running_moto_server(log_dir: Path) -> Iterator[MotoServer]:
+    """Start `python -m moto.server` on a free port, wait until it answers, stop it after."""
+    port = free_port()
+    log_path = log_dir / f"moto-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = MotoServer(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(server.endpoint_url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"moto server on port {port} did not start:\n{log_path.read_text()}"
+                )
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop_process(process)
+
+
+@cache
+def s3_client(endpoint_url: str) -> Any:
+    """A plain boto3 client on the server, for arranging and inspecting what tests expect."""
+    return boto3.session.Session(region_name=REGION, **FAKE_CREDENTIALS).client(
+        "s3", endpoint_url=endpoint_url, config=Config(retries={"max_attempts": 1})
+    )
+
+
+def make_bucket(endpoint_url: str) -> str:
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_client(endpoint_url).create_bucket(Bucket=name)
+    return name
+
+
+def make_store(endpoint_url: str, bucket: str, **fields: Any) -> S3DataStore:
+    """An `S3DataStore` with the fake credentials on the block, not in the environment."""
+    return S3DataStore(
+        bucket=bucket,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=SecretStr(FAKE_CREDENTIALS["aws_access_key_id"]),
+        aws_secret_access_key=SecretStr(FAKE_CREDENTIALS["aws_secret_access_key"]),
+        **fields,
+    )
+
+
+@pytest.fixture(scope="session", name="s3_server")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a moto server shared by the whole test session."""
+    with running_moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture(name="s3_bucket")
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the session's server."""
+    return make_bucket(s3_server)
+
+
+@pytest.fixture(name="s3_store")
+def s3_store(s3_server: str, s3_bucket: str) -> S3DataStore:
+    """An `S3DataStore` on a fresh bucket."""
+    return make_store(s3_server, s3_bucket)

@@ -27,7 +27,7 @@ from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.stack import ChildProcess
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
-deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm.")
+deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm, logs.")
 executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs.")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(executions_app, name="executions")
@@ -202,6 +202,13 @@ def deployment_rm(name: str) -> None:
     """Delete a deployment."""
     _call(_sdk().delete_deployment, name)
     typer.echo(f"Deleted {name}")
+
+
+@deployment_app.command("logs")
+def deployment_logs(name: str) -> None:
+    """Print the output of a low-latency deployment's pod (start-up, import errors, crashes)."""
+    for line in _call(_sdk().get_deployment_logs, name):
+        typer.echo(line)
 
 
 @executions_app.command("ls")

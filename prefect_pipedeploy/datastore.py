@@ -301,9 +301,8 @@ class DataStore(Block, ABC):
 
     An interface: use `LocalDataStore` or `S3DataStore`. Load a saved one with
     `S3DataStore.load(name)`, or with `Block.load("pipedeploy-s3-data-store/NAME")` (or
-    `pipedeploy-local-data-store/NAME`) where either may come. Note that `delete(key)` and
-    `adelete(key)` delete an object here, not the saved block as on other blocks; delete a saved
-    block with `prefect block delete`.
+    `pipedeploy-local-data-store/NAME`) where either may come. `delete_object(key)` deletes an
+    object; `delete(name)`, as on every block, deletes a saved block document.
     """
 
     _block_type_name = "PipeDeploy Data Store"
@@ -376,14 +375,14 @@ class DataStore(Block, ABC):
         """Sync twin of `aexists`."""
         return self._object_exists(validate_key(key))
 
-    # These two override Block's class methods of the same names, which delete a saved block.
-    async def adelete(self, key: str, *, missing_ok: bool = False) -> None:  # type: ignore[override]
+    # Not `delete`/`adelete`: those are Block's class methods that delete a saved block document.
+    async def adelete_object(self, key: str, *, missing_ok: bool = False) -> None:
         """Delete the object at `key`; a missing object is an error unless `missing_ok`."""
         # The work is blocking file and boto3 I/O: run it in a worker thread.
-        await anyio.to_thread.run_sync(lambda: self.delete(key, missing_ok=missing_ok))
+        await anyio.to_thread.run_sync(lambda: self.delete_object(key, missing_ok=missing_ok))
 
-    def delete(self, key: str, *, missing_ok: bool = False) -> None:  # type: ignore[override]
-        """Sync twin of `adelete`."""
+    def delete_object(self, key: str, *, missing_ok: bool = False) -> None:
+        """Sync twin of `adelete_object`."""
         key = validate_key(key)
         if not self._object_exists(key):
             if missing_ok:

@@ -90,6 +90,26 @@ def with_output_recording(flow: Flow[..., Any]) -> Flow[..., Any]:
     return wrapped
 
 
+def run_pipeline_sync(
+    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any] | None = None
+) -> State[Any]:
+    """Run a `def` pipeline's flow run through the sync engine; blocks this thread."""
+    state = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+    assert isinstance(state, State)
+    return state
+
+
+async def run_pipeline_async(
+    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any] | None = None
+) -> State[Any]:
+    """Run an `async def` pipeline's flow run on the current event loop."""
+    state = await run_flow(  # type: ignore[misc]
+        flow, flow_run=flow_run, parameters=parameters, return_type="state"
+    )
+    assert isinstance(state, State)
+    return state
+
+
 async def execute_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
     """Run `flow_run` with `flow` (as returned by `with_output_recording`) in this process.
 
@@ -97,11 +117,8 @@ async def execute_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any
     of its own (the sync engine blocks), keeping the loop responsive.
     """
     if flow.isasync:
-        state = await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]
-    else:
-        state = await asyncio.to_thread(run_flow, flow, flow_run=flow_run, return_type="state")
-    assert isinstance(state, State)
-    return state
+        return await run_pipeline_async(flow, flow_run)
+    return await asyncio.to_thread(run_pipeline_sync, flow, flow_run)
 
 
 async def _main(flow_run_id: UUID) -> int:

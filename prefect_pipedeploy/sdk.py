@@ -38,6 +38,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_function_and_convert_to_flow
+from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import parameter_schema
 
@@ -48,6 +49,7 @@ from prefect_pipedeploy.exceptions import (
     PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.pods import read_pod_status
 from prefect_pipedeploy.records import read_outputs
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
@@ -155,16 +157,27 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def deployment_status(deployment: DeploymentResponse, spec: DeploymentSpec) -> str:
-    """creation_pending | up | standby | creation_failed | down_retrying | disabled."""
+def deployment_status(
+    deployment: DeploymentResponse, spec: DeploymentSpec, pod: dict[str, Any] | None
+) -> str:
+    """creation_pending | up | standby | creation_failed | down_retrying | disabled.
+
+    A low-latency deployment's status is what its worker last published for its pod.
+    """
     if deployment.paused:
         return "disabled"
     if spec.mode == Mode.elastic.value:
         return "standby"
-    return "creation_pending"
+    status = (pod or {}).get("status")
+    return status if status in POD_STATUSES else "creation_pending"
 
 
-def deployment_view(deployment: DeploymentResponse, status: str | None = None) -> dict[str, Any]:
+POD_STATUSES = ("creation_pending", "up", "creation_failed", "down_retrying")
+
+
+def deployment_view(
+    deployment: DeploymentResponse, pod: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec = spec_from_job_variables(deployment.job_variables)
     endpoint = spec.execution_rule == ExecutionRule.endpoint.value
     return {
@@ -175,7 +188,8 @@ def deployment_view(deployment: DeploymentResponse, status: str | None = None) -
         "work_pool_name": deployment.work_pool_name,
         "execution_rule": spec.execution_rule,
         "mode": spec.mode,
-        "status": status or deployment_status(deployment, spec),
+        "status": deployment_status(deployment, spec, pod),
+        "status_message": (pod or {}).get("message") if spec.mode != Mode.elastic.value else None,
         "description": deployment.description,
         "schedule": spec.schedule.model_dump() if spec.schedule else None,
         "endpoint_url_path": (spec.endpoint_url_path or deployment.name) if endpoint else None,
@@ -214,13 +228,16 @@ class PipeDeploy:
     """The platform's verbs on a Prefect server (PREFECT_API_URL, or `api_url`)."""
 
     def __init__(self, api_url: str | None = None, work_pool_name: str | None = None) -> None:
-        self.api_url = api_url
+        # The API is fixed when the client is made, so every thread that uses it talks to the
+        # same server (Prefect's settings context does not follow a call into a new thread).
+        self.api_url = api_url or PREFECT_API_URL.value()
+        self._api_key = PREFECT_API_KEY.value()
         self.work_pool_name = work_pool_name or get_settings().default_pool
 
     def _client(self) -> PrefectClient:
         if self.api_url:
-            return PrefectClient(self.api_url)
-        return get_client()
+            return PrefectClient(self.api_url, api_key=self._api_key)
+        return get_client()  # Prefect's ephemeral mode, when no API is configured
 
     # ---- deployments --------------------------------------------------------------------------
 
@@ -291,21 +308,40 @@ class PipeDeploy:
                 enforce_parameter_schema=False,
                 tags=[TAG],
             )
-            view = deployment_view(await client.read_deployment(deployment_id))
+            view = deployment_view(
+                await client.read_deployment(deployment_id),
+                await read_pod_status(client, deployment_id),
+            )
         if token is not None:
             view["endpoint_token"] = token
         return view
 
     async def aget_deployment(self, deployment_name: str) -> dict[str, Any]:
         async with self._client() as client:
-            return deployment_view(await self._deployment(client, deployment_name))
+            deployment = await self._deployment(client, deployment_name)
+            return deployment_view(deployment, await read_pod_status(client, deployment.id))
 
     async def alist_deployments(self) -> list[dict[str, Any]]:
         async with self._client() as client:
             deployments = await client.read_deployments(
                 work_pool_filter=_pipedeploy_pools(), limit=200
             )
-        return [deployment_view(d) for d in sorted(deployments, key=lambda d: d.name)]
+            pods = {
+                d.id: await read_pod_status(client, d.id)
+                for d in deployments
+                if (d.job_variables or {}).get("mode") == Mode.low_latency.value
+            }
+        return [
+            deployment_view(d, pods.get(d.id)) for d in sorted(deployments, key=lambda d: d.name)
+        ]
+
+    async def aget_deployment_logs(self, deployment_name: str) -> list[str]:
+        """The pod's own output (start-up, import errors, crashes): the last lines its worker
+        published. Empty for elastic deployments, whose output belongs to each execution."""
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            pod = await read_pod_status(client, deployment.id)
+        return (pod or {}).get("log_tail", "").splitlines()
 
     async def aupdate_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
         """Change settings of a deployment: any create_deployment setting, or `disabled`."""
@@ -342,7 +378,10 @@ class PipeDeploy:
             await client.update_deployment(deployment.id, DeploymentUpdate(**update))
             if "schedule" in changes or "execution_rule" in changes:
                 await _replace_schedules(client, deployment, spec)
-            return deployment_view(await client.read_deployment(deployment.id))
+            return deployment_view(
+                await client.read_deployment(deployment.id),
+                await read_pod_status(client, deployment.id),
+            )
 
     async def adelete_deployment(self, deployment_name: str) -> None:
         async with self._client() as client:
@@ -498,6 +537,9 @@ class PipeDeploy:
 
     def list_deployments(self) -> list[dict[str, Any]]:
         return run_coro_as_sync(self.alist_deployments())
+
+    def get_deployment_logs(self, deployment_name: str) -> list[str]:
+        return run_coro_as_sync(self.aget_deployment_logs(deployment_name))
 
     def update_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
         return run_coro_as_sync(self.aupdate_deployment(deployment_name, **changes))

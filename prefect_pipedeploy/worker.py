@@ -23,11 +23,13 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import Crashed
+from prefect.states import Crashed, Pending
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -37,6 +39,8 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
+from prefect_pipedeploy.ordering import WaitingRun, runs_to_start
+from prefect_pipedeploy.pods import PodSupervisor
 from prefect_pipedeploy.runtimes.process import start_process, wait_process
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, Mode
@@ -83,6 +87,16 @@ class PipeDeployWorker(
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wake = anyio.Event()
+        self.pods = PodSupervisor(
+            client=get_client,
+            worker_name=self.name,
+            state_dir=get_settings().home.resolve() / "worker" / self.get_name_slug(),
+            on_change=self.wake,
+        )
+
+    async def teardown(self, *exc_info: Any) -> None:
+        await self.pods.stop_all()
+        await super().teardown(*exc_info)
 
     # ---- loops ------------------------------------------------------------------------------
 
@@ -102,6 +116,7 @@ class PipeDeployWorker(
                 loops.start_soon(self._sync_loop)
                 loops.start_soon(self._listen_for_runs)
                 loops.start_soon(self._submit_loop)
+                loops.start_soon(self._pod_loop)
                 self._started_event = await self._emit_worker_started_event()
                 printer(f"Worker {self.name!r} started!")
 
@@ -124,6 +139,23 @@ class PipeDeployWorker(
             except Exception as exc:
                 self._logger.warning("Could not fetch scheduled runs: %s", exc)
                 await anyio.sleep(1)
+
+    async def _pod_loop(self) -> None:
+        """Keep one pod per low-latency deployment of the pool (started before any trigger)."""
+        poll_s = get_settings().poll_seconds
+        while True:
+            if self._has_successfully_synced:
+                try:
+                    deployments = await self.client.read_deployments(
+                        work_pool_filter=WorkPoolFilter(
+                            name=WorkPoolFilterName(any_=[self._work_pool_name])
+                        ),
+                        limit=200,
+                    )
+                    await self.pods.reconcile(deployments)
+                except Exception as exc:
+                    self._logger.warning("Could not reconcile pods: %s", exc)
+            await anyio.sleep(poll_s)
 
     def wake(self) -> None:
         """Look for runs now instead of at the next poll."""
@@ -154,23 +186,61 @@ class PipeDeployWorker(
         responses = await self._get_scheduled_flow_runs()
         self._last_polled_time = datetime.datetime.now(datetime.timezone.utc)
         deployments: dict[UUID, DeploymentResponse | None] = {}
-        chosen: list[Any] = []
+        elastic: list[Any] = []
+        low_latency: dict[UUID, list[FlowRun]] = {}
         for response in responses:
             flow_run = response.flow_run
             if flow_run.id in self._submitting_flow_run_ids or flow_run.deployment_id is None:
+                continue
+            if flow_run.deployment_id in self.pods.pods:
+                low_latency.setdefault(flow_run.deployment_id, []).append(flow_run)
                 continue
             if flow_run.deployment_id not in deployments:
                 deployments[flow_run.deployment_id] = await self._read_deployment(
                     flow_run.deployment_id
                 )
             deployment = deployments[flow_run.deployment_id]
-            if deployment is None:
-                continue
-            mode = (deployment.job_variables or {}).get("mode", Mode.elastic.value)
+            mode = (deployment.job_variables or {}).get("mode") if deployment else None
             if mode == Mode.elastic.value:
-                chosen.append(response)
-            # low_latency runs are started by pods (see pod.py), not here
-        return await self._submit_scheduled_flow_runs(flow_run_response=chosen)
+                elastic.append(response)
+            # a low-latency run whose pod is not known yet waits for the pod loop
+        for deployment_id, flow_runs in low_latency.items():
+            await self._dispatch_to_pod(deployment_id, flow_runs)
+        return await self._submit_scheduled_flow_runs(flow_run_response=elastic)
+
+    async def _dispatch_to_pod(self, deployment_id: UUID, flow_runs: list[FlowRun]) -> None:
+        """Start the heads of a deployment's queue in its pod, within its parallelism."""
+        pod = self.pods.pods.get(deployment_id)
+        if pod is None or pod.status != "up":
+            return
+        by_id = {run.id: run for run in flow_runs}
+        waiting = [
+            WaitingRun(
+                id=str(run.id),
+                expected_start=run.expected_start_time or run.created,
+                created=run.created,
+                attempt=run.run_count + 1,
+            )
+            for run in flow_runs
+            if run.created is not None
+        ]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for head in runs_to_start(waiting, len(pod.in_flight), pod.spec.parallelism, now=now):
+            flow_run = by_id[UUID(head.id)]
+            if await self._claim(flow_run):
+                pod.send_run(flow_run)
+                self._logger.debug("Run %s sent to the pod of %s", flow_run.id, pod.name)
+
+    async def _claim(self, flow_run: FlowRun) -> bool:
+        """Move a run to Pending; only one claimant succeeds, so no run executes twice."""
+        try:
+            state = await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
+        except Abort:
+            return False
+        except Exception as exc:
+            self._logger.warning("Could not claim run %s: %s", flow_run.id, exc)
+            return False
+        return state.is_pending()
 
     async def _read_deployment(self, deployment_id: UUID) -> DeploymentResponse | None:
         try:

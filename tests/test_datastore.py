@@ -209,6 +209,15 @@ def test_data_store_is_an_interface() -> None:
         DataStore()  # type: ignore[abstract]
 
 
+def test_block_delete_is_not_shadowed() -> None:
+    # `delete`/`adelete` stay Prefect's (delete a saved block document); objects have their own.
+    from prefect.blocks.core import Block
+
+    for store_type in (LocalDataStore, S3DataStore):
+        assert store_type.delete.__func__ is Block.delete.__func__  # type: ignore[attr-defined]
+        assert store_type.adelete.__func__ is Block.adelete.__func__  # type: ignore[attr-defined]
+
+
 def test_registration_has_sync_and_async_forms() -> None:
     assert callable(register_datastore_blocks)
     assert inspect.iscoroutinefunction(aregister_datastore_blocks)
@@ -343,13 +352,13 @@ def test_delete_removes_an_object(store: DataStore) -> None:
     store.upload(io.BytesIO(b"x"), "gone/soon.txt")
     assert store.exists("gone/soon.txt")
 
-    store.delete("gone/soon.txt")
+    store.delete_object("gone/soon.txt")
 
     assert not store.exists("gone/soon.txt")
     assert store.list() == []
     with pytest.raises(DataStoreObjectNotFound, match="'gone/soon.txt'"):
-        store.delete("gone/soon.txt")
-    store.delete("gone/soon.txt", missing_ok=True)
+        store.delete_object("gone/soon.txt")
+    store.delete_object("gone/soon.txt", missing_ok=True)
 
 
 def test_a_missing_object_is_reported_by_key(store: DataStore, tmp_path: Path) -> None:
@@ -375,7 +384,7 @@ def test_keys_leaving_the_store_are_refused(store: DataStore, tmp_path: Path, ke
         lambda: store.download(key, tmp_path / "out.bin"),
         lambda: store.info(key),
         lambda: store.exists(key),
-        lambda: store.delete(key),
+        lambda: store.delete_object(key),
     ]
     for operation in operations:
         with pytest.raises(InvalidDataStoreKey, match=repr(key).replace(".", r"\.")):
@@ -392,7 +401,7 @@ def test_async_forms(store: DataStore, tmp_path: Path) -> None:
         assert [info.key for info in await store.alist("async/")] == ["async/a.txt"]
         await store.adownload("async/a.txt", tmp_path / "a.txt")
         assert (tmp_path / "a.txt").read_bytes() == b"async"
-        await store.adelete("async/a.txt")
+        await store.adelete_object("async/a.txt")
         assert not await store.aexists("async/a.txt")
 
     anyio.run(scenario)

@@ -1,0 +1,534 @@
+"""Inputs and outputs mapping at run time: a deployment's mappings applied to one execution.
+
+For: turning an execution's parameters into the pipeline's keyword arguments before it starts
+(`resolve_inputs`: endpoint value, constant, environment variable, data-store file downloaded
+and passed as {"path": ...}, null), and sending its returned outputs where the mapping says
+after it ends (`route_outputs`: back to the caller, into the data store under a path with
+{execution_id}, {date} and {date_time} filled in, or dropped). Also finding the data store an
+execution uses (`load_data_store`, from PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE) and making
+the local stack's default one (`ensure_local_data_store`).
+Not for: validating mappings when a deployment is created (`spec.py`), running the pipeline or
+deciding its final state (the runtime, `execution.py` and the pod), or recording what was
+resolved (`records.py`). Elastic runs and low-latency pods call the same functions.
+
+Both `resolve_inputs` and `route_outputs` are synchronous: they use the data store's blocking
+methods. Async callers run them in a worker thread (`anyio.to_thread.run_sync`).
+
+Every execution downloads into its own directory, `<workdir>/inputs/<execution_id>/`, so
+parallel executions in one pod never see each other's files; `cleanup_execution_files` removes
+it once the execution is over.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect.exceptions import PrefectException
+
+from prefect_pipedeploy.datastore import (
+    DataStore,
+    DataStoreError,
+    DataStoreObjectNotFound,
+    LocalDataStore,
+    aregister_datastore_blocks,
+    register_datastore_blocks,
+    validate_key,
+)
+from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.spec import OUTPUT_PLACEHOLDERS, DeploymentSpec, ExecutionRule, InputSource
+
+DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
+SECRET_MASK = "***"
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class DataStoreNotConfigured(DataStoreError):
+    """No data store is set for this process; set PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE to
+    a saved block ("<block-type-slug>/<name>"): `pipedeploy up` makes a local one, or save an
+    S3DataStore block and name it there."""
+
+
+class InputResolutionError(PipeDeployError):
+    """An input of the pipeline cannot be given a value; the message names the input, its
+    source and the fix. The execution fails before the pipeline starts."""
+
+
+class OutputRoutingError(PipeDeployError):
+    """An output of the pipeline cannot go where the mapping says; the message names the output,
+    its destination and the fix. The execution fails."""
+
+
+# -- the data store of this process -------------------------------------------------------------
+
+_CONFIGURE_FIX = (
+    f"set {DATA_STORE_VARIABLE} to a saved data store block as '<block-type-slug>/<name>': "
+    "`pipedeploy up` creates 'pipedeploy-local-data-store/default'; for S3, save an "
+    "S3DataStore block (in the Prefect UI or with `.save(name)`) and set the variable to "
+    "'pipedeploy-s3-data-store/<name>'"
+)
+
+
+def data_store_reference() -> str | None:
+    """The data store block this process uses, from PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE.
+
+    Its value is "<block-type-slug>/<block-document-name>", such as
+    "pipedeploy-local-data-store/default" or "pipedeploy-s3-data-store/prod"; None when unset.
+    Read each time it is needed, never cached.
+    """
+    value = os.environ.get(DATA_STORE_VARIABLE, "").strip()
+    return value or None
+
+
+def _check_reference(reference: str | None) -> str:
+    reference = reference or data_store_reference()
+    if not reference:
+        raise DataStoreNotConfigured(f"no data store is configured; {_CONFIGURE_FIX}")
+    slug, _, name = reference.partition("/")
+    if not slug or not name:
+        raise DataStoreNotConfigured(
+            f"data store {reference!r} is not a block reference; {_CONFIGURE_FIX}"
+        )
+    return reference
+
+
+def _checked_store(reference: str, block: Any) -> DataStore:
+    if not isinstance(block, DataStore):
+        raise DataStoreNotConfigured(
+            f"block {reference!r} is a {type(block).__name__}, not a data store; {_CONFIGURE_FIX}"
+        )
+    return block
+
+
+def _missing_block(reference: str, exc: Exception) -> DataStoreNotConfigured:
+    return DataStoreNotConfigured(
+        f"data store block {reference!r} cannot be loaded ({exc}); {_CONFIGURE_FIX}"
+    )
+
+
+def load_data_store(reference: str | None = None) -> DataStore:
+    """The saved data store block `reference` ("<block-type-slug>/<name>"), by default the one
+    PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE names; raises `DataStoreNotConfigured`."""
+    reference = _check_reference(reference)
+    try:
+        # `_sync=True`: stay synchronous even when called from a thread of an event loop.
+        block = Block.load(reference, _sync=True)  # type: ignore[call-arg]
+    except (ValueError, PrefectException) as exc:
+        raise _missing_block(reference, exc) from exc
+    return _checked_store(reference, block)
+
+
+async def aload_data_store(reference: str | None = None, client: Any = None) -> DataStore:
+    """Async twin of `load_data_store`; `client` is an optional PrefectClient to load with."""
+    reference = _check_reference(reference)
+    try:
+        block = await Block.aload(reference, client=client)
+    except (ValueError, PrefectException) as exc:
+        raise _missing_block(reference, exc) from exc
+    return _checked_store(reference, block)
+
+
+def _local_store(root: Path) -> LocalDataStore:
+    return LocalDataStore(root=str(Path(root).expanduser().resolve()))
+
+
+def ensure_local_data_store(root: Path, name: str = "default") -> str:
+    """Save a local data store block on `root` as `name` (replacing one of that name) and return
+    its reference, for PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE. What `pipedeploy up` runs."""
+    register_datastore_blocks()
+    _local_store(root).save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+    return f"{LocalDataStore.get_block_type_slug()}/{name}"
+
+
+async def aensure_local_data_store(root: Path, name: str = "default") -> str:
+    """Async twin of `ensure_local_data_store`."""
+    await aregister_datastore_blocks()
+    await _local_store(root).asave(name, overwrite=True)
+    return f"{LocalDataStore.get_block_type_slug()}/{name}"
+
+
+def uses_data_store(spec: DeploymentSpec) -> bool:
+    """Whether an execution of this deployment reads or writes the data store."""
+    return any(s.datastore_path is not None for s in spec.inputs_mapping) or any(
+        d.datastore_path is not None for d in spec.outputs_mapping
+    )
+
+
+# -- the pipeline's inputs ----------------------------------------------------------------------
+
+
+def pipeline_inputs_of(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
+    """The input names of a pipeline function (or flow), and those without a default.
+
+    `*args` and `**kwargs` are not inputs: a mapping cannot feed them.
+    """
+    fn = getattr(fn, "fn", fn)  # a Prefect flow wraps its function
+    parameters = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("self", "cls")
+    ]
+    names = [p.name for p in parameters]
+    required = [p.name for p in parameters if p.default is inspect.Parameter.empty]
+    return names, required
+
+
+# -- per-execution files ------------------------------------------------------------------------
+
+_EXECUTION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def execution_inputs_dir(workdir: Path, execution_id: str) -> Path:
+    """The directory of one execution's downloaded input files: `<workdir>/inputs/<id>`."""
+    if not _EXECUTION_ID_RE.match(str(execution_id)) or ".." in str(execution_id):
+        raise ValueError(f"execution id {execution_id!r} is not a single path segment")
+    return Path(workdir).expanduser().absolute() / "inputs" / str(execution_id)
+
+
+def cleanup_execution_files(workdir: Path, execution_id: str) -> None:
+    """Remove the files downloaded for one execution (safe to call twice, or when none were)."""
+    shutil.rmtree(execution_inputs_dir(workdir, execution_id), ignore_errors=True)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """What the pipeline is called with, and what the execution records about it."""
+
+    parameters: dict[str, Any]
+    """The keyword arguments of the pipeline; inputs left out take the pipeline's default."""
+    recorded: dict[str, Any]
+    """A JSON-friendly view for the execution's record: secret inputs are "***", data-store
+    inputs are {"datastore_path", "size", "sha256"} (the local copy is gone after the run)."""
+    ignored: list[str] = field(default_factory=list)
+    """Parameters given with the execution for inputs the mapping feeds from another source
+    (constant, environment variable, data store, null): the mapping wins; worth a warning."""
+
+
+def _describe(source: InputSource) -> str:
+    """The source of an input, for messages: "endpoint input 'y'", "environment variable 'Y'"."""
+    if source.endpoint_input_name is not None:
+        return f"endpoint input {source.endpoint_input_name!r}"
+    if source.environment_variable_name is not None:
+        return f"environment variable {source.environment_variable_name!r}"
+    if source.datastore_path is not None:
+        return f"data-store path {source.datastore_path!r}"
+    return "null" if source.is_null else "a constant"
+
+
+def resolve_inputs(
+    spec: DeploymentSpec,
+    parameters: Mapping[str, Any],
+    pipeline_inputs: list[str],
+    required_inputs: list[str],
+    execution_id: str,
+    workdir: Path,
+    store: DataStore | None,
+    environ: Mapping[str, str],
+) -> ResolvedInputs:
+    """The pipeline's keyword arguments for one execution, from the deployment's inputs mapping.
+
+    `parameters` are the flow run's parameters, keyed by pipeline input name (the gateway has
+    already translated endpoint input names). Each mapped input takes its source's value; an
+    unmapped input takes the parameter of its name when given, else the pipeline's default.
+    Data-store inputs are downloaded into `execution_inputs_dir(workdir, execution_id)`.
+
+    Raises `InputResolutionError` naming every input that cannot be resolved (and any parameter
+    the pipeline does not take), `DataStoreNotConfigured` when a data-store input has no store.
+    """
+    mapping = {source.pipeline_input_name: source for source in spec.inputs_mapping}
+    errors: list[str] = []
+    stale = [name for name in mapping if name not in pipeline_inputs]
+    if stale:
+        errors.append(
+            f"inputs_mapping maps {', '.join(map(repr, stale))} but the pipeline has no such "
+            f"input (its inputs are {', '.join(pipeline_inputs) or 'none'}); update the "
+            "deployment's inputs_mapping"
+        )
+    unknown = [name for name in parameters if name not in pipeline_inputs]
+    if unknown:
+        errors.append(
+            f"the pipeline has no input {', '.join(map(repr, unknown))}; its inputs are "
+            f"{', '.join(pipeline_inputs) or 'none'}"
+        )
+    downloads = [s for s in mapping.values() if s.datastore_path is not None]
+    if downloads and store is None:
+        raise DataStoreNotConfigured(
+            f"input {downloads[0].pipeline_input_name!r} comes from "
+            f"{_describe(downloads[0])} but no data store is configured; {_CONFIGURE_FIX}"
+        )
+
+    resolved: dict[str, Any] = {}
+    recorded: dict[str, Any] = {}
+    ignored: list[str] = []
+    for name in pipeline_inputs:
+        source = mapping.get(name)
+        if source is None:
+            if name in parameters:
+                resolved[name] = parameters[name]
+                recorded[name] = _for_the_record(parameters[name])
+            elif name in required_inputs:
+                errors.append(_unmapped_missing(spec, name))
+            continue
+        if source.endpoint_input_name is None and name in parameters:
+            ignored.append(name)
+        if source.datastore_path is not None:
+            continue  # downloaded below
+        try:
+            value = _resolve_one(source, parameters, required_inputs, environ)
+        except InputResolutionError as exc:
+            errors.append(str(exc))
+            continue
+        if value is not _OMIT:
+            resolved[name] = value
+            recorded[name] = SECRET_MASK if source.is_secret else _for_the_record(value)
+    if errors:
+        raise InputResolutionError("; ".join(errors))
+
+    # Downloads last: nothing is fetched for an execution that fails on a cheaper check.
+    for source in downloads:
+        assert store is not None  # checked above
+        name = source.pipeline_input_name
+        resolved[name], info = _download(source, store, workdir, execution_id)
+        recorded[name] = SECRET_MASK if source.is_secret else info
+    ordered = {name: resolved[name] for name in pipeline_inputs if name in resolved}
+    recorded = {name: recorded[name] for name in pipeline_inputs if name in recorded}
+    return ResolvedInputs(parameters=ordered, recorded=recorded, ignored=ignored)
+
+
+_OMIT: Any = object()  # pass nothing for this input, so the pipeline's own default applies
+
+
+def _for_the_record(value: Any) -> Any:
+    """A JSON copy of `value` (what JSON cannot hold becomes its repr)."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _unmapped_missing(spec: DeploymentSpec, name: str) -> str:
+    if spec.execution_rule == ExecutionRule.periodic.value:
+        return (
+            f"input {name!r} is required but not mapped; map it in the deployment's "
+            "inputs_mapping to a constant, an environment variable, a data-store path or null"
+        )
+    return f"input {name!r} (endpoint input {name!r}) is required and was not given"
+
+
+def _resolve_one(
+    source: InputSource,
+    parameters: Mapping[str, Any],
+    required_inputs: list[str],
+    environ: Mapping[str, str],
+) -> Any:
+    """The value of one input whose source is not the data store."""
+    name = source.pipeline_input_name
+    if source.endpoint_input_name is not None:
+        if name in parameters:
+            return parameters[name]
+        if source.is_required:
+            raise InputResolutionError(
+                f"input {name!r} ({_describe(source)}) is required and was not given"
+            )
+        if "default_value" in source.model_fields_set or name in required_inputs:
+            return copy.deepcopy(source.default_value)
+        return _OMIT
+    if source.environment_variable_name is not None:
+        variable = source.environment_variable_name
+        if variable not in environ:
+            raise InputResolutionError(
+                f"input {name!r}: environment variable {variable!r} is not set in the "
+                "pipeline's environment; set it in the deployment's env or the worker's "
+                "environment"
+            )
+        return environ[variable]
+    if source.is_null:
+        return None
+    # A copy: a pipeline that changes its argument must not change the next execution's.
+    return copy.deepcopy(source.constant_value)
+
+
+def _download(
+    source: InputSource, store: DataStore, workdir: Path, execution_id: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Fetch a data-store input; return the pipeline's {"path": ...} and the record of it."""
+    name = source.pipeline_input_name
+    key = str(source.datastore_path)
+    try:
+        key = validate_key(key)
+        local = execution_inputs_dir(workdir, execution_id) / name / key.rsplit("/", 1)[-1]
+        info = store.download(key, local)
+    except DataStoreObjectNotFound as exc:
+        raise InputResolutionError(
+            f"input {name!r}: data-store path {key!r} does not exist in {store.location()}; "
+            "upload it (`pipedeploy datastore put FILE "
+            f"{key}`) or fix the input's datastore_path"
+        ) from exc
+    except DataStoreError as exc:
+        raise InputResolutionError(
+            f"input {name!r}: data-store path {key!r} cannot be downloaded: {exc}"
+        ) from exc
+    record = {"datastore_path": key, "size": info.size, "sha256": info.sha256}
+    return {"path": str(local)}, record
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def render_output_path(template: str, execution_id: str, now: datetime) -> str:
+    """A data-store path with {execution_id}, {date} (YYYYMMDD) and {date_time}
+    (YYYYMMDD_hhmmss) filled in; `now` is taken in UTC (a naive `now` is taken as UTC).
+
+    Raises ValueError for any other placeholder.
+    """
+    moment = now.astimezone(timezone.utc) if now.tzinfo else now
+    values = {
+        "execution_id": str(execution_id),
+        "date": moment.strftime("%Y%m%d"),
+        "date_time": moment.strftime("%Y%m%d_%H%M%S"),
+    }
+
+    def fill(match: re.Match[str]) -> str:
+        placeholder = match.group(1)
+        if placeholder not in OUTPUT_PLACEHOLDERS:
+            raise ValueError(
+                f"placeholder {{{placeholder}}} in {template!r} is unknown; use {{execution_id}},"
+                " {date} or {date_time}"
+            )
+        return values[placeholder]
+
+    return _PLACEHOLDER_RE.sub(fill, template)
+
+
+@dataclass(frozen=True)
+class RoutedOutputs:
+    """Where the outputs of one execution went."""
+
+    endpoint: dict[str, Any]
+    """Outputs given back to the caller and recorded, by endpoint output name (periodic
+    deployments: the unmapped outputs, by their own name)."""
+    stored: dict[str, str]
+    """Outputs written to the data store: pipeline output name -> key."""
+
+
+def file_output_path(value: Any) -> Path | None:
+    """The file a pipeline returned as an output ({"path": "<file>"} or a Path), else None."""
+    if isinstance(value, os.PathLike):
+        return Path(value)
+    if isinstance(value, dict) and set(value) == {"path"}:
+        path = value["path"]
+        if isinstance(path, (str, os.PathLike)):
+            return Path(path)
+    return None
+
+
+def route_outputs(
+    spec: DeploymentSpec,
+    outputs: Mapping[str, Any],
+    execution_id: str,
+    now: datetime,
+    store: DataStore | None,
+    workdir: Path | None = None,
+) -> RoutedOutputs:
+    """Send each output where the deployment's outputs mapping says.
+
+    Endpoint outputs come back in `endpoint`; data-store outputs are uploaded (a file output
+    {"path": ...} as that file's bytes, any other value as its UTF-8 JSON) and listed in
+    `stored`; null outputs are dropped. Unmapped outputs keep their name in `endpoint`.
+    A relative file path resolves against the current working directory, where the pipeline
+    wrote it; `workdir` (the one given to `resolve_inputs`) is accepted for symmetry and unused.
+
+    Raises `OutputRoutingError` naming the output and its destination, `DataStoreNotConfigured`
+    when a data-store output has no store. Uploads run last, once every check passed.
+    """
+    del workdir
+    mapping = {d.pipeline_output_name: d for d in spec.outputs_mapping}
+    errors: list[str] = []
+    missing = [name for name in mapping if name not in outputs]
+    if missing:
+        errors.append(
+            f"output {', '.join(map(repr, missing))} is mapped in outputs_mapping but the "
+            f"pipeline did not return it (it returned {', '.join(map(repr, outputs)) or 'nothing'}"
+            "); return it from the pipeline or remove it from outputs_mapping"
+        )
+    endpoint: dict[str, Any] = {}
+    endpoint_from: dict[str, str] = {}
+    uploads: dict[str, tuple[str, Any]] = {}  # key -> (output name, value)
+    for name, value in outputs.items():
+        destination = mapping.get(name)
+        if destination is not None and destination.is_null:
+            continue
+        if destination is not None and destination.datastore_path is not None:
+            template = destination.datastore_path
+            try:
+                key = validate_key(render_output_path(template, execution_id, now))
+            except (ValueError, DataStoreError) as exc:
+                errors.append(f"output {name!r}: datastore_path {template!r} is not usable: {exc}")
+                continue
+            if key in uploads:
+                errors.append(
+                    f"outputs {uploads[key][0]!r} and {name!r} both go to data-store path "
+                    f"{key!r}; give one of them another datastore_path"
+                )
+                continue
+            uploads[key] = (name, value)
+            continue
+        target = destination.endpoint_output_name if destination is not None else name
+        assert target is not None
+        if target in endpoint_from:
+            errors.append(
+                f"outputs {endpoint_from[target]!r} and {name!r} both go to endpoint output "
+                f"{target!r}; map one of them to another endpoint_output_name"
+            )
+            continue
+        endpoint_from[target] = name
+        endpoint[target] = value
+    if errors:
+        raise OutputRoutingError("; ".join(errors))
+    if uploads and store is None:
+        first = next(iter(uploads.values()))[0]
+        raise DataStoreNotConfigured(
+            f"output {first!r} goes to the data store but no data store is configured; "
+            f"{_CONFIGURE_FIX}"
+        )
+
+    stored: dict[str, str] = {}
+    for key, (name, value) in uploads.items():
+        assert store is not None
+        _upload(store, name, value, key)
+        stored[name] = key
+    return RoutedOutputs(endpoint=endpoint, stored=stored)
+
+
+def _upload(store: DataStore, name: str, value: Any, key: str) -> None:
+    path = file_output_path(value)
+    try:
+        if path is not None:
+            store.upload(path, key)
+            return
+        try:
+            body = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise OutputRoutingError(
+                f"output {name!r} cannot go to data-store path {key!r}: it is not JSON ({exc});"
+                " return JSON values, or write a file and return {'path': <file>}"
+            ) from exc
+        store.upload(io.BytesIO(body), key)
+    except DataStoreError as exc:
+        raise OutputRoutingError(
+            f"output {name!r} could not be stored at data-store path {key!r}: {exc}"
+        ) from exc

@@ -1,0 +1,240 @@
+"""The low-latency pod: one long-lived process per deployment that runs flow runs in-process.
+
+For: importing a deployment's pipeline once, then executing each flow run the worker hands it
+through Prefect's flow engine, in this process: `async def` pipelines as tasks on the pod's
+event loop, `def` pipelines each in a new thread, up to the deployment's parallelism. Module
+state (a loaded model, a cache) persists between runs: that is the point of the mode, and also
+its warning: parallel runs share that memory, so it must be safe to share.
+Not for: deciding which run starts when (the worker does, see `pods.py`), or restarting
+itself (the worker re-creates a pod that died).
+
+The worker starts it as
+    python -m prefect_pipedeploy.pod --deployment-id ID --control-fd FD
+and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
+{...}}; the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
+{"event": "started", "flow_run_id": ...}, {"event": "finished", "flow_run_id": ..., "state":
+..., "message": ...}. When the socket closes (the worker is gone) the pod finishes its runs
+and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import builtins
+import contextvars
+import json
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.deployments.steps.core import run_steps
+from prefect.exceptions import Abort
+from prefect.flows import load_flow_from_entrypoint, load_function_and_convert_to_flow
+from prefect.logging import get_logger
+from prefect.logging.loggers import print_as_log
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.states import Failed
+from prefect.utilities.engine import propose_state
+
+from prefect_pipedeploy.execution import (
+    run_pipeline_async,
+    run_pipeline_sync,
+    with_output_recording,
+)
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
+
+logger = get_logger("prefect_pipedeploy.pod")
+
+# How many `def` runs may be abandoned after their timeout before the pod asks to be recycled.
+MAX_ABANDONED_THREADS = 4
+EXIT_RECYCLE = 75  # the worker re-creates a pod that exits with this code, without back-off
+
+
+async def load_deployment_pipeline(deployment: DeploymentResponse) -> Flow[..., Any]:
+    """Run the deployment's pull steps (they may change directory) and import its pipeline."""
+    if deployment.entrypoint is None:
+        raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
+    if deployment.pull_steps:
+        output = await run_steps(deployment.pull_steps, print_function=logger.info)
+        if output.get("directory"):
+            os.chdir(output["directory"])
+    elif deployment.path:
+        os.chdir(deployment.path)
+    sys.path.insert(0, os.getcwd())
+    try:
+        return await asyncio.to_thread(
+            load_flow_from_entrypoint, deployment.entrypoint, use_placeholder_flow=False
+        )
+    except Exception:
+        return await asyncio.to_thread(load_function_and_convert_to_flow, deployment.entrypoint)
+
+
+def run_in_new_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Run `fn` in a new thread; the returned future resolves on this loop when it returns.
+
+    Cancelling the future does not stop the thread (CPython cannot kill a thread): it is
+    abandoned and its result ignored.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()  # the pod's Prefect settings travel with the run
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result = context.run(fn)
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class Pod:
+    """The pod's state: its pipeline, its runs in flight, and the channel to its worker."""
+
+    def __init__(
+        self,
+        deployment: DeploymentResponse,
+        spec: DeploymentSpec,
+        flow: Flow[..., Any],
+        client: PrefectClient,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.deployment = deployment
+        self.spec = spec
+        self.flow = with_output_recording(flow)
+        self.client = client
+        self.writer = writer
+        self.runs: dict[UUID, asyncio.Task[None]] = {}
+        self.abandoned_threads = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message).encode() + b"\n")
+
+    def start_run(self, flow_run: FlowRun) -> None:
+        if flow_run.id in self.runs:
+            return
+        self.runs[flow_run.id] = asyncio.create_task(self._run(flow_run))
+
+    async def _run(self, flow_run: FlowRun) -> None:
+        self.send({"event": "started", "flow_run_id": str(flow_run.id)})
+        state_name, message = "Unknown", None
+        try:
+            state = await self._execute_with_timeout(flow_run)
+            state_name, message = state.type.value, state.message
+        except TimeoutError:
+            timeout = self.spec.execution_timeout_s
+            message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
+            await self._fail(flow_run.id, message)
+            state_name = "FAILED"
+        except Exception as exc:  # the engine itself failed: report on the run, keep the pod
+            message = f"The pod could not execute the run: {type(exc).__name__}: {exc}"
+            logger.exception(message)
+            await self._fail(flow_run.id, message)
+            state_name = "FAILED"
+        finally:
+            self.runs.pop(flow_run.id, None)
+        self.send(
+            {
+                "event": "finished",
+                "flow_run_id": str(flow_run.id),
+                "state": state_name,
+                "message": message,
+            }
+        )
+        await self.writer.drain()
+        if self.abandoned_threads >= MAX_ABANDONED_THREADS and not self.runs:
+            logger.warning(
+                "%d timed-out threads are still running; recycling the pod", self.abandoned_threads
+            )
+            os._exit(EXIT_RECYCLE)
+
+    async def _execute_with_timeout(self, flow_run: FlowRun) -> Any:
+        timeout = self.spec.execution_timeout_s
+        if self.flow.isasync:
+            return await asyncio.wait_for(run_pipeline_async(self.flow, flow_run), timeout)
+        future = run_in_new_thread(
+            lambda: run_pipeline_sync(self.flow, flow_run), name=f"run-{flow_run.id}"
+        )
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.abandoned_threads += 1
+            raise
+
+    async def _fail(self, flow_run_id: UUID, message: str) -> None:
+        try:
+            await propose_state(self.client, Failed(message=message), flow_run_id=flow_run_id)
+        except Abort:
+            pass  # already final
+
+
+async def serve(deployment_id: UUID, control: socket.socket) -> int:
+    reader, writer = await asyncio.open_connection(sock=control)
+
+    def send(message: dict[str, Any]) -> None:
+        writer.write(json.dumps(message).encode() + b"\n")
+
+    async with get_client() as client:
+        deployment = await client.read_deployment(deployment_id)
+        spec = spec_from_job_variables(deployment.job_variables)
+        try:
+            flow = await load_deployment_pipeline(deployment)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.error("Could not load the pipeline of %s: %s", deployment.name, error)
+            send({"event": "load_failed", "error": error})
+            await writer.drain()
+            return 3
+        pod = Pod(deployment, spec, flow, client, writer)
+        logger.info("Pod of %s ready (pid %d)", deployment.name, os.getpid())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        send({"event": "ready", "pid": os.getpid()})
+        await writer.drain()
+        while line := await reader.readline():
+            command = json.loads(line)
+            if command.get("op") == "run":
+                pod.start_run(FlowRun.model_validate(command["flow_run"]))
+        # the worker went away: finish what runs, then leave
+        if pod.runs:
+            await asyncio.gather(*pod.runs.values(), return_exceptions=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prefect_pipedeploy.pod")
+    parser.add_argument("--deployment-id", required=True, type=UUID)
+    parser.add_argument("--control-fd", required=True, type=int)
+    args = parser.parse_args(argv)
+    # Installed once for the pod's lifetime: print routes by run context, so concurrent runs
+    # never swap builtins.print under each other.
+    builtins.print = print_as_log
+    control = socket.socket(fileno=args.control_fd)
+    # Liveness of runs is the pod's (its worker watches the process): no heartbeat thread,
+    # which would add about a second to every `def` run.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return asyncio.run(serve(args.deployment_id, control))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The data store and the execution records through the SDK and the CLI, on a real Prefect server.
+
+The local data store block is saved on the session's server the way `pipedeploy up` saves it;
+the SDK verbs run in-process, the CLI commands as subprocesses (as a user runs them). Execution
+records are written on flow runs created directly through the Prefect client and read back
+through the SDK.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+
+from prefect_pipedeploy.datastore import DataStoreObjectNotFound, LocalDataStore
+from prefect_pipedeploy.exceptions import ExecutionNotFound
+from prefect_pipedeploy.iomapping import (
+    DATA_STORE_VARIABLE,
+    DataStoreNotConfigured,
+    aensure_local_data_store,
+    aload_data_store,
+    ensure_local_data_store,
+    load_data_store,
+)
+from prefect_pipedeploy.records import (
+    read_inputs,
+    read_outputs,
+    read_stored_outputs,
+    record_inputs,
+    record_inputs_sync,
+    record_outputs,
+)
+from prefect_pipedeploy.sdk import PipeDeploy
+from prefect_pipedeploy.sdk_datastore import DataStoreVerbs, ExecutionValueNotFound
+
+
+class Client(PipeDeploy, DataStoreVerbs):
+    """What `PipeDeploy` becomes once the lead adds the mixin."""
+
+
+@flow(name="pipedeploy-records-test")
+def recorded_pipeline(x: int = 1) -> dict[str, int]:
+    return {"y": x}
+
+
+@pytest.fixture(scope="module")
+def store_root(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data-store")
+
+
+@pytest.fixture(scope="module")
+def reference(store_root: Path) -> str:
+    return ensure_local_data_store(store_root, name=f"test-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def sdk(reference: str, monkeypatch: pytest.MonkeyPatch) -> Client:
+    monkeypatch.setenv(DATA_STORE_VARIABLE, reference)
+    return Client()
+
+
+# -- the block -----------------------------------------------------------------------------------
+
+
+def test_ensure_local_data_store_saves_a_loadable_block(
+    reference: str, store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert reference.startswith("pipedeploy-local-data-store/test-")
+    store = load_data_store(reference)
+    assert isinstance(store, LocalDataStore)
+    assert Path(store.root) == store_root.resolve()
+
+    monkeypatch.setenv(DATA_STORE_VARIABLE, reference)
+    assert load_data_store().root == store.root  # type: ignore[attr-defined]
+
+    # Saving again replaces the block (a new root); the async twin does the same.
+    name = reference.split("/", 1)[1]
+    assert ensure_local_data_store(tmp_path, name) == reference
+    assert load_data_store(reference).root == str(tmp_path.resolve())  # type: ignore[attr-defined]
+    assert anyio.run(aensure_local_data_store, store_root, name) == reference
+    loaded = anyio.run(aload_data_store, reference)
+    assert loaded.root == str(store_root.resolve())  # type: ignore[attr-defined]
+
+
+def test_a_missing_block_says_how_to_configure_one(prefect_api: str) -> None:
+    with pytest.raises(DataStoreNotConfigured) as caught:
+        load_data_store("pipedeploy-local-data-store/no-such-block")
+    message = str(caught.value)
+    assert (
+        "data store block 'pipedeploy-local-data-store/no-such-block' cannot be loaded" in message
+    )
+    assert DATA_STORE_VARIABLE in message
+
+
+def test_a_block_that_is_not_a_data_store_is_refused(prefect_api: str) -> None:
+    from prefect.blocks.system import Secret
+
+    name = f"not-a-store-{uuid.uuid4().hex[:6]}"
+    Secret(value="x").save(name, _sync=True)  # type: ignore[call-arg, arg-type]
+    with pytest.raises(DataStoreNotConfigured, match=f"block 'secret/{name}' is a Secret, not a"):
+        load_data_store(f"secret/{name}")
+
+
+# -- SDK verbs -----------------------------------------------------------------------------------
+
+
+def test_sdk_data_store_verbs(sdk: Client, tmp_path: Path) -> None:
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"weights" * 100)
+    prefix = f"sdk-{uuid.uuid4().hex[:6]}"
+
+    uploaded = sdk.upload_data_store_object(str(source), f"{prefix}/model.bin")
+    assert uploaded["key"] == f"{prefix}/model.bin"
+    assert uploaded["size"] == 700
+    json.dumps(uploaded)  # JSON-friendly
+    sdk.upload_data_store_object(io.BytesIO(b"{}"), f"{prefix}/meta.json")
+
+    listed = sdk.list_data_store_objects(prefix + "/")
+    assert [item["key"] for item in listed] == [f"{prefix}/meta.json", f"{prefix}/model.bin"]
+    assert isinstance(listed[0]["last_modified"], str)
+
+    info = sdk.get_data_store_object_information(f"{prefix}/model.bin")
+    assert info == uploaded
+
+    downloaded = sdk.download_data_store_object(f"{prefix}/model.bin", tmp_path / "out" / "m.bin")
+    assert (tmp_path / "out" / "m.bin").read_bytes() == source.read_bytes()
+    assert downloaded["sha256"] == uploaded["sha256"]
+    buffer = io.BytesIO()
+    sdk.download_data_store_object(f"{prefix}/meta.json", buffer)
+    assert buffer.getvalue() == b"{}"
+
+    sdk.delete_data_store_object(f"{prefix}/meta.json")
+    assert [item["key"] for item in sdk.list_data_store_objects(prefix)] == [f"{prefix}/model.bin"]
+    with pytest.raises(DataStoreObjectNotFound, match=f"'{prefix}/meta.json'"):
+        sdk.delete_data_store_object(f"{prefix}/meta.json")
+
+
+def test_sdk_uses_its_own_data_store_when_set(
+    reference: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DATA_STORE_VARIABLE, raising=False)
+    with pytest.raises(DataStoreNotConfigured, match=DATA_STORE_VARIABLE):
+        Client().list_data_store_objects()
+    other = ensure_local_data_store(tmp_path, f"other-{uuid.uuid4().hex[:6]}")
+    client = Client()
+    client.data_store = other
+    client.upload_data_store_object(io.BytesIO(b"here"), "only/here.txt")
+    assert (tmp_path / "only" / "here.txt").read_bytes() == b"here"
+
+
+def test_async_cores(sdk: Client) -> None:
+    async def scenario() -> None:
+        key = f"async-{uuid.uuid4().hex[:6]}.txt"
+        await sdk.aupload_data_store_object(io.BytesIO(b"a"), key)
+        assert (await sdk.aget_data_store_object_information(key))["size"] == 1
+        await sdk.adelete_data_store_object(key)
+
+    anyio.run(scenario)
+
+
+# -- execution records ---------------------------------------------------------------------------
+
+
+async def _flow_run_id() -> uuid.UUID:
+    async with get_client() as client:
+        return (await client.create_flow_run(recorded_pipeline, parameters={"x": 2})).id
+
+
+def test_inputs_and_outputs_recorded_on_a_run(sdk: Client) -> None:
+    run_id = anyio.run(_flow_run_id)
+
+    async def write() -> None:
+        async with get_client() as client:
+            await record_inputs(client, run_id, {"x": 2, "token": "***"})
+            await record_outputs(
+                client, run_id, {"score": 0.5, "labels": ["a"]}, stored={"report": "r/1.pdf"}
+            )
+
+    anyio.run(write)
+
+    assert sdk.get_pipeline_execution_input(run_id, "x") == 2
+    assert sdk.get_pipeline_execution_input(str(run_id), "token") == "***"
+    assert sdk.get_pipeline_execution_output(run_id, "score") == 0.5
+    assert sdk.get_pipeline_execution_output(run_id, "labels") == ["a"]
+    assert sdk.get_pipeline_execution_output(run_id, "report") == {"datastore_path": "r/1.pdf"}
+
+    with pytest.raises(
+        ExecutionValueNotFound, match="no input 'nope'; its recorded inputs are 'x', 'token'"
+    ):
+        sdk.get_pipeline_execution_input(run_id, "nope")
+    with pytest.raises(
+        ExecutionValueNotFound,
+        match="no output 'nope'; its recorded outputs are 'score', 'labels', 'report'",
+    ):
+        sdk.get_pipeline_execution_output(run_id, "nope")
+
+    async def read() -> tuple[Any, Any]:
+        async with get_client() as client:
+            return await read_outputs(client, run_id), await read_stored_outputs(client, run_id)
+
+    # The gateway reads only what goes back to the caller.
+    assert anyio.run(read) == ({"score": 0.5, "labels": ["a"]}, {"report": "r/1.pdf"})
+
+
+def test_a_retried_run_reads_its_latest_record(sdk: Client) -> None:
+    run_id = anyio.run(_flow_run_id)
+    with get_client(sync_client=True) as client:
+        record_inputs_sync(client, run_id, {"x": "first attempt"})
+        record_inputs_sync(client, run_id, {"x": "second attempt"})
+    assert sdk.get_pipeline_execution_input(run_id, "x") == "second attempt"
+
+    async def read() -> Any:
+        async with get_client() as client:
+            return await read_inputs(client, run_id)
+
+    assert anyio.run(read) == {"x": "second attempt"}
+
+
+def test_records_missing(sdk: Client) -> None:
+    run_id = anyio.run(_flow_run_id)
+    with pytest.raises(ExecutionValueNotFound, match="recorded no inputs"):
+        sdk.get_pipeline_execution_input(run_id, "x")
+    with pytest.raises(ExecutionValueNotFound, match="recorded no outputs"):
+        sdk.get_pipeline_execution_output(run_id, "y")
+    for missing in (str(uuid.uuid4()), "not-an-id"):
+        with pytest.raises(ExecutionNotFound, match=f"no execution with id '{missing}'"):
+            sdk.get_pipeline_execution_input(missing, "x")
+        with pytest.raises(ExecutionNotFound):
+            sdk.get_pipeline_execution_output(missing, "y")
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def pipedeploy_datastore(
+    *args: str, reference: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect_pipedeploy.cli_datastore", *args],
+        env={**os.environ, DATA_STORE_VARIABLE: reference},
+        capture_output=True,
+        input=stdin,
+        timeout=60,
+    )
+
+
+def test_cli_datastore_commands(reference: str, tmp_path: Path) -> None:
+    prefix = f"cli-{uuid.uuid4().hex[:6]}"
+    source = tmp_path / "data.csv"
+    source.write_text("a,b\n1,2\n")
+
+    put = pipedeploy_datastore("put", str(source), f"{prefix}/data.csv", reference=reference)
+    assert put.returncode == 0, put.stderr
+    assert f"-> {prefix}/data.csv (8 bytes)" in put.stdout.decode()
+
+    ls = pipedeploy_datastore("ls", prefix, reference=reference)
+    assert ls.returncode == 0, ls.stderr
+    size, _, key = ls.stdout.decode().split()
+    assert (size, key) == ("8", f"{prefix}/data.csv")
+
+    info = pipedeploy_datastore("info", f"{prefix}/data.csv", reference=reference)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["size"] == 8
+
+    get = pipedeploy_datastore(
+        "get", f"{prefix}/data.csv", str(tmp_path / "copy.csv"), reference=reference
+    )
+    assert get.returncode == 0, get.stderr
+    assert (tmp_path / "copy.csv").read_text() == "a,b\n1,2\n"
+    to_stdout = pipedeploy_datastore("get", f"{prefix}/data.csv", "-", reference=reference)
+    assert to_stdout.stdout == b"a,b\n1,2\n"
+
+    rm = pipedeploy_datastore("rm", f"{prefix}/data.csv", reference=reference)
+    assert rm.returncode == 0, rm.stderr
+    assert pipedeploy_datastore("ls", prefix, reference=reference).stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("rm", "no/such.txt"), "error: no object 'no/such.txt' in the data store"),
+        (("info", "../escape"), "error: data store key '../escape' has a `..` segment"),
+        (("--store", "pipedeploy-local-data-store/absent", "ls"), "error: data store block"),
+    ],
+)
+def test_cli_errors_are_one_line(reference: str, args: tuple[str, ...], message: str) -> None:
+    result = pipedeploy_datastore(*args, reference=reference)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert stderr.startswith(message), stderr
+    assert stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr

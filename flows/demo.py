@@ -7,9 +7,12 @@ the execution's outputs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
+import uuid
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -63,3 +66,23 @@ def suicide() -> dict:
     """Kills its own process (a crash the worker must explain)."""
     os.kill(os.getpid(), 9)
     return {}
+
+
+@flow(log_prints=True)
+def enrich(
+    text: str,
+    scale: float,
+    model_file: dict,
+    token: str,
+    nothing: object = "unset",
+) -> dict:
+    """Uses every kind of input and writes a file output (the mapping tests' pipeline)."""
+    with open(model_file["path"]) as handle:
+        weights = json.load(handle)
+    report = Path(f"report-{uuid.uuid4().hex}.txt")
+    report.write_text(f"{text} x{scale} with {weights['name']}")
+    return {
+        "summary": f"{text.upper()} ({len(token)}-char token, nothing={nothing!r})",
+        "scaled": len(text) * scale * weights["bias"],
+        "report": {"path": str(report.resolve())},
+    }

@@ -4,6 +4,15 @@ Importing the package registers the `pipedeploy` worker type with Prefect (the p
 `prefect.collections` entry point), so `prefect worker start --type pipedeploy` finds it.
 """
 
+from prefect_pipedeploy.datastore import (
+    DataStore,
+    DataStoreError,
+    DataStoreIntegrityError,
+    DataStoreObjectNotFound,
+    InvalidDataStoreKey,
+    LocalDataStore,
+    S3DataStore,
+)
 from prefect_pipedeploy.exceptions import (
     DeploymentExists,
     DeploymentNotFound,
@@ -12,20 +21,37 @@ from prefect_pipedeploy.exceptions import (
     PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.iomapping import (
+    DataStoreNotConfigured,
+    InputResolutionError,
+    OutputRoutingError,
+)
 from prefect_pipedeploy.sdk import PipeDeploy
+from prefect_pipedeploy.sdk_datastore import ExecutionValueNotFound
 from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
 from prefect_pipedeploy.worker import PipeDeployWorker
 
 __all__ = [
+    "DataStore",
+    "DataStoreError",
+    "DataStoreIntegrityError",
+    "DataStoreNotConfigured",
+    "DataStoreObjectNotFound",
     "DeploymentExists",
     "DeploymentNotFound",
     "DeploymentSpec",
     "ExecutionNotFound",
+    "ExecutionValueNotFound",
+    "InputResolutionError",
     "InputSource",
+    "InvalidDataStoreKey",
+    "LocalDataStore",
     "OutputDestination",
+    "OutputRoutingError",
     "PipeDeploy",
     "PipeDeployError",
     "PipeDeployWorker",
     "PipelineLoadError",
+    "S3DataStore",
     "SpecError",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 
 import typer
 
+from prefect_pipedeploy.cli_datastore import datastore_app
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.stack import ChildProcess
@@ -31,6 +32,7 @@ deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, r
 executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs.")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(executions_app, name="executions")
+app.add_typer(datastore_app, name="datastore")
 
 DEMO_DEPLOYMENT = "demo-score"
 
@@ -133,6 +135,10 @@ def up(
             children.append(server)
             typer.echo(f"Prefect server:  {api_url}   (UI: {api_url.removesuffix('/api')})")
         env = {**os.environ, "PREFECT_API_URL": api_url}
+        data_store = _ensure_data_store(api_url, home)
+        env["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
+        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
+        typer.echo(f"Data store:      {data_store}")
         worker_child = start_child(
             "worker",
             [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool],
@@ -152,6 +158,19 @@ def up(
                     _fail(f"{child.name} exited; see {child.log_path}:\n{child.log_tail()}")
             time.sleep(0.5)
         typer.echo("Stopping...")
+
+
+def _ensure_data_store(api_url: str, home: Path) -> str:
+    """The data store of the stack: the user's (if set), else a local directory under home."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_pipedeploy.iomapping import data_store_reference, ensure_local_data_store
+
+    configured = data_store_reference()
+    if configured:
+        return configured
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return ensure_local_data_store(home / "datastore")
 
 
 def _run_demo(api_url: str, pool: str) -> None:

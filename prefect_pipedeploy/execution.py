@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import functools
 import inspect
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -29,7 +33,18 @@ from prefect.logging import get_logger
 from prefect.states import Failed, State
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.records import record_outputs, record_outputs_sync
+from prefect_pipedeploy.datastore import DataStore
+from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import (
+    aload_data_store,
+    cleanup_execution_files,
+    pipeline_inputs_of,
+    resolve_inputs,
+    route_outputs,
+    uses_data_store,
+)
+from prefect_pipedeploy.records import record_inputs, record_outputs, record_outputs_sync
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.execution")
 
@@ -59,35 +74,97 @@ async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> No
         pass  # it reached a final state already
 
 
-def with_output_recording(flow: Flow[..., Any]) -> Flow[..., Any]:
-    """A copy of `flow` that records its outputs on the run before the run completes.
+class PipelineRunner:
+    """Runs flow runs of one deployment's pipeline in this process, with its io mapping.
 
-    Recording inside the run means a Completed execution always has its outputs readable.
+    Before a run: its inputs are resolved from the mapping (endpoint values, constants,
+    environment variables, data-store files) and recorded on the run. Inside the run, after the
+    pipeline returns: its outputs are routed (endpoint response, data store) and recorded, so a
+    Completed execution always has its outputs readable. An elastic process makes one runner for
+    its one run; a pod makes one for its lifetime.
     """
-    fn = flow.fn
-    if inspect.iscoroutinefunction(fn):
 
-        @functools.wraps(fn)
-        async def run_and_record(*args: Any, **kwargs: Any) -> Any:
-            value = await fn(*args, **kwargs)
-            context = FlowRunContext.get()
-            assert context is not None and context.flow_run is not None
-            await record_outputs(context.client, context.flow_run.id, outputs_of(value))
-            return value
+    def __init__(self, flow: Flow[..., Any], spec: DeploymentSpec) -> None:
+        self.spec = spec
+        self.inputs, self.required = pipeline_inputs_of(flow)
+        self.workdir = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
+        self._store: DataStore | None = None
+        self.flow = self._with_output_routing(flow)
 
-    else:
+    async def store(self) -> DataStore | None:
+        """The data store, loaded once, when the mapping uses one."""
+        if self._store is None and uses_data_store(self.spec):
+            self._store = await aload_data_store()
+        return self._store
 
-        @functools.wraps(fn)
-        def run_and_record(*args: Any, **kwargs: Any) -> Any:
-            value = fn(*args, **kwargs)
-            context = FlowRunContext.get()
-            assert context is not None and context.flow_run is not None
-            record_outputs_sync(context.client, context.flow_run.id, outputs_of(value))
-            return value
+    async def prepare(self, client: PrefectClient, flow_run: FlowRun) -> dict[str, Any] | None:
+        """The pipeline's keyword arguments for `flow_run`; None (and the run Failed) if they
+        cannot be resolved."""
+        try:
+            store = await self.store()
+            resolved = await asyncio.to_thread(
+                resolve_inputs,
+                self.spec,
+                dict(flow_run.parameters or {}),
+                self.inputs,
+                self.required,
+                str(flow_run.id),
+                self.workdir,
+                store,
+                dict(os.environ),
+            )
+        except PipeDeployError as exc:
+            await fail_run(
+                client, flow_run.id, f"The execution's inputs could not be resolved: {exc}"
+            )
+            return None
+        for name in resolved.ignored:
+            logger.warning(
+                "Run %s: parameter %r is overridden by the input mapping", flow_run.id, name
+            )
+        await record_inputs(client, flow_run.id, resolved.recorded)
+        return resolved.parameters
 
-    wrapped = copy.copy(flow)
-    wrapped.fn = run_and_record
-    return wrapped
+    def cleanup(self, flow_run: FlowRun) -> None:
+        cleanup_execution_files(self.workdir, str(flow_run.id))
+
+    def _route(self, value: Any) -> tuple[UUID, Any, dict[str, Any], dict[str, str]]:
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None
+        routed = route_outputs(
+            self.spec,
+            outputs_of(value),
+            str(context.flow_run.id),
+            datetime.datetime.now(datetime.timezone.utc),
+            self._store,
+            self.workdir,
+        )
+        return context.flow_run.id, context.client, routed.endpoint, routed.stored
+
+    def _with_output_routing(self, flow: Flow[..., Any]) -> Flow[..., Any]:
+        fn = flow.fn
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_and_route(*args: Any, **kwargs: Any) -> Any:
+                value = await fn(*args, **kwargs)
+                # to_thread carries this run's context along, so _route sees the run
+                run_id, client, endpoint, stored = await asyncio.to_thread(self._route, value)
+                await record_outputs(client, run_id, endpoint, stored=stored)
+                return value
+
+        else:
+
+            @functools.wraps(fn)
+            def run_and_route(*args: Any, **kwargs: Any) -> Any:
+                value = fn(*args, **kwargs)
+                run_id, client, endpoint, stored = self._route(value)
+                record_outputs_sync(client, run_id, endpoint, stored=stored)
+                return value
+
+        wrapped = copy.copy(flow)
+        wrapped.fn = run_and_route
+        return wrapped
 
 
 def run_pipeline_sync(
@@ -110,15 +187,23 @@ async def run_pipeline_async(
     return state
 
 
-async def execute_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
-    """Run `flow_run` with `flow` (as returned by `with_output_recording`) in this process.
+async def execute_flow_run(
+    client: PrefectClient, runner: PipelineRunner, flow_run: FlowRun
+) -> State[Any] | None:
+    """Resolve inputs, run `flow_run` in this process, clean up; None if it never started.
 
     An `async def` pipeline runs on the current event loop; a `def` pipeline runs in a thread
     of its own (the sync engine blocks), keeping the loop responsive.
     """
-    if flow.isasync:
-        return await run_pipeline_async(flow, flow_run)
-    return await asyncio.to_thread(run_pipeline_sync, flow, flow_run)
+    parameters = await runner.prepare(client, flow_run)
+    if parameters is None:
+        return None
+    try:
+        if runner.flow.isasync:
+            return await run_pipeline_async(runner.flow, flow_run, parameters)
+        return await asyncio.to_thread(run_pipeline_sync, runner.flow, flow_run, parameters)
+    finally:
+        runner.cleanup(flow_run)
 
 
 async def _main(flow_run_id: UUID) -> int:
@@ -131,7 +216,13 @@ async def _main(flow_run_id: UUID) -> int:
             logger.error(message)
             await fail_run(client, flow_run_id, message)
             return 0
-        await execute_flow_run(with_output_recording(flow), flow_run)
+        deployment = await client.read_deployment(flow_run.deployment_id)  # type: ignore[arg-type]
+        try:
+            spec = spec_from_job_variables(deployment.job_variables)
+        except PipeDeployError as exc:
+            await fail_run(client, flow_run_id, f"The deployment's settings are invalid: {exc}")
+            return 0
+        await execute_flow_run(client, PipelineRunner(flow, spec), flow_run)
     return 0
 
 

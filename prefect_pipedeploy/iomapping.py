@@ -47,6 +47,7 @@ from prefect_pipedeploy.datastore import (
     validate_key,
 )
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import OUTPUT_PLACEHOLDERS, DeploymentSpec, ExecutionRule, InputSource
 
 DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
@@ -88,7 +89,7 @@ def data_store_reference() -> str | None:
     "pipedeploy-local-data-store/default" or "pipedeploy-s3-data-store/prod"; None when unset.
     Read each time it is needed, never cached.
     """
-    value = os.environ.get(DATA_STORE_VARIABLE, "").strip()
+    value = (get_settings().data_store or "").strip()
     return value or None
 
 

@@ -45,11 +45,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Failed
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.execution import (
-    run_pipeline_async,
-    run_pipeline_sync,
-    with_output_recording,
-)
+from prefect_pipedeploy.execution import PipelineRunner, run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.pod")
@@ -121,7 +117,7 @@ class Pod:
     ) -> None:
         self.deployment = deployment
         self.spec = spec
-        self.flow = with_output_recording(flow)
+        self.runner = PipelineRunner(flow, spec)
         self.client = client
         self.writer = writer
         self.runs: dict[UUID, asyncio.Task[None]] = {}
@@ -139,8 +135,12 @@ class Pod:
         self.send({"event": "started", "flow_run_id": str(flow_run.id)})
         state_name, message = "Unknown", None
         try:
-            state = await self._execute_with_timeout(flow_run)
-            state_name, message = state.type.value, state.message
+            parameters = await self.runner.prepare(self.client, flow_run)
+            if parameters is None:
+                state_name, message = "FAILED", "its inputs could not be resolved"
+            else:
+                state = await self._execute_with_timeout(flow_run, parameters)
+                state_name, message = state.type.value, state.message
         except TimeoutError:
             timeout = self.spec.execution_timeout_s
             message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
@@ -153,6 +153,7 @@ class Pod:
             state_name = "FAILED"
         finally:
             self.runs.pop(flow_run.id, None)
+            self.runner.cleanup(flow_run)
         self.send(
             {
                 "event": "finished",
@@ -168,12 +169,13 @@ class Pod:
             )
             os._exit(EXIT_RECYCLE)
 
-    async def _execute_with_timeout(self, flow_run: FlowRun) -> Any:
+    async def _execute_with_timeout(self, flow_run: FlowRun, parameters: dict[str, Any]) -> Any:
         timeout = self.spec.execution_timeout_s
-        if self.flow.isasync:
-            return await asyncio.wait_for(run_pipeline_async(self.flow, flow_run), timeout)
+        flow = self.runner.flow
+        if flow.isasync:
+            return await asyncio.wait_for(run_pipeline_async(flow, flow_run, parameters), timeout)
         future = run_in_new_thread(
-            lambda: run_pipeline_sync(self.flow, flow_run), name=f"run-{flow_run.id}"
+            lambda: run_pipeline_sync(flow, flow_run, parameters), name=f"run-{flow_run.id}"
         )
         try:
             return await asyncio.wait_for(future, timeout)

@@ -51,6 +51,7 @@ from prefect_pipedeploy.exceptions import (
 )
 from prefect_pipedeploy.pods import read_pod_status
 from prefect_pipedeploy.records import read_outputs
+from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
@@ -224,10 +225,20 @@ def execution_view(flow_run: FlowRun, deployment_name: str | None = None) -> dic
 # ---------------------------------------------------------------------------------------------
 
 
-class PipeDeploy:
-    """The platform's verbs on a Prefect server (PREFECT_API_URL, or `api_url`)."""
+class PipeDeploy(DataStoreVerbs):
+    """The platform's verbs on a Prefect server (PREFECT_API_URL, or `api_url`).
 
-    def __init__(self, api_url: str | None = None, work_pool_name: str | None = None) -> None:
+    `data_store` names the data store block for the data-store verbs ("<type-slug>/<name>");
+    default: PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE.
+    """
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        work_pool_name: str | None = None,
+        data_store: str | None = None,
+    ) -> None:
+        self.data_store = data_store
         # The API is fixed when the client is made, so every thread that uses it talks to the
         # same server (Prefect's settings context does not follow a call into a new thread).
         self.api_url = api_url or PREFECT_API_URL.value()

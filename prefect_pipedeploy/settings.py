@@ -44,6 +44,13 @@ class PipeDeploySettings(BaseSettings):
         default=None,
         description="RAM the worker may hand out, like '8GiB'; default: total memory minus ram_reserve.",
     )
+    data_store: str | None = Field(
+        default=None,
+        description=(
+            "Data store block used by mappings and the SDK, as '<block-type-slug>/<name>', "
+            "e.g. 'pipedeploy-local-data-store/default' (set by `pipedeploy up`)."
+        ),
+    )
     gateway_url: str | None = Field(
         default=None, description="Base URL of the endpoint gateway, for the SDK's trigger verbs."
     )

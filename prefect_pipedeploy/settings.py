@@ -54,6 +54,24 @@ class PipeDeploySettings(BaseSettings):
     gateway_url: str | None = Field(
         default=None, description="Base URL of the endpoint gateway, for the SDK's trigger verbs."
     )
+    gateway_wait_s: float = Field(
+        default=25.0,
+        ge=0,
+        description="How long an endpoint call waits for its execution before answering 303.",
+    )
+    gateway_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest request body the gateway reads (413)."
+    )
+    gateway_max_waiting: int = Field(
+        default=100,
+        gt=0,
+        description="Waiting executions per deployment before the gateway answers 429.",
+    )
+    gateway_bad_token_limit: int = Field(
+        default=20,
+        gt=0,
+        description="Wrong tokens a client may send per minute before it is refused (429).",
+    )
 
 
 def get_settings() -> PipeDeploySettings:

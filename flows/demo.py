@@ -86,3 +86,15 @@ def enrich(
         "scaled": len(text) * scale * weights["bias"],
         "report": {"path": str(report.resolve())},
     }
+
+
+@flow
+def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3) -> dict:
+    """Fails on its first `fail_attempts` attempts (the queue tests' pipeline)."""
+    from prefect.runtime import flow_run
+
+    attempt = flow_run.run_count
+    time.sleep(sleep_s)
+    if attempt <= fail_attempts:
+        raise RuntimeError(f"{label} fails on attempt {attempt}")
+    return {"label": label, "attempt": attempt}

@@ -95,8 +95,13 @@ def decide_retry(
     now: datetime,
     *,
     failed_created: datetime | None = None,
+    next_started: str | None = None,
 ) -> RetryDecision:
     """Whether the failed run `failed_id` is retried, and its new expected start time.
+
+    `next_started` names a run of the deployment that already started after the failure (the
+    worker may have started the next run before this decision): the next run has had its turn,
+    so the retry goes to the front of the waiting runs.
 
     `attempts_made` counts the attempt that just failed; `max_retries=1` allows 2 attempts in
     all. `waiting` is the deployment's waiting runs (the failed run itself is ignored if listed).
@@ -121,6 +126,15 @@ def decide_retry(
 
     attempt = attempts_made + 1
     others = queue_order([run for run in waiting if run.id != failed_id])
+    if next_started is not None:
+        front = min(now, others[0].expected_start - _RESOLUTION) if others else now
+        return RetryDecision(
+            retry=True,
+            expected_start=front,
+            attempt=attempt,
+            reason=f"retry {attempt - 1} of {max_retries} (attempt {attempt} of {total}), "
+            f"queued right after run {next_started}",
+        )
     if not others or others[0].expected_start > now:
         return RetryDecision(
             retry=True,

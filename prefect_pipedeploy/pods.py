@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,13 @@ class PodSupervisor:
         worker_name: str,
         state_dir: Path,
         on_change: Callable[[], None],
+        on_finished: Callable[[UUID, UUID], Awaitable[None]],
     ) -> None:
         self._client = client
         self.worker_name = worker_name
         self.state_dir = state_dir
         self.on_change = on_change  # wakes the worker: a slot freed, a pod came up
+        self.on_finished = on_finished  # (deployment id, flow run id): a run of a pod ended
         self.pods: dict[UUID, PodHandle] = {}
 
     # ---- reconciliation -----------------------------------------------------------------
@@ -249,8 +251,11 @@ class PodSupervisor:
             self._event(pod, "ready", pid=message.get("pid"))
             self.on_change()
         elif event == "finished":
-            pod.in_flight.discard(UUID(message["flow_run_id"]))
+            flow_run_id = UUID(message["flow_run_id"])
+            pod.in_flight.discard(flow_run_id)
             self.on_change()
+            if message.get("state") in ("FAILED", "CRASHED"):
+                await self.on_finished(pod.deployment.id, flow_run_id)
         elif event == "load_failed":
             return str(message.get("error"))
         return None
@@ -261,12 +266,15 @@ class PodSupervisor:
             f"The low-latency pod of deployment {pod.name!r} {explanation} while running this "
             "execution; the pod is being re-created."
         )
+        crashed = list(pod.in_flight)
         async with self._client() as client:
-            for flow_run_id in list(pod.in_flight):
+            for flow_run_id in crashed:
                 with contextlib.suppress(Abort, ObjectNotFound):
                     await propose_state(client, Crashed(message=message), flow_run_id=flow_run_id)
         pod.in_flight.clear()
         self.on_change()
+        for flow_run_id in crashed:
+            await self.on_finished(pod.deployment.id, flow_run_id)
 
     # ---- reporting ------------------------------------------------------------------------
 

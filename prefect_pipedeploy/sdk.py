@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -79,6 +80,9 @@ EXECUTION_STATUS = {
     StateType.CANCELLED: "Failed",
     StateType.CRASHED: "Error",
 }
+
+# How long a Failed execution with retries left may stay Failed before it counts as final.
+RETRY_GRACE_S = 5.0
 
 _SETTINGS_FIELDS = (
     "enable_parallel_executions",
@@ -454,16 +458,35 @@ class PipeDeploy(DataStoreVerbs):
         return await self.aget_pipeline_execution(flow_run.id)
 
     async def await_execution(self, execution_id: str | UUID, timeout_s: float = 300.0) -> None:
-        """Wait until an execution reaches a final state (TimeoutError after `timeout_s`)."""
+        """Wait until an execution is settled: final, and not about to be retried.
+
+        A failed execution with retries left is re-queued by its worker within moments, so a
+        Failed state counts as final only once it has lasted RETRY_GRACE_S.
+        """
         import anyio
 
+        max_retries: int | None = None
+        failed_since: float | None = None
         with anyio.fail_after(timeout_s):
             async with self._client() as client:
                 while True:
                     flow_run = await self._flow_run(client, execution_id)
-                    if flow_run.state is not None and flow_run.state.is_final():
-                        return
-                    await anyio.sleep(0.2)
+                    state = flow_run.state
+                    if state is not None and state.is_final():
+                        retriable = state.type in (StateType.FAILED, StateType.CRASHED)
+                        if retriable and max_retries is None and flow_run.deployment_id:
+                            deployment = await client.read_deployment(flow_run.deployment_id)
+                            max_retries = spec_from_job_variables(
+                                deployment.job_variables
+                            ).max_retries
+                        if not retriable or not 1 <= flow_run.run_count <= (max_retries or 0):
+                            return
+                        failed_since = failed_since or time.monotonic()
+                        if time.monotonic() - failed_since > RETRY_GRACE_S:
+                            return
+                    else:
+                        failed_since = None
+                    await anyio.sleep(0.1)
 
     async def aget_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
         async with self._client() as client:

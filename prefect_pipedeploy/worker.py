@@ -24,12 +24,23 @@ from uuid import UUID
 import anyio
 import anyio.abc
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import Crashed, Pending
+from prefect.states import Crashed, Pending, Scheduled
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -39,11 +50,11 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
-from prefect_pipedeploy.ordering import WaitingRun, runs_to_start
+from prefect_pipedeploy.ordering import WaitingRun, decide_retry, runs_to_start
 from prefect_pipedeploy.pods import PodSupervisor
 from prefect_pipedeploy.runtimes.process import start_process, wait_process
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import DeploymentSpec, Mode
+from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
@@ -92,6 +103,7 @@ class PipeDeployWorker(
             worker_name=self.name,
             state_dir=get_settings().home.resolve() / "worker" / self.get_name_slug(),
             on_change=self.wake,
+            on_finished=self.retry_if_failed,
         )
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -214,22 +226,108 @@ class PipeDeployWorker(
         if pod is None or pod.status != "up":
             return
         by_id = {run.id: run for run in flow_runs}
-        waiting = [
-            WaitingRun(
-                id=str(run.id),
-                expected_start=run.expected_start_time or run.created,
-                created=run.created,
-                attempt=run.run_count + 1,
-            )
-            for run in flow_runs
-            if run.created is not None
-        ]
+        waiting = [waiting_run(run) for run in flow_runs if run.created is not None]
+        if pod.spec.parallelism == 1:
+            # queue mode: one at a time across every worker of the pool, counted in the API
+            # (read after the waiting runs, so a run claimed meanwhile is seen one way or other)
+            running = await self._count_active(deployment_id)
+        else:
+            running = len(pod.in_flight)  # parallel mode: the cap is per pod
         now = datetime.datetime.now(datetime.timezone.utc)
-        for head in runs_to_start(waiting, len(pod.in_flight), pod.spec.parallelism, now=now):
+        for head in runs_to_start(waiting, running, pod.spec.parallelism, now=now):
             flow_run = by_id[UUID(head.id)]
             if await self._claim(flow_run):
                 pod.send_run(flow_run)
                 self._logger.debug("Run %s sent to the pod of %s", flow_run.id, pod.name)
+
+    async def _count_active(self, deployment_id: UUID) -> int:
+        return await self.client.count_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(
+                        any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+                    )
+                )
+            ),
+        )
+
+    async def retry_if_failed(self, deployment_id: UUID, flow_run_id: UUID) -> None:
+        """Re-queue a failed or crashed run right after the next waiting one, if retries remain.
+
+        The retry is the same flow run, put back in a Scheduled state ("AwaitingRetry") whose
+        time places it right after the head of the queue: the order lives in the API.
+        """
+        try:
+            async with get_client() as client:
+                flow_run = await client.read_flow_run(flow_run_id)
+                if flow_run.state is None or flow_run.state.type not in (
+                    StateType.FAILED,
+                    StateType.CRASHED,
+                ):
+                    return
+                if flow_run.run_count == 0:
+                    return  # it never started (e.g. its inputs could not be resolved)
+                deployment = await client.read_deployment(deployment_id)
+                spec = spec_from_job_variables(deployment.job_variables)
+                waiting = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                        )
+                    ),
+                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                    limit=50,
+                )
+                # the next run may have started already (a slot freed as the run failed):
+                # it is active now (Pending, Running), or it started and ended since
+                of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+                not_this = FlowRunFilterId(not_any_=[flow_run.id])
+                started = await client.read_flow_runs(
+                    deployment_filter=of_deployment,
+                    flow_run_filter=FlowRunFilter(
+                        id=not_this,
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                        ),
+                    ),
+                    limit=1,
+                ) or await client.read_flow_runs(
+                    deployment_filter=of_deployment,
+                    flow_run_filter=FlowRunFilter(
+                        id=not_this,
+                        start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp),  # type: ignore[arg-type]
+                    ),
+                    limit=1,
+                )
+                decision = decide_retry(
+                    str(flow_run.id),
+                    max(flow_run.run_count, 1),
+                    spec.max_retries,
+                    [waiting_run(run) for run in waiting if run.created is not None],
+                    datetime.datetime.now(datetime.timezone.utc),
+                    failed_created=_plain(flow_run.created) if flow_run.created else None,
+                    next_started=str(started[0].id) if started else None,
+                )
+                logger = self.get_flow_run_logger(flow_run)
+                if not decision.retry:
+                    logger.info("Not retried: %s", decision.reason, extra={"action": "run_failed"})
+                    return
+                cause = flow_run.state.message or flow_run.state.name
+                await client.set_flow_run_state(
+                    flow_run.id,
+                    Scheduled(
+                        name="AwaitingRetry",
+                        scheduled_time=decision.expected_start,
+                        message=f"{decision.reason}; attempt {flow_run.run_count} failed: {cause}",
+                    ),
+                    force=True,
+                )
+                logger.info(decision.reason, extra={"action": "run_retry_queued"})
+        except Exception as exc:  # a retry that cannot be queued leaves the run failed
+            self._logger.warning("Could not queue a retry of run %s: %s", flow_run_id, exc)
+        self.wake()
 
     async def _claim(self, flow_run: FlowRun) -> bool:
         """Move a run to Pending; only one claimant succeeds, so no run executes twice."""
@@ -269,6 +367,8 @@ class PipeDeployWorker(
             ended = await wait_process(process)
         if not ended.ok:
             await self._report_crash(flow_run, f"The execution's process {ended.explanation}.")
+        if flow_run.deployment_id is not None:
+            await self.retry_if_failed(flow_run.deployment_id, flow_run.id)
         return PipeDeployWorkerResult(identifier=str(process.pid), status_code=ended.exit_code)
 
     async def _report_crash(self, flow_run: FlowRun, message: str) -> None:
@@ -285,6 +385,29 @@ class PipeDeployWorker(
         from prefect_pipedeploy.runtimes.process import kill_process_tree
 
         kill_process_tree(int(infrastructure_pid))
+
+
+def waiting_run(flow_run: FlowRun) -> WaitingRun:
+    """A Scheduled run as the ordering sees it: its place is its scheduled time."""
+    details = flow_run.state.state_details if flow_run.state else None
+    expected = (
+        (details.scheduled_time if details else None)
+        or flow_run.next_scheduled_start_time
+        or flow_run.expected_start_time
+        or flow_run.created
+    )
+    assert flow_run.created is not None and expected is not None
+    return WaitingRun(
+        id=str(flow_run.id),
+        expected_start=_plain(expected),
+        created=_plain(flow_run.created),
+        attempt=flow_run.run_count + 1,
+    )
+
+
+def _plain(moment: datetime.datetime) -> datetime.datetime:
+    """A standard-library UTC datetime (Prefect's own type does not mix with timedelta)."""
+    return datetime.datetime.fromisoformat(moment.isoformat()).astimezone(datetime.timezone.utc)
 
 
 @contextlib.contextmanager

@@ -84,10 +84,11 @@ def test_pipeline_failure_is_failed_with_the_reason(sdk: PipeDeploy, worker: Chi
     assert execution["status"] == "Failed"
     assert "bad batch" in execution["message"]
     assert execution["outputs"] is None
+    assert execution["attempts"] == 2  # max_retries=1: retried once, then final
 
 
 def test_killed_process_is_error_with_cause(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "suicide")
+    name = deploy(sdk, "suicide", max_retries=0)
     execution = sdk.run_deployment(name, timeout_s=60)
     assert execution["status"] == "Error"
     assert execution["state_name"] == "Crashed"

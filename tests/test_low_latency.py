@@ -135,7 +135,7 @@ def test_parallel_cap_makes_the_next_run_wait(sdk: PipeDeploy, worker: ChildProc
 
 
 def test_killed_pod_is_recreated_and_its_run_crashes(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "counter")
+    name = deploy(sdk, "counter", max_retries=0)
     wait_until_up(sdk, name)
     before = {p.pid for p in pod_processes(worker)}
     with ThreadPoolExecutor(1) as pool:
@@ -161,7 +161,7 @@ def test_killed_pod_is_recreated_and_its_run_crashes(sdk: PipeDeploy, worker: Ch
 
 
 def test_async_run_times_out(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "async_sleeper", execution_timeout_s=1)
+    name = deploy(sdk, "async_sleeper", execution_timeout_s=1, max_retries=0)
     wait_until_up(sdk, name)
     result = sdk.run_deployment(name, {"sleep_s": 30}, timeout_s=60)
     assert result["status"] == "Failed"
@@ -171,7 +171,7 @@ def test_async_run_times_out(sdk: PipeDeploy, worker: ChildProcess) -> None:
 
 
 def test_sync_run_times_out_and_pod_survives(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "counter", execution_timeout_s=1)
+    name = deploy(sdk, "counter", execution_timeout_s=1, max_retries=0)
     wait_until_up(sdk, name)
     result = sdk.run_deployment(name, {"sleep_s": 20}, timeout_s=60)
     assert result["status"] == "Failed"

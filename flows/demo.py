@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -79,7 +79,7 @@ def enrich(
     """Uses every kind of input and writes a file output (the mapping tests' pipeline)."""
     with open(model_file["path"]) as handle:
         weights = json.load(handle)
-    report = Path(f"report-{uuid.uuid4().hex}.txt")
+    report = Path(tempfile.mkdtemp(prefix="enrich-")) / "report.txt"
     report.write_text(f"{text} x{scale} with {weights['name']}")
     return {
         "summary": f"{text.upper()} ({len(token)}-char token, nothing={nothing!r})",

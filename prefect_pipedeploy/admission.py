@@ -159,3 +159,31 @@ def _behind(blocker: Request, now: datetime) -> str:
         f"waiting behind {blocker.label}, which has waited {_waited_s(blocker, now):.0f}s "
         f"for {format_mib(blocker.mib)} of RAM and goes first"
     )
+
+
+class RamLedger:
+    """What one worker holds right now: the only mutable part of admission.
+
+    `decide` walks the requests against the current holdings (see `admit`) and records each
+    admitted one as held at once, so two callers in the same event loop cannot overcommit.
+    """
+
+    def __init__(self, capacity_mib: int) -> None:
+        self.capacity_mib = capacity_mib
+        self.holdings: dict[str, Holding] = {}
+
+    @property
+    def held(self) -> int:
+        return held_mib(list(self.holdings.values()))
+
+    def decide(self, requests: Sequence[Request], now: datetime) -> list[AdmissionDecision]:
+        decisions = admit(self.capacity_mib, list(self.holdings.values()), requests, now)
+        by_key = {request.key: request for request in requests}
+        for decision in decisions:
+            if decision.admitted:
+                request = by_key[decision.key]
+                self.holdings[request.key] = Holding(request.key, request.mib, request.label)
+        return decisions
+
+    def release(self, key: str) -> None:
+        self.holdings.pop(key, None)

@@ -35,14 +35,27 @@ from prefect.logging import get_logger
 from prefect.states import Crashed
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.runtimes.process import explain_exit, kill_process_tree
-from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
+from prefect_pipedeploy.admission import RamLedger, Request
+from prefect_pipedeploy.runtimes.process import explain_exit, kill_process_tree, tree_rss_mib
+from prefect_pipedeploy.spec import DeploymentSpec, format_mib, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.pods")
 
 STATUS_VARIABLE_PREFIX = "pipedeploy_pod_"
 LOG_TAIL_CHARS = 3500  # a Prefect variable holds at most 5000 characters
 EXIT_RECYCLE = 75  # see pod.py
+
+
+def pod_key(deployment_id: UUID) -> str:
+    return f"pod:{deployment_id}"
+
+
+def ram_exceeded(ram_request: str, peak_mib: float) -> str:
+    """The words for a process stopped for going over its RAM request."""
+    return (
+        f"exceeded its RAM request of {ram_request} (peak {format_mib(round(peak_mib))}) and "
+        "was stopped like an out-of-memory kill; raise ram_request or lower the batch size"
+    )
 
 
 def status_variable_name(deployment_id: UUID) -> str:
@@ -75,6 +88,8 @@ class PodHandle:
     in_flight: set[UUID] = field(default_factory=set)
     failures: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_reason: str | None = None  # set when the worker kills the pod on purpose
+    peak_rss_mib: float = 0.0
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task[None] | None = None
     stopping: bool = False
@@ -104,7 +119,10 @@ class PodSupervisor:
         state_dir: Path,
         on_change: Callable[[], None],
         on_finished: Callable[[UUID, UUID], Awaitable[None]],
+        ledger: RamLedger,
     ) -> None:
+        self.ledger = ledger  # a pod holds its ram_request from start to stop
+        self._waiting_for_ram: dict[UUID, str] = {}
         self._client = client
         self.worker_name = worker_name
         self.state_dir = state_dir
@@ -133,9 +151,35 @@ class PodSupervisor:
                 )
             elif current.updated != pod.deployment.updated:
                 await self.stop(deployment_id, "its deployment was updated", publish=False)
-        for deployment_id, deployment in wanted.items():
-            if deployment_id not in self.pods:
+        new = sorted(
+            (d for d in wanted.values() if d.id not in self.pods), key=lambda d: d.created or 0
+        )
+        requests = [
+            Request(
+                key=pod_key(d.id),
+                mib=spec_from_job_variables(d.job_variables).ram_request_mib,
+                label=f"pod of {d.name}",
+                requested_at=d.created or datetime.datetime.now(datetime.timezone.utc),
+            )
+            for d in new
+        ]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for deployment, decision in zip(new, self.ledger.decide(requests, now), strict=True):
+            if decision.admitted:
+                self._waiting_for_ram.pop(deployment.id, None)
                 self._start(deployment)
+            elif self._waiting_for_ram.get(deployment.id) != decision.reason:
+                self._waiting_for_ram[deployment.id] = decision.reason
+                waiting = PodHandle(
+                    deployment, spec_from_job_variables(deployment.job_variables), Path()
+                )
+                logger.info(
+                    "pod %s: %s",
+                    deployment.name,
+                    decision.reason,
+                    extra={"action": "pod_waiting_for_ram"},
+                )
+                await self._publish(waiting, "creation_pending", decision.reason)
 
     def _start(self, deployment: DeploymentResponse) -> None:
         pod = PodHandle(
@@ -152,6 +196,7 @@ class PodSupervisor:
         if pod is None:
             return
         pod.stopping = True
+        self.ledger.release(pod_key(deployment_id))
         if pod.pid is not None:
             kill_process_tree(pod.pid, 15)
         if pod.task is not None:
@@ -241,6 +286,9 @@ class PodSupervisor:
         pod.pid = None
         if code == EXIT_RECYCLE:
             return "recycled", None
+        if pod.kill_reason is not None:
+            reason, pod.kill_reason = pod.kill_reason, None
+            return reason, load_error
         return explain_exit(code), load_error
 
     async def _on_message(self, pod: PodHandle, message: dict[str, Any]) -> str | None:
@@ -275,6 +323,22 @@ class PodSupervisor:
         self.on_change()
         for flow_run_id in crashed:
             await self.on_finished(pod.deployment.id, flow_run_id)
+
+    async def watch_memory(self, interval_s: float = 0.5) -> None:
+        """Stop any pod whose process tree goes over its ram_request, like an OOM kill."""
+        while True:
+            for pod in list(self.pods.values()):
+                if pod.pid is None:
+                    continue
+                rss = tree_rss_mib(pod.pid)
+                pod.peak_rss_mib = max(pod.peak_rss_mib, rss)
+                if rss > pod.spec.ram_request_mib and pod.kill_reason is None:
+                    pod.kill_reason = ram_exceeded(pod.spec.ram_request, rss)
+                    logger.warning(
+                        "pod %s %s", pod.name, pod.kill_reason, extra={"action": "pod_oom_killed"}
+                    )
+                    kill_process_tree(pod.pid, 9)
+            await asyncio.sleep(interval_s)
 
     # ---- reporting ------------------------------------------------------------------------
 

@@ -308,6 +308,7 @@ class PipeDeploy(DataStoreVerbs):
                     "name, or change it with update_deployment"
                 )
             await _ensure_pool(client, pool)
+            await _check_ram_fits(client, pool, spec, deployment_name)
             flow_id = await client.create_flow_from_name(flow.name)
             deployment_id = await client.create_deployment(
                 flow_id=flow_id,
@@ -380,6 +381,8 @@ class PipeDeploy(DataStoreVerbs):
             if values.get("execution_rule") == ExecutionRule.periodic.value:
                 values.pop("endpoint_token_hash", None)
             spec = build_spec(**values)
+            if "ram_request" in changes and deployment.work_pool_name:
+                await _check_ram_fits(client, deployment.work_pool_name, spec, deployment_name)
             if spec.execution_rule == ExecutionRule.endpoint.value and not spec.endpoint_token_hash:
                 raise SpecError(
                     "execution_rule: turning a deployment into an endpoint needs a token; "
@@ -650,6 +653,20 @@ async def _ensure_pool(client: PrefectClient, name: str) -> None:
         raise SpecError(
             f"work_pool_name: pool {name!r} has type {pool.type!r}; pipedeploy deployments "
             f"need a pool of type {WORKER_TYPE!r}"
+        )
+
+
+async def _check_ram_fits(
+    client: PrefectClient, pool: str, spec: DeploymentSpec, deployment_name: str
+) -> None:
+    """Refuse a RAM request no worker of the pool could ever hold (when workers are known)."""
+    from prefect_pipedeploy.admission import check_fits_capacity
+    from prefect_pipedeploy.worker import read_capacities
+
+    capacities = await read_capacities(client, pool)
+    if capacities:
+        check_fits_capacity(
+            spec.ram_request_mib, max(capacities.values()), f"deployment {deployment_name!r}"
         )
 
 

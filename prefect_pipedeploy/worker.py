@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import psutil
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -50,11 +53,18 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
+from prefect_pipedeploy.admission import RamLedger, Request, default_capacity_mib
+from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.ordering import WaitingRun, decide_retry, runs_to_start
-from prefect_pipedeploy.pods import PodSupervisor
-from prefect_pipedeploy.runtimes.process import start_process, wait_process
+from prefect_pipedeploy.pods import PodSupervisor, ram_exceeded
+from prefect_pipedeploy.runtimes.process import (
+    kill_process_tree,
+    start_process,
+    tree_rss_mib,
+    wait_process,
+)
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
+from prefect_pipedeploy.spec import DeploymentSpec, Mode, parse_ram, spec_from_job_variables
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
@@ -98,12 +108,15 @@ class PipeDeployWorker(
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wake = anyio.Event()
+        self.ledger = RamLedger(worker_ram_capacity_mib())
+        self._awaiting_ram: dict[UUID, str] = {}
         self.pods = PodSupervisor(
             client=get_client,
             worker_name=self.name,
             state_dir=get_settings().home.resolve() / "worker" / self.get_name_slug(),
             on_change=self.wake,
             on_finished=self.retry_if_failed,
+            ledger=self.ledger,
         )
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -129,6 +142,7 @@ class PipeDeployWorker(
                 loops.start_soon(self._listen_for_runs)
                 loops.start_soon(self._submit_loop)
                 loops.start_soon(self._pod_loop)
+                loops.start_soon(self.pods.watch_memory)
                 self._started_event = await self._emit_worker_started_event()
                 printer(f"Worker {self.name!r} started!")
 
@@ -165,6 +179,9 @@ class PipeDeployWorker(
                         limit=200,
                     )
                     await self.pods.reconcile(deployments)
+                    await publish_capacity(
+                        self.client, self._work_pool_name, self.name, self.ledger.capacity_mib
+                    )
                 except Exception as exc:
                     self._logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
@@ -198,7 +215,7 @@ class PipeDeployWorker(
         responses = await self._get_scheduled_flow_runs()
         self._last_polled_time = datetime.datetime.now(datetime.timezone.utc)
         deployments: dict[UUID, DeploymentResponse | None] = {}
-        elastic: list[Any] = []
+        elastic: list[tuple[Any, DeploymentResponse]] = []
         low_latency: dict[UUID, list[FlowRun]] = {}
         for response in responses:
             flow_run = response.flow_run
@@ -213,12 +230,66 @@ class PipeDeployWorker(
                 )
             deployment = deployments[flow_run.deployment_id]
             mode = (deployment.job_variables or {}).get("mode") if deployment else None
-            if mode == Mode.elastic.value:
-                elastic.append(response)
+            if mode == Mode.elastic.value and deployment is not None:
+                elastic.append((response, deployment))
             # a low-latency run whose pod is not known yet waits for the pod loop
         for deployment_id, flow_runs in low_latency.items():
             await self._dispatch_to_pod(deployment_id, flow_runs)
-        return await self._submit_scheduled_flow_runs(flow_run_response=elastic)
+        return await self._submit_scheduled_flow_runs(
+            flow_run_response=await self._admit_elastic(elastic)
+        )
+
+    async def _admit_elastic(self, candidates: list[tuple[Any, DeploymentResponse]]) -> list[Any]:
+        """The elastic runs whose RAM request fits now; the others wait, saying why."""
+        ordered = sorted(candidates, key=lambda c: waiting_run(c[0].flow_run).sort_key())
+        requests = []
+        for response, deployment in ordered:
+            flow_run = response.flow_run
+            try:
+                mib = spec_from_job_variables(deployment.job_variables).ram_request_mib
+            except PipeDeployError:
+                mib = 0  # an invalid spec fails in run(), with the reason
+            requests.append(
+                Request(
+                    key=run_key(flow_run.id),
+                    mib=mib,
+                    label=f"execution {str(flow_run.id)[:8]} of {deployment.name}",
+                    requested_at=waiting_run(flow_run).expected_start,
+                )
+            )
+        now = datetime.datetime.now(datetime.timezone.utc)
+        admitted = []
+        for (response, _), decision in zip(ordered, self.ledger.decide(requests, now), strict=True):
+            if decision.admitted:
+                self._awaiting_ram.pop(response.flow_run.id, None)
+                admitted.append(response)
+            else:
+                await self._say_waiting_for_ram(response.flow_run, decision.reason)
+        return admitted
+
+    async def _say_waiting_for_ram(self, flow_run: FlowRun, reason: str) -> None:
+        """Show in the run's state why it waits (only when the reason changes)."""
+        if self._awaiting_ram.get(flow_run.id) == reason:
+            return
+        self._awaiting_ram[flow_run.id] = reason
+        self._logger.info("run %s %s", flow_run.id, reason, extra={"action": "run_waiting_for_ram"})
+        self.get_flow_run_logger(flow_run).info(reason, extra={"action": "run_waiting_for_ram"})
+        scheduled = flow_run.state.state_details.scheduled_time if flow_run.state else None
+        try:
+            await self.client.set_flow_run_state(
+                flow_run.id,
+                Scheduled(name="AwaitingRAM", scheduled_time=scheduled, message=reason),
+                force=True,
+            )
+        except Exception as exc:  # the reason is also in the run's logs
+            self._logger.warning("Could not set the waiting reason of run %s: %s", flow_run.id, exc)
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        # BaseWorker calls this on every path by which a submitted run ends or is not started:
+        # the run's RAM is free again.
+        super()._release_limit_slot(flow_run_id)
+        if self.ledger.holdings.pop(run_key(flow_run_id), None) is not None:
+            self.wake()
 
     async def _dispatch_to_pod(self, deployment_id: UUID, flow_runs: list[FlowRun]) -> None:
         """Start the heads of a deployment's queue in its pod, within its parallelism."""
@@ -364,8 +435,17 @@ class PipeDeployWorker(
             )
             if task_status is not None:
                 task_status.started(process.pid)
-            ended = await wait_process(process)
-        if not ended.ok:
+            limit_mib = configuration.ram_request_mib
+            async with anyio.create_task_group() as watch:
+                exceeded: list[str] = []
+                watch.start_soon(
+                    _watch_rss, process.pid, limit_mib, configuration.ram_request, exceeded
+                )
+                ended = await wait_process(process)
+                watch.cancel_scope.cancel()
+        if exceeded:
+            await self._report_crash(flow_run, f"The execution's process {exceeded[0]}.")
+        elif not ended.ok:
             await self._report_crash(flow_run, f"The execution's process {ended.explanation}.")
         if flow_run.deployment_id is not None:
             await self.retry_if_failed(flow_run.deployment_id, flow_run.id)
@@ -385,6 +465,73 @@ class PipeDeployWorker(
         from prefect_pipedeploy.runtimes.process import kill_process_tree
 
         kill_process_tree(int(infrastructure_pid))
+
+
+async def _watch_rss(pid: int, limit_mib: int, ram_request: str, exceeded: list[str]) -> None:
+    """Kill the process tree of `pid` once it holds more than `limit_mib` (an OOM-like stop)."""
+    peak = 0.0
+    while True:
+        rss = tree_rss_mib(pid)
+        peak = max(peak, rss)
+        if rss > limit_mib:
+            exceeded.append(ram_exceeded(ram_request, peak))
+            kill_process_tree(pid, 9)
+            return
+        await anyio.sleep(0.25)
+
+
+def run_key(flow_run_id: UUID) -> str:
+    return f"run:{flow_run_id}"
+
+
+def worker_ram_capacity_mib() -> int:
+    """The RAM this worker hands out: the setting, or total memory minus the reserve."""
+    settings = get_settings()
+    if settings.ram_capacity:
+        return parse_ram(settings.ram_capacity, "ram_capacity")
+    total_mib = psutil.virtual_memory().total // 1024**2
+    return default_capacity_mib(total_mib, parse_ram(settings.ram_reserve, "ram_reserve"))
+
+
+def capacity_variable_name(pool: str) -> str:
+    return "pipedeploy_capacity_" + hashlib.sha256(pool.encode()).hexdigest()[:16]
+
+
+async def publish_capacity(client: Any, pool: str, worker: str, capacity_mib: int) -> None:
+    """Record this worker's RAM capacity where the SDK checks new deployments against it."""
+    name = capacity_variable_name(pool)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    variable = await client.read_variable_by_name(name)
+    workers = (
+        dict(variable.value) if variable is not None and isinstance(variable.value, dict) else {}
+    )
+    if workers.get(worker, {}).get("capacity_mib") == capacity_mib:
+        stamped = datetime.datetime.fromisoformat(workers[worker]["updated"])
+        if (now - stamped).total_seconds() < 60:
+            return
+    workers[worker] = {"capacity_mib": capacity_mib, "updated": now.isoformat()}
+    fresh = {
+        k: v
+        for k, v in workers.items()
+        if (now - datetime.datetime.fromisoformat(v["updated"])).total_seconds() < 600
+    }
+    if variable is None:
+        await client.create_variable(VariableCreate(name=name, value=fresh))
+    else:
+        await client.update_variable(VariableUpdate(name=name, value=fresh))
+
+
+async def read_capacities(client: Any, pool: str) -> dict[str, int]:
+    """The RAM capacity of each worker of `pool` seen in the last ten minutes."""
+    variable = await client.read_variable_by_name(capacity_variable_name(pool))
+    if variable is None or not isinstance(variable.value, dict):
+        return {}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {
+        worker: int(v["capacity_mib"])
+        for worker, v in variable.value.items()
+        if (now - datetime.datetime.fromisoformat(v["updated"])).total_seconds() < 600
+    }
 
 
 def waiting_run(flow_run: FlowRun) -> WaitingRun:

@@ -33,6 +33,14 @@ class PipeDeploySettings(BaseSettings):
         gt=0,
         description="Fallback poll interval of the worker; events wake it up at once.",
     )
+    pending_recovery_s: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "A run left Pending this long (its worker died after claiming it) is re-queued "
+            "by the next worker that starts."
+        ),
+    )
     pod_start_timeout_s: float = Field(
         default=120.0, gt=0, description="How long a pod may take to import its pipeline."
     )

@@ -166,10 +166,46 @@ class PipeDeployWorker(
                 self._logger.warning("Could not fetch scheduled runs: %s", exc)
                 await anyio.sleep(1)
 
+    async def _recover_abandoned(self) -> None:
+        """Re-queue runs a dead worker claimed (Pending) but never started.
+
+        Runs once when the worker starts: a run Pending for longer than `pending_recovery_s`
+        belongs to no live worker (claims are followed by a start within seconds).
+        """
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+            seconds=get_settings().pending_recovery_s
+        )
+        stale = await self.client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+            ),
+            limit=200,
+        )
+        for flow_run in stale:
+            if flow_run.state is None or _plain(flow_run.state.timestamp) > cutoff:
+                continue
+            message = "Re-queued: the worker that claimed this execution stopped before starting it"
+            with contextlib.suppress(Exception):
+                await self.client.set_flow_run_state(
+                    flow_run.id, Scheduled(name="Recovered", message=message), force=True
+                )
+                self._logger.info(
+                    "Recovered run %s left Pending", flow_run.id, extra={"action": "run_recovered"}
+                )
+        self.wake()
+
     async def _pod_loop(self) -> None:
         """Keep one pod per low-latency deployment of the pool (started before any trigger)."""
         poll_s = get_settings().poll_seconds
+        recovered = False
         while True:
+            if self._has_successfully_synced and not recovered:
+                try:
+                    await self._recover_abandoned()
+                    recovered = True
+                except Exception as exc:
+                    self._logger.warning("Could not look for abandoned runs: %s", exc)
             if self._has_successfully_synced:
                 try:
                     deployments = await self.client.read_deployments(

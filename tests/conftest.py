@@ -92,3 +92,13 @@ def sdk(pool: str):  # noqa: ANN201 - PipeDeploy
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def eventual_log_messages(sdk, execution_id: str, timeout_s: float = 15) -> list[str]:  # noqa: ANN001
+    """A run's log lines; they reach the server in batches, shortly after its final state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        messages = [line["message"] for line in sdk.get_pipeline_execution_logs(execution_id)]
+        if any("Finished in state" in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.3)

@@ -12,7 +12,7 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, start_worker, unique
+from tests.conftest import FLOWS, eventual_log_messages, start_worker, unique
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,6 @@ def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chil
     )
     yield child
     child.stop()
-
-
-def eventual_log_messages(sdk: PipeDeploy, execution_id: str, timeout_s: float = 15) -> list[str]:
-    """Log lines reach the server in batches, shortly after the run's final state."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        messages = [line["message"] for line in sdk.get_pipeline_execution_logs(execution_id)]
-        if any("Finished in state" in m for m in messages) or time.monotonic() > deadline:
-            return messages
-        time.sleep(0.3)
 
 
 def deploy(sdk: PipeDeploy, function: str, **kwargs: object) -> str:

@@ -17,7 +17,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, unique
+from tests.conftest import FLOWS, eventual_log_messages, unique
 
 
 def wait_until_up(sdk: PipeDeploy, name: str, timeout_s: float = 45) -> dict:
@@ -98,7 +98,7 @@ def test_async_runs_in_parallel_on_the_pods_loop(sdk: PipeDeploy, worker: ChildP
     # the six 3-second sleeps ran at the same time in the one pod
     assert overlap_all(results), [(r["start_time"], r["end_time"]) for r in results]
     for result in results:
-        lines = eventual_logs(sdk, result["execution_id"])
+        lines = eventual_log_messages(sdk, result["execution_id"])
         markers = [line for line in lines if line.startswith("marker=")]
         assert markers == [f"marker={result['outputs']['marker']}"]
 
@@ -116,7 +116,7 @@ def test_sync_runs_each_in_its_own_thread_with_own_logs(
     assert len({r["outputs"]["thread"] for r in results}) == 4
     assert len({r["outputs"]["pid"] for r in results}) == 1
     for i, result in enumerate(sorted(results, key=lambda r: r["parameters"]["marker"])):
-        lines = eventual_logs(sdk, result["execution_id"])
+        lines = eventual_log_messages(sdk, result["execution_id"])
         # print() inside the run (log_prints) is attached to this run alone
         assert [line for line in lines if line.startswith("marker=")] == [f"marker=s{i}"]
 
@@ -205,15 +205,6 @@ def test_deleting_the_deployment_stops_its_pod(sdk: PipeDeploy, worker: ChildPro
     deadline = time.monotonic() + 30
     while any(deployment_id in " ".join(p.cmdline()) for p in pod_processes(worker)):
         assert time.monotonic() < deadline
-        time.sleep(0.3)
-
-
-def eventual_logs(sdk: PipeDeploy, execution_id: str, timeout_s: float = 15) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lines = [line["message"] for line in sdk.get_pipeline_execution_logs(execution_id)]
-        if any("Finished in state" in m for m in lines) or time.monotonic() > deadline:
-            return lines
         time.sleep(0.3)
 
 

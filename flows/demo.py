@@ -98,3 +98,19 @@ def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3) -> dict
     if attempt <= fail_attempts:
         raise RuntimeError(f"{label} fails on attempt {attempt}")
     return {"label": label, "attempt": attempt}
+
+
+def greet(name: str, api_key: str = "", times: int = 1) -> dict:
+    """An endpoint pipeline with a secret input (the gateway tests' pipeline)."""
+    return {"greeting": " ".join([f"hello {name}"] * times), "key_length": len(api_key)}
+
+
+def file_stats(document: dict, label: str = "stats") -> dict:
+    """Takes a file input ({"path": ...}) and returns a file output: a one-line report on it."""
+    import tempfile
+
+    data = Path(document["path"]).read_bytes()
+    lines = data.count(b"\n")
+    report = Path(tempfile.mkdtemp(prefix="pipedeploy-report-")) / "report.txt"
+    report.write_text(f"{label}: {len(data)} bytes, {lines} lines\n")
+    return {"report": {"path": str(report)}}

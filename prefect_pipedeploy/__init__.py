@@ -28,6 +28,11 @@ from prefect_pipedeploy.iomapping import (
 )
 from prefect_pipedeploy.sdk import PipeDeploy
 from prefect_pipedeploy.sdk_datastore import ExecutionValueNotFound
+from prefect_pipedeploy.sdk_gateway import (
+    EndpointCallError,
+    EndpointExecutionFailed,
+    GatewayUnavailable,
+)
 from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
 from prefect_pipedeploy.worker import PipeDeployWorker
 
@@ -40,8 +45,11 @@ __all__ = [
     "DeploymentExists",
     "DeploymentNotFound",
     "DeploymentSpec",
+    "EndpointCallError",
+    "EndpointExecutionFailed",
     "ExecutionNotFound",
     "ExecutionValueNotFound",
+    "GatewayUnavailable",
     "InputResolutionError",
     "InputSource",
     "InvalidDataStoreKey",

@@ -23,6 +23,7 @@ from typing import Any
 import typer
 
 from prefect_pipedeploy.cli_datastore import datastore_app
+from prefect_pipedeploy.cli_gateway import endpoint_app, gateway
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.stack import ChildProcess
@@ -33,6 +34,8 @@ executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, lo
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(executions_app, name="executions")
 app.add_typer(datastore_app, name="datastore")
+app.add_typer(endpoint_app, name="endpoint")
+app.command()(gateway)
 
 DEMO_DEPLOYMENT = "demo-score"
 
@@ -103,6 +106,7 @@ def up(
     demo: bool = typer.Option(False, "--demo", help="Deploy and run the example pipeline."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
     port: int = typer.Option(4200, "--port", help="Port of the embedded Prefect server."),
+    gateway_port: int = typer.Option(8080, "--gateway-port", help="Port of the endpoint gateway."),
     pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to create and serve."),
     home: Path = typer.Option(None, "--home", help="Where the local stack keeps its data."),
     exit_after_demo: bool = typer.Option(
@@ -110,7 +114,13 @@ def up(
     ),
 ) -> None:
     """Start the whole local stack: Prefect server (SQLite), the pool, a worker. Ctrl-C stops it."""
-    from prefect_pipedeploy.stack import free_port, running, start_child, start_prefect_server
+    from prefect_pipedeploy.stack import (
+        free_port,
+        running,
+        start_child,
+        start_prefect_server,
+        wait_for_http,
+    )
 
     home = (home or get_settings().home).resolve()
     children: list[ChildProcess] = []
@@ -147,6 +157,34 @@ def up(
         )
         children.append(worker_child)
         typer.echo(f"Worker:          pool {pool!r}, log {worker_child.log_path}")
+        if gateway_port == 0:
+            gateway_port = free_port(host)
+        gateway_child = start_child(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "prefect_pipedeploy.gateway",
+                "--pool",
+                pool,
+                "--host",
+                host,
+                "--port",
+                str(gateway_port),
+            ],
+            home / "logs" / "gateway.log",
+            env=env,
+        )
+        children.append(gateway_child)
+        gateway_url = f"http://{host}:{gateway_port}"
+        try:
+            wait_for_http(f"{gateway_url}/health", 60, gateway_child)
+        except PipeDeployError as exc:
+            _fail(f"{exc}\n(is port {gateway_port} in use? pass --gateway-port)")
+        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"] = gateway_url
+        typer.echo(
+            f"Gateway:         {gateway_url}/endpoints/<path>   (API docs: {gateway_url}/docs)"
+        )
         if demo:
             _run_demo(api_url, pool)
             if exit_after_demo:
@@ -193,11 +231,19 @@ def _run_demo(api_url: str, pool: str) -> None:
             description="The demo pipeline: scores a text.",
         )
         typer.echo(f"Demo deployment: {created['name']} ({created['mode']}, {created['status']})")
-        execution = sdk.run_deployment(
-            DEMO_DEPLOYMENT, {"text": "hello from prefect pipedeploy"}, timeout_s=180
+        path = created["endpoint_url_path"]
+        gateway_url = os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"]
+        typer.echo(
+            f"Demo endpoint:   curl -L -X POST {gateway_url}/endpoints/{path} "
+            f"-H 'Authorization: EndpointToken {created['endpoint_token']}' "
+            "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'"
         )
+        result = sdk.trigger_endpoint(
+            DEMO_DEPLOYMENT, created["endpoint_token"], {"text": "hello from prefect pipedeploy"}
+        )
+        execution = sdk.get_pipeline_execution(result["execution_id"])
         typer.echo(f"Demo execution:  {execution['execution_id']} -> {execution['status']}")
-        typer.echo("Demo outputs:    " + json.dumps(execution.get("outputs")))
+        typer.echo("Demo outputs:    " + json.dumps(result.get("outputs")))
 
 
 # ---- deployments and executions ----------------------------------------------------------------

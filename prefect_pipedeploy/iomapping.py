@@ -2,7 +2,8 @@
 
 For: turning an execution's parameters into the pipeline's keyword arguments before it starts
 (`resolve_inputs`: endpoint value, constant, environment variable, data-store file downloaded
-and passed as {"path": ...}, null), and sending its returned outputs where the mapping says
+and passed as {"path": ...}, null; a file endpoint input arrives as a data-store marker
+{"datastore_path": key} and is downloaded the same way), and sending its returned outputs where the mapping says
 after it ends (`route_outputs`: back to the caller, into the data store under a path with
 {execution_id}, {date} and {date_time} filled in, or dropped). Also finding the data store an
 execution uses (`load_data_store`, from PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE) and making
@@ -161,10 +162,37 @@ async def aensure_local_data_store(root: Path, name: str = "default") -> str:
 
 
 def uses_data_store(spec: DeploymentSpec) -> bool:
-    """Whether an execution of this deployment reads or writes the data store."""
-    return any(s.datastore_path is not None for s in spec.inputs_mapping) or any(
-        d.datastore_path is not None for d in spec.outputs_mapping
+    """Whether an execution of this deployment reads or writes the data store (file endpoint
+    inputs are uploaded there by the gateway and downloaded from there by the execution)."""
+    return (
+        any(s.datastore_path is not None for s in spec.inputs_mapping)
+        or any(is_file_endpoint_input(s) for s in spec.inputs_mapping)
+        or any(d.datastore_path is not None for d in spec.outputs_mapping)
     )
+
+
+# -- file endpoint inputs -----------------------------------------------------------------------
+
+FILE_MARKER_KEY = "datastore_path"
+
+
+def is_file_endpoint_input(source: InputSource) -> bool:
+    """Whether `source` is an endpoint input of data_type "file"."""
+    return source.endpoint_input_name is not None and source.data_type == "file"
+
+
+def file_input_marker(key: str) -> dict[str, str]:
+    """The parameter value of a file endpoint input: the data-store key its bytes were stored
+    under (the gateway stores multipart uploads and creates the run with this marker)."""
+    return {FILE_MARKER_KEY: key}
+
+
+def file_input_key(value: Any) -> str | None:
+    """The data-store key in a file endpoint input's parameter value, or None if it is not a
+    marker. Extra fields (filename, size) are allowed; the key is what counts."""
+    if isinstance(value, Mapping) and isinstance(value.get(FILE_MARKER_KEY), str):
+        return str(value[FILE_MARKER_KEY])
+    return None
 
 
 # -- the pipeline's inputs ----------------------------------------------------------------------
@@ -246,7 +274,9 @@ def resolve_inputs(
     `parameters` are the flow run's parameters, keyed by pipeline input name (the gateway has
     already translated endpoint input names). Each mapped input takes its source's value; an
     unmapped input takes the parameter of its name when given, else the pipeline's default.
-    Data-store inputs are downloaded into `execution_inputs_dir(workdir, execution_id)`.
+    Data-store inputs are downloaded into `execution_inputs_dir(workdir, execution_id)`, and
+    so are file endpoint inputs, whose parameter is a marker {"datastore_path": key} naming
+    where the gateway stored the upload; the pipeline receives {"path": <local file>}.
 
     Raises `InputResolutionError` naming every input that cannot be resolved (and any parameter
     the pipeline does not take), `DataStoreNotConfigured` when a data-store input has no store.
@@ -276,6 +306,7 @@ def resolve_inputs(
     resolved: dict[str, Any] = {}
     recorded: dict[str, Any] = {}
     ignored: list[str] = []
+    file_keys: dict[str, str] = {}  # file endpoint inputs: pipeline input name -> data-store key
     for name in pipeline_inputs:
         source = mapping.get(name)
         if source is None:
@@ -289,6 +320,17 @@ def resolve_inputs(
             ignored.append(name)
         if source.datastore_path is not None:
             continue  # downloaded below
+        if is_file_endpoint_input(source) and name in parameters:
+            key = file_input_key(parameters[name])
+            if key is None:
+                errors.append(
+                    f"input {name!r} ({_describe(source)}) is a file input: its value must be "
+                    f"{{'{FILE_MARKER_KEY}': <data-store key>}} (the gateway passes uploaded "
+                    f"files that way), not {type(parameters[name]).__name__}"
+                )
+            else:
+                file_keys[name] = key
+            continue  # downloaded below
         try:
             value = _resolve_one(source, parameters, required_inputs, environ)
         except InputResolutionError as exc:
@@ -299,12 +341,20 @@ def resolve_inputs(
             recorded[name] = SECRET_MASK if source.is_secret else _for_the_record(value)
     if errors:
         raise InputResolutionError("; ".join(errors))
+    if file_keys and store is None:
+        first = next(iter(file_keys))
+        raise DataStoreNotConfigured(
+            f"input {first!r} is a file endpoint input, kept in the data store, but no data "
+            f"store is configured; {_CONFIGURE_FIX}"
+        )
 
     # Downloads last: nothing is fetched for an execution that fails on a cheaper check.
-    for source in downloads:
+    fetches = [(s, str(s.datastore_path)) for s in downloads]
+    fetches += [(mapping[name], key) for name, key in file_keys.items()]
+    for source, key in fetches:
         assert store is not None  # checked above
         name = source.pipeline_input_name
-        resolved[name], info = _download(source, store, workdir, execution_id)
+        resolved[name], info = _download(source, key, store, workdir, execution_id)
         recorded[name] = SECRET_MASK if source.is_secret else info
     ordered = {name: resolved[name] for name in pipeline_inputs if name in resolved}
     recorded = {name: recorded[name] for name in pipeline_inputs if name in recorded}
@@ -362,16 +412,21 @@ def _resolve_one(
 
 
 def _download(
-    source: InputSource, store: DataStore, workdir: Path, execution_id: str
+    source: InputSource, key: str, store: DataStore, workdir: Path, execution_id: str
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Fetch a data-store input; return the pipeline's {"path": ...} and the record of it."""
+    """Fetch a data-store input (its datastore_path, or the key a file endpoint input was
+    uploaded under); return the pipeline's {"path": ...} and the record of it."""
     name = source.pipeline_input_name
-    key = str(source.datastore_path)
     try:
         key = validate_key(key)
         local = execution_inputs_dir(workdir, execution_id) / name / key.rsplit("/", 1)[-1]
         info = store.download(key, local)
     except DataStoreObjectNotFound as exc:
+        if is_file_endpoint_input(source):
+            raise InputResolutionError(
+                f"input {name!r}: the uploaded file {key!r} is no longer in "
+                f"{store.location()}; call the endpoint again with the file"
+            ) from exc
         raise InputResolutionError(
             f"input {name!r}: data-store path {key!r} does not exist in {store.location()}; "
             "upload it (`pipedeploy datastore put FILE "

@@ -53,6 +53,7 @@ from prefect_pipedeploy.exceptions import (
 from prefect_pipedeploy.pods import read_pod_status
 from prefect_pipedeploy.records import read_outputs
 from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
+from prefect_pipedeploy.sdk_gateway import GatewayVerbs
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
@@ -64,6 +65,7 @@ from prefect_pipedeploy.spec import (
     spec_from_job_variables,
 )
 from prefect_pipedeploy.tokens import hash_token, new_token
+from prefect_pipedeploy.triggers import delete_endpoint_trigger, ensure_endpoint_trigger
 
 WORKER_TYPE = "pipedeploy"
 TAG = "pipedeploy"
@@ -229,11 +231,12 @@ def execution_view(flow_run: FlowRun, deployment_name: str | None = None) -> dic
 # ---------------------------------------------------------------------------------------------
 
 
-class PipeDeploy(DataStoreVerbs):
+class PipeDeploy(DataStoreVerbs, GatewayVerbs):
     """The platform's verbs on a Prefect server (PREFECT_API_URL, or `api_url`).
 
     `data_store` names the data store block for the data-store verbs ("<type-slug>/<name>");
-    default: PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE.
+    default: PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE. `gateway_url` is the endpoint
+    gateway for the trigger verbs; default: PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL.
     """
 
     def __init__(
@@ -241,8 +244,10 @@ class PipeDeploy(DataStoreVerbs):
         api_url: str | None = None,
         work_pool_name: str | None = None,
         data_store: str | None = None,
+        gateway_url: str | None = None,
     ) -> None:
         self.data_store = data_store
+        self.gateway_url = gateway_url
         # The API is fixed when the client is made, so every thread that uses it talks to the
         # same server (Prefect's settings context does not follow a call into a new thread).
         self.api_url = api_url or PREFECT_API_URL.value()
@@ -324,12 +329,12 @@ class PipeDeploy(DataStoreVerbs):
                 enforce_parameter_schema=False,
                 tags=[TAG],
             )
-            view = deployment_view(
-                await client.read_deployment(deployment_id),
-                await read_pod_status(client, deployment_id),
-            )
+            deployment = await client.read_deployment(deployment_id)
+            await ensure_endpoint_trigger(client, deployment)
+            view = deployment_view(deployment, await read_pod_status(client, deployment_id))
         if token is not None:
             view["endpoint_token"] = token
+            self._remember_endpoint_token(deployment_name, view["endpoint_url_path"], token)
         return view
 
     async def aget_deployment(self, deployment_name: str) -> dict[str, Any]:
@@ -396,14 +401,14 @@ class PipeDeploy(DataStoreVerbs):
             await client.update_deployment(deployment.id, DeploymentUpdate(**update))
             if "schedule" in changes or "execution_rule" in changes:
                 await _replace_schedules(client, deployment, spec)
-            return deployment_view(
-                await client.read_deployment(deployment.id),
-                await read_pod_status(client, deployment.id),
-            )
+            updated = await client.read_deployment(deployment.id)
+            await ensure_endpoint_trigger(client, updated)
+            return deployment_view(updated, await read_pod_status(client, deployment.id))
 
     async def adelete_deployment(self, deployment_name: str) -> None:
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
+            await delete_endpoint_trigger(client, deployment)  # Prefect would leave it behind
             await client.delete_deployment(deployment.id)
 
     # ---- executions ---------------------------------------------------------------------------

@@ -28,12 +28,22 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
     """`pipedeploy up --demo`: own server, worker, demo outputs; Ctrl-C stops every process."""
-    port = free_port()
+    port, gateway_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "client-home")
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115
     up = subprocess.Popen(
-        [*PIPEDEPLOY, "up", "--demo", "--port", str(port), "--home", str(tmp_path / "stack")],
+        [
+            *PIPEDEPLOY,
+            "up",
+            "--demo",
+            "--port",
+            str(port),
+            "--gateway-port",
+            str(gateway_port),
+            "--home",
+            str(tmp_path / "stack"),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -51,17 +61,23 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         outputs = json.loads(output.split("Demo outputs:")[1].splitlines()[0])
         assert outputs == {"words": 4, "score": 6.5}  # "hello from prefect pipedeploy"
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{gateway_port}/health").status_code == 200
+        assert f"curl -L -X POST http://127.0.0.1:{gateway_port}/endpoints/demo-score" in output
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 2  # server and worker
+        assert len(children) >= 3  # server, worker, gateway
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
         _, alive = psutil.wait_procs(children, timeout=15)
         assert alive == [], f"left running: {alive}"
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            raise AssertionError("the server still answers after `up` stopped")
-        except httpx.ConnectError:
-            pass
+        for url in (
+            f"http://127.0.0.1:{port}/api/health",
+            f"http://127.0.0.1:{gateway_port}/health",
+        ):
+            try:
+                httpx.get(url, timeout=2)
+                raise AssertionError(f"{url} still answers after `up` stopped")
+            except httpx.ConnectError:
+                pass
     finally:
         if up.poll() is None:
             up.kill()

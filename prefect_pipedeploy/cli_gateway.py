@@ -1,0 +1,72 @@
+"""The gateway's commands: `pipedeploy gateway` and `pipedeploy endpoint token NAME`.
+
+For: starting the endpoint gateway from the command line, and rotating an endpoint token (also
+how a deployment made with `prefect deploy` gets its first token). The lead CLI registers them:
+`app.command()(gateway)` and `app.add_typer(endpoint_app, name="endpoint")`.
+Not for: logic of its own (`gateway.py`, `sdk_gateway.py`).
+
+    pipedeploy gateway --pool pipedeploy --pool other --host 127.0.0.1 --port 8080
+    pipedeploy endpoint token score        # prints the new token once
+"""
+
+from __future__ import annotations
+
+import typer
+
+from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.settings import get_settings
+
+endpoint_app = typer.Typer(no_args_is_help=True, help="Endpoint tokens: token.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def gateway(
+    pool: list[str] = typer.Option(
+        None,
+        "--pool",
+        help="Work pool whose endpoint deployments to serve (repeatable; default: the "
+        "default pool).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+) -> None:
+    """Serve endpoint deployments over HTTP: POST /endpoints/<path> (Ctrl-C stops it)."""
+    from prefect_pipedeploy.gateway import serve
+
+    try:
+        serve(pool or [get_settings().default_pool], host, port)
+    except PipeDeployError as exc:
+        _fail(str(exc))
+
+
+@endpoint_app.command("token")
+def token(
+    name: str = typer.Argument(..., help="The deployment's name (or its endpoint path)."),
+) -> None:
+    """Make a new endpoint token and print it once; the previous token stops working."""
+    import httpx
+
+    from prefect_pipedeploy.sdk_gateway import GatewayVerbs
+
+    try:
+        rotated = GatewayVerbs().generate_new_endpoint_token(name)
+    except PipeDeployError as exc:
+        _fail(str(exc))
+        return
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        _fail(
+            f"cannot reach the Prefect API ({exc}); start it with `pipedeploy up` "
+            "or set PREFECT_API_URL"
+        )
+        return
+    typer.echo(
+        f"New endpoint token of deployment {rotated['deployment_name']!r} "
+        f"(POST /endpoints/{rotated['endpoint_url_path']}); it is shown only now, and the "
+        "previous token no longer works:",
+        err=True,
+    )
+    typer.echo(rotated["endpoint_token"])

@@ -1134,14 +1134,20 @@ class Gateway:
 
     # ---- the two calls ------------------------------------------------------------------------
 
-    async def call(self, request: Request, path: str, wait_for_completion: bool) -> Response:
-        """POST /endpoints/{path}: check, create the execution, answer."""
-        arrived = time.monotonic()
+    async def authorized_endpoint(
+        self, request: Request, path: str, arrived: float, allow_query: bool
+    ) -> tuple[Any, str | None, bool]:
+        """The endpoint at `path` if the caller's token opens it (else 401/404/429)."""
         client = _client_address(request)
         self.refuse_blocked(client)
         endpoint = await self.endpoint(path, arrived)
-        token, _ = _token_of(request, allow_query=False)
-        endpoint = await self.authenticate(endpoint, token, client)
+        token, in_query = _token_of(request, allow_query=allow_query)
+        return await self.authenticate(endpoint, token, client), token, in_query
+
+    async def call(self, request: Request, path: str, wait_for_completion: bool) -> Response:
+        """POST /endpoints/{path}: check, create the execution, answer."""
+        arrived = time.monotonic()
+        endpoint, _, _ = await self.authorized_endpoint(request, path, arrived, allow_query=False)
         if endpoint.paused:
             raise GatewayError(
                 409,
@@ -1169,7 +1175,7 @@ class Gateway:
             "Endpoint %r: execution %s created for %s",
             path,
             run.id,
-            client,
+            _client_address(request),
             extra={"action": "endpoint_called"},
         )
         location = execution_location(request, path, run.id, None)
@@ -1183,12 +1189,9 @@ class Gateway:
 
     async def results(self, request: Request, path: str, execution_id: str) -> Response:
         """GET /endpoints/{path}/executions/{id}: long-poll an execution's result."""
-        arrived = time.monotonic()
-        client = _client_address(request)
-        self.refuse_blocked(client)
-        endpoint = await self.endpoint(path, arrived)
-        token, in_query = _token_of(request, allow_query=True)
-        endpoint = await self.authenticate(endpoint, token, client)
+        endpoint, token, in_query = await self.authorized_endpoint(
+            request, path, time.monotonic(), allow_query=True
+        )
         run = await self.read_run(endpoint, execution_id)
         location = execution_location(request, path, run.id, token if in_query else None)
         return await self.answer(request, endpoint, run, get_settings().gateway_wait_s, location)

@@ -44,8 +44,8 @@ def run(*args: str) -> int:
 
 def test(extra: list[str]) -> int:
     checks = [
-        (str(BIN / "ruff"), "check", "prefect_pipedeploy", "tests", "flows", "benchmarks"),
-        (str(BIN / "ruff"), "format", "--check", "prefect_pipedeploy", "tests", "flows"),
+        (str(BIN / "ruff"), "check", "prefect_pipedeploy", "tests", "flows", "blocks", "benchmarks"),
+        (str(BIN / "ruff"), "format", "--check", "prefect_pipedeploy", "tests", "flows", "blocks"),
         (str(BIN / "mypy"), "prefect_pipedeploy"),
     ]
     for check in checks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -133,3 +134,23 @@ def test_prefect_discovers_the_worker_type(prefect_api: str) -> None:
     )
     assert "'type': 'pipedeploy'" in inspected.stdout or "type='pipedeploy'" in inspected.stdout
     assert "ram_request" in inspected.stdout
+
+
+def test_blocks_register_script_saves_a_usable_store(prefect_api: str, tmp_path: Path) -> None:
+    from prefect_pipedeploy.iomapping import load_data_store
+
+    name = unique("script-store")
+    result = subprocess.run(
+        [sys.executable, "blocks/register.py", "local", name, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    reference = f"pipedeploy-local-data-store/{name}"
+    assert reference in result.stdout
+    store = load_data_store(reference)
+    store.upload(io.BytesIO(b"hello"), "a/b.txt")
+    assert (tmp_path / "store" / "a" / "b.txt").read_bytes() == b"hello"

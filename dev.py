@@ -43,9 +43,10 @@ def run(*args: str) -> int:
 
 
 def test(extra: list[str]) -> int:
+    sources = ("prefect_pipedeploy", "tests", "flows", "blocks", "benchmarks", "dev.py")
     checks = [
-        (str(BIN / "ruff"), "check", "prefect_pipedeploy", "tests", "flows", "blocks", "benchmarks"),
-        (str(BIN / "ruff"), "format", "--check", "prefect_pipedeploy", "tests", "flows", "blocks"),
+        (str(BIN / "ruff"), "check", *sources),
+        (str(BIN / "ruff"), "format", "--check", *sources),
         (str(BIN / "mypy"), "prefect_pipedeploy"),
     ]
     for check in checks:

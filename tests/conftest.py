@@ -21,6 +21,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
+import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from prefect_pipedeploy.stack import (  # noqa: E402
@@ -102,3 +103,11 @@ def eventual_log_messages(sdk, execution_id: str, timeout_s: float = 15) -> list
         if any("Finished in state" in m for m in messages) or time.monotonic() > deadline:
             return messages
         time.sleep(0.3)
+
+
+def cmdline(process: psutil.Process) -> str:
+    """A process's command line; empty once it has exited (or is a zombie)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""

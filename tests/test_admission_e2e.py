@@ -14,7 +14,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_pipedeploy import PipeDeploy, SpecError
 from prefect_pipedeploy.stack import ChildProcess
 from prefect_pipedeploy.worker import read_capacities
-from tests.conftest import FLOWS, start_worker, unique
+from tests.conftest import FLOWS, cmdline, start_worker, unique
 from tests.test_low_latency import run_many, wait_until_up
 
 CAPACITY_MIB = 1200
@@ -42,7 +42,7 @@ def execution_processes(worker: ChildProcess) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(worker.popen.pid).children(recursive=False)
-        if "prefect_pipedeploy.execution" in " ".join(p.cmdline())
+        if "prefect_pipedeploy.execution" in cmdline(p)
     ]
 
 

@@ -17,7 +17,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, eventual_log_messages, unique
+from tests.conftest import FLOWS, cmdline, eventual_log_messages, unique
 
 
 def wait_until_up(sdk: PipeDeploy, name: str, timeout_s: float = 45) -> dict:
@@ -34,7 +34,7 @@ def pod_processes(worker: ChildProcess) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(worker.popen.pid).children(recursive=True)
-        if "prefect_pipedeploy.pod" in " ".join(p.cmdline())
+        if "prefect_pipedeploy.pod" in cmdline(p)
     ]
 
 
@@ -147,7 +147,7 @@ def test_killed_pod_is_recreated_and_its_run_crashes(sdk: PipeDeploy, worker: Ch
             assert time.monotonic() < deadline
             time.sleep(0.2)
         ours = [p for p in pod_processes(worker) if p.pid in before]
-        victim = [p for p in ours if str(sdk.get_deployment(name)["id"]) in " ".join(p.cmdline())]
+        victim = [p for p in ours if str(sdk.get_deployment(name)["id"]) in cmdline(p)]
         assert victim
         os.kill(victim[0].pid, signal.SIGKILL)
         crashed = future.result()
@@ -200,10 +200,10 @@ def test_import_error_shows_in_deployment_logs(
 def test_deleting_the_deployment_stops_its_pod(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = deploy(sdk, "counter")
     deployment_id = wait_until_up(sdk, name)["id"]
-    assert any(deployment_id in " ".join(p.cmdline()) for p in pod_processes(worker))
+    assert any(deployment_id in cmdline(p) for p in pod_processes(worker))
     sdk.delete_deployment(name)
     deadline = time.monotonic() + 30
-    while any(deployment_id in " ".join(p.cmdline()) for p in pod_processes(worker)):
+    while any(deployment_id in cmdline(p) for p in pod_processes(worker)):
         assert time.monotonic() < deadline
         time.sleep(0.3)
 

@@ -62,6 +62,7 @@ from prefect_pipedeploy.spec import (
     Mode,
     OutputDestination,
     build_spec,
+    format_mib,
     spec_from_job_variables,
 )
 from prefect_pipedeploy.tokens import hash_token, new_token
@@ -329,18 +330,23 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs):
                 enforce_parameter_schema=False,
                 tags=[TAG],
             )
-            deployment = await client.read_deployment(deployment_id)
-            await ensure_endpoint_trigger(client, deployment)
-            view = deployment_view(deployment, await read_pod_status(client, deployment_id))
+            await ensure_endpoint_trigger(client, await client.read_deployment(deployment_id))
+        view = await self.aget_deployment(deployment_name)
         if token is not None:
             view["endpoint_token"] = token
             self._remember_endpoint_token(deployment_name, view["endpoint_url_path"], token)
         return view
 
     async def aget_deployment(self, deployment_name: str) -> dict[str, Any]:
+        """A deployment, with the RAM capacity of each live worker of its pool."""
+        from prefect_pipedeploy.worker import read_capacities
+
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
-            return deployment_view(deployment, await read_pod_status(client, deployment.id))
+            view = deployment_view(deployment, await read_pod_status(client, deployment.id))
+            capacities = await read_capacities(client, deployment.work_pool_name or "")
+        view["worker_ram_capacity"] = {w: format_mib(mib) for w, mib in sorted(capacities.items())}
+        return view
 
     async def alist_deployments(self) -> list[dict[str, Any]]:
         async with self._client() as client:
@@ -401,9 +407,8 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs):
             await client.update_deployment(deployment.id, DeploymentUpdate(**update))
             if "schedule" in changes or "execution_rule" in changes:
                 await _replace_schedules(client, deployment, spec)
-            updated = await client.read_deployment(deployment.id)
-            await ensure_endpoint_trigger(client, updated)
-            return deployment_view(updated, await read_pod_status(client, deployment.id))
+            await ensure_endpoint_trigger(client, await client.read_deployment(deployment.id))
+        return await self.aget_deployment(deployment_name)
 
     async def adelete_deployment(self, deployment_name: str) -> None:
         async with self._client() as client:

@@ -64,7 +64,13 @@ from prefect_pipedeploy.runtimes.process import (
     wait_process,
 )
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import DeploymentSpec, Mode, parse_ram, spec_from_job_variables
+from prefect_pipedeploy.spec import (
+    DeploymentSpec,
+    Mode,
+    format_mib,
+    parse_ram,
+    spec_from_job_variables,
+)
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
@@ -555,6 +561,24 @@ async def publish_capacity(client: Any, pool: str, worker: str, capacity_mib: in
         await client.create_variable(VariableCreate(name=name, value=fresh))
     else:
         await client.update_variable(VariableUpdate(name=name, value=fresh))
+    await _show_capacity_in_pool_form(client, pool, fresh)
+
+
+async def _show_capacity_in_pool_form(client: Any, pool: str, workers: dict[str, Any]) -> None:
+    """Say in the pool's UI form, under ram_request, how much RAM its workers hand out."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    work_pool = await client.read_work_pool(pool)
+    template = work_pool.base_job_template or {}
+    field = template.get("variables", {}).get("properties", {}).get("ram_request")
+    if field is None:
+        return
+    base = field.get("description", "").split(" Workers of this pool")[0]
+    held = ", ".join(f"{w} {format_mib(v['capacity_mib'])}" for w, v in sorted(workers.items()))
+    description = f"{base} Workers of this pool hand out: {held}."
+    if field.get("description") != description:
+        field["description"] = description
+        await client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
 
 
 async def read_capacities(client: Any, pool: str) -> dict[str, int]:

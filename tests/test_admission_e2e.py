@@ -58,6 +58,23 @@ def test_request_larger_than_capacity_is_refused_at_creation(
     sdk.delete_deployment(name)
 
 
+def test_capacity_shown_in_get_deployment_and_the_pool_form(
+    sdk: PipeDeploy, worker: ChildProcess, pool: str
+) -> None:
+    name = unique("shown")
+    created = sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="256MiB")
+    assert list(created["worker_ram_capacity"].values()) == ["1.2GiB"]
+
+    async def form_text() -> str:
+        async with get_client() as client:
+            template = (await client.read_work_pool(pool)).base_job_template
+            return template["variables"]["properties"]["ram_request"]["description"]
+
+    assert "Workers of this pool hand out: " in run_coro_as_sync(form_text())
+    assert "1.2GiB" in run_coro_as_sync(form_text())
+    sdk.delete_deployment(name)
+
+
 def test_burst_never_exceeds_capacity_and_waiting_runs_say_why(
     sdk: PipeDeploy, worker: ChildProcess
 ) -> None:

@@ -76,6 +76,10 @@ if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
 
 
+# Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
+WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
+
+
 class PipeDeployJobConfiguration(BaseJobConfiguration, DeploymentSpec):
     """What one run needs: the deployment spec (from the job variables) plus Prefect's basics."""
 
@@ -233,11 +237,13 @@ class PipeDeployWorker(
         self._wake.set()
 
     async def _listen_for_runs(self) -> None:
-        """Wake the submit loop on every flow-run event of this pool (a new run, a finished one)."""
+        """Wake the submit loop when a run of this pool becomes ready to start."""
         while self._work_pool is None:
             await anyio.sleep(0.2)
         event_filter = EventFilter(
-            event=EventNameFilter(prefix=["prefect.flow-run."]),
+            # only runs becoming ready to start: a run of ours that ends wakes the worker
+            # locally (pod message, process exit), and every wake costs API calls
+            event=EventNameFilter(name=[f"prefect.flow-run.{name}" for name in WAKE_ON_STATES]),
             related=EventRelatedFilter(id=[f"prefect.work-pool.{self._work_pool.id}"]),
         )
         while True:

@@ -92,10 +92,11 @@ def test_pod_is_up_before_the_first_trigger_and_keeps_state(
 def test_async_runs_in_parallel_on_the_pods_loop(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = deploy(sdk, "async_sleeper", enable_parallel_executions=True)
     wait_until_up(sdk, name)
-    results = run_many(sdk, name, [{"marker": f"a{i}", "sleep_s": 3} for i in range(6)])
+    results = run_many(sdk, name, [{"marker": f"a{i}", "sleep_s": 8} for i in range(6)])
     assert [r["status"] for r in results] == ["Succeeded"] * 6
     assert len({r["outputs"]["pid"] for r in results}) == 1
-    # the six 3-second sleeps ran at the same time in the one pod
+    # the six 8-second sleeps ran at the same time in the one pod (8 s: a state change that
+    # meets a busy SQLite database is retried seconds later)
     assert overlap_all(results), [(r["start_time"], r["end_time"]) for r in results]
     for result in results:
         lines = eventual_log_messages(sdk, result["execution_id"])
@@ -110,7 +111,7 @@ def test_sync_runs_each_in_its_own_thread_with_own_logs(
         sdk, "counter", enable_parallel_executions=True, max_parallel_executions_per_pod=4
     )
     wait_until_up(sdk, name)
-    results = run_many(sdk, name, [{"marker": f"s{i}", "sleep_s": 2} for i in range(4)])
+    results = run_many(sdk, name, [{"marker": f"s{i}", "sleep_s": 8} for i in range(4)])
     assert [r["status"] for r in results] == ["Succeeded"] * 4
     assert overlap_all(results)
     assert len({r["outputs"]["thread"] for r in results}) == 4
@@ -126,7 +127,7 @@ def test_parallel_cap_makes_the_next_run_wait(sdk: PipeDeploy, worker: ChildProc
         sdk, "async_sleeper", enable_parallel_executions=True, max_parallel_executions_per_pod=2
     )
     wait_until_up(sdk, name)
-    results = run_many(sdk, name, [{"marker": f"c{i}", "sleep_s": 2} for i in range(3)])
+    results = run_many(sdk, name, [{"marker": f"c{i}", "sleep_s": 5} for i in range(3)])
     assert [r["status"] for r in results] == ["Succeeded"] * 3
     spans = sorted((r["start_time"], r["end_time"]) for r in results)
     # the first two ran together; the third started only once one of them had ended

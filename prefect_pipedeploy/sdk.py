@@ -645,6 +645,11 @@ def _working_directory_step(directory: Path) -> dict[str, Any]:
 
 async def _ensure_pool(client: PrefectClient, name: str) -> None:
     """Create the work pool with the pipedeploy template when it does not exist."""
+    if name.lower().startswith("prefect"):
+        raise SpecError(
+            f"work_pool_name: {name!r} starts with 'prefect', which Prefect reserves; "
+            "choose another pool name"
+        )
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:

@@ -154,3 +154,35 @@ def test_blocks_register_script_saves_a_usable_store(prefect_api: str, tmp_path:
     store = load_data_store(reference)
     store.upload(io.BytesIO(b"hello"), "a/b.txt")
     assert (tmp_path / "store" / "a" / "b.txt").read_bytes() == b"hello"
+
+
+def test_prefect_worker_start_runs_pipedeploy_work(prefect_api: str, tmp_path: Path) -> None:
+    """The worker also starts the Prefect way: `prefect worker start --type pipedeploy`."""
+    from prefect_pipedeploy.stack import start_child
+
+    pool = unique("native-way")
+    sdk = PipeDeploy(work_pool_name=pool)
+    name = unique("prefect-way")
+    sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name)
+    worker = start_child(
+        "prefect-worker",
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--type",
+            "pipedeploy",
+            "--pool",
+            pool,
+        ],
+        tmp_path / "worker.log",
+        env=dict(os.environ),
+    )
+    try:
+        result = sdk.run_deployment(name, {"text": "the prefect way"}, timeout_s=120)
+        assert result["status"] == "Succeeded", worker.log_tail()
+        assert result["outputs"] == {"words": 3, "score": 4.333}
+    finally:
+        worker.stop()

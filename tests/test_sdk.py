@@ -168,6 +168,11 @@ def test_bad_pipelines(sdk: PipeDeploy, pipeline: object, words: str) -> None:
         sdk.create_deployment(pipeline, unique("bad-pipeline"))
 
 
+def test_reserved_pool_name_refused(prefect_api: str) -> None:
+    with pytest.raises(SpecError, match="which Prefect reserves; choose another pool name"):
+        PipeDeploy(work_pool_name="prefect-pool").create_deployment(plain_function, unique("x"))
+
+
 def test_duplicate_name_refused(sdk: PipeDeploy) -> None:
     name = unique("dup")
     sdk.create_deployment(plain_function, name)

@@ -18,6 +18,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -75,6 +76,9 @@ from prefect_pipedeploy.spec import (
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
 
+
+# How often a worker re-publishes its RAM capacity (readers drop entries older than 10 min).
+CAPACITY_REFRESH_S = 60.0
 
 # Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
@@ -209,6 +213,7 @@ class PipeDeployWorker(
         """Keep one pod per low-latency deployment of the pool (started before any trigger)."""
         poll_s = get_settings().poll_seconds
         recovered = False
+        capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
         while True:
             if self._has_successfully_synced and not recovered:
                 try:
@@ -225,9 +230,11 @@ class PipeDeployWorker(
                         limit=200,
                     )
                     await self.pods.reconcile(deployments)
-                    await publish_capacity(
-                        self.client, self._work_pool_name, self.name, self.ledger.capacity_mib
-                    )
+                    if time.monotonic() - capacity_published_at > CAPACITY_REFRESH_S:
+                        await publish_capacity(
+                            self.client, self._work_pool_name, self.name, self.ledger.capacity_mib
+                        )
+                        capacity_published_at = time.monotonic()
                 except Exception as exc:
                     self._logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
@@ -553,10 +560,6 @@ async def publish_capacity(client: Any, pool: str, worker: str, capacity_mib: in
     workers = (
         dict(variable.value) if variable is not None and isinstance(variable.value, dict) else {}
     )
-    if workers.get(worker, {}).get("capacity_mib") == capacity_mib:
-        stamped = datetime.datetime.fromisoformat(workers[worker]["updated"])
-        if (now - stamped).total_seconds() < 60:
-            return
     workers[worker] = {"capacity_mib": capacity_mib, "updated": now.isoformat()}
     fresh = {
         k: v

@@ -8,6 +8,7 @@ Not for: logic of its own.
     pipedeploy worker --pool pipedeploy --ram-capacity 8GiB
     pipedeploy deployment ls | get NAME | rm NAME
     pipedeploy executions ls [--deployment NAME] | get ID | logs ID
+    pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from prefect_pipedeploy.stack import ChildProcess
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm, logs.")
 executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs.")
+pool_app = typer.Typer(no_args_is_help=True, help="Work pools: the pool-wide RAM cap.")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(executions_app, name="executions")
+app.add_typer(pool_app, name="pool")
 app.add_typer(datastore_app, name="datastore")
 app.add_typer(endpoint_app, name="endpoint")
 app.command()(gateway)
@@ -300,6 +303,26 @@ def executions_logs(execution_id: str) -> None:
     """Print the logs of one execution."""
     for line in _call(_sdk().get_pipeline_execution_logs, execution_id):
         typer.echo(f"{line['timestamp']} {line['level']:7} {line['message']}")
+
+
+@pool_app.command("ram-cap")
+def pool_ram_cap(
+    size: str = typer.Argument(None, help="New cap, like '16GiB'; omit to show the current one."),
+    pool: str = typer.Option(None, "--pool", help="Work pool (default: the default pool)."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the cap."),
+) -> None:
+    """Show, set or remove the RAM all workers of a pool may hold together."""
+    sdk = _sdk()
+    pool = pool or get_settings().default_pool
+    if remove:
+        _call(sdk.set_pool_ram_cap, None, pool)
+        typer.echo(f"No RAM cap on pool {pool!r}")
+        return
+    cap = _call(sdk.set_pool_ram_cap, size, pool) if size else _call(sdk.get_pool_ram_cap, pool)
+    if cap is None:
+        typer.echo(f"No RAM cap on pool {pool!r}; set one with `pipedeploy pool ram-cap 16GiB`")
+    else:
+        _print_json(cap)
 
 
 if __name__ == "__main__":

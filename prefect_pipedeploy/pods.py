@@ -35,7 +35,8 @@ from prefect.logging import get_logger
 from prefect.states import Crashed
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.admission import RamLedger, Request
+from prefect_pipedeploy.admission import Request
+from prefect_pipedeploy.poolcap import RamAdmission
 from prefect_pipedeploy.runtimes.process import explain_exit, kill_process_tree, tree_rss_mib
 from prefect_pipedeploy.spec import DeploymentSpec, format_mib, spec_from_job_variables
 
@@ -119,9 +120,9 @@ class PodSupervisor:
         state_dir: Path,
         on_change: Callable[[], None],
         on_finished: Callable[[UUID, UUID], Awaitable[None]],
-        ledger: RamLedger,
+        admission: RamAdmission,
     ) -> None:
-        self.ledger = ledger  # a pod holds its ram_request from start to stop
+        self.admission = admission  # a pod holds its ram_request from start to stop
         self._waiting_for_ram: dict[UUID, str] = {}
         self._client = client
         self.worker_name = worker_name
@@ -164,7 +165,9 @@ class PodSupervisor:
             for d in new
         ]
         now = datetime.datetime.now(datetime.timezone.utc)
-        for deployment, decision in zip(new, self.ledger.decide(requests, now), strict=True):
+        for deployment, decision in zip(
+            new, await self.admission.decide(requests, now), strict=True
+        ):
             if decision.admitted:
                 self._waiting_for_ram.pop(deployment.id, None)
                 self._start(deployment)
@@ -196,7 +199,6 @@ class PodSupervisor:
         if pod is None:
             return
         pod.stopping = True
-        self.ledger.release(pod_key(deployment_id))
         if pod.pid is not None:
             kill_process_tree(pod.pid, 15)
         if pod.task is not None:
@@ -205,6 +207,7 @@ class PodSupervisor:
             pod.task.cancel()
         if pod.pid is not None:
             kill_process_tree(pod.pid, 9)
+        await self.admission.release(pod_key(deployment_id))  # its RAM is free once it is gone
         self._event(pod, "stopped", reason=reason)
         if publish:
             await self._publish(pod, "down", f"stopped: {reason}")

@@ -51,9 +51,11 @@ from prefect_pipedeploy.exceptions import (
     SpecError,
 )
 from prefect_pipedeploy.pods import read_pod_status
+from prefect_pipedeploy.poolcap import check_fits_cap, read_pool_ram_cap
 from prefect_pipedeploy.records import read_outputs
 from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
 from prefect_pipedeploy.sdk_gateway import GatewayVerbs
+from prefect_pipedeploy.sdk_pool import PoolVerbs
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
@@ -232,7 +234,7 @@ def execution_view(flow_run: FlowRun, deployment_name: str | None = None) -> dic
 # ---------------------------------------------------------------------------------------------
 
 
-class PipeDeploy(DataStoreVerbs, GatewayVerbs):
+class PipeDeploy(DataStoreVerbs, GatewayVerbs, PoolVerbs):
     """The platform's verbs on a Prefect server (PREFECT_API_URL, or `api_url`).
 
     `data_store` names the data store block for the data-store verbs ("<type-slug>/<name>");
@@ -674,15 +676,15 @@ async def _ensure_pool(client: PrefectClient, name: str) -> None:
 async def _check_ram_fits(
     client: PrefectClient, pool: str, spec: DeploymentSpec, deployment_name: str
 ) -> None:
-    """Refuse a RAM request no worker of the pool could ever hold (when workers are known)."""
+    """Refuse a RAM request larger than the pool's RAM cap, or than every known worker's."""
     from prefect_pipedeploy.admission import check_fits_capacity
     from prefect_pipedeploy.worker import read_capacities
 
+    what = f"deployment {deployment_name!r}"
+    check_fits_cap(spec.ram_request_mib, await read_pool_ram_cap(client, pool), what)
     capacities = await read_capacities(client, pool)
     if capacities:
-        check_fits_capacity(
-            spec.ram_request_mib, max(capacities.values()), f"deployment {deployment_name!r}"
-        )
+        check_fits_capacity(spec.ram_request_mib, max(capacities.values()), what)
 
 
 async def _replace_schedules(

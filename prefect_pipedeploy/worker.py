@@ -58,6 +58,7 @@ from prefect_pipedeploy.admission import RamLedger, Request, default_capacity_mi
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.ordering import WaitingRun, decide_retry, runs_to_start
 from prefect_pipedeploy.pods import PodSupervisor, ram_exceeded
+from prefect_pipedeploy.poolcap import RamAdmission
 from prefect_pipedeploy.runtimes.process import (
     kill_process_tree,
     start_process,
@@ -123,6 +124,12 @@ class PipeDeployWorker(
         super().__init__(*args, **kwargs)
         self._wake = anyio.Event()
         self.ledger = RamLedger(worker_ram_capacity_mib())
+        self.admission = RamAdmission(
+            self.ledger,
+            self._work_pool_name,
+            client=lambda: self.client,
+            lease_dir=get_settings().home.resolve() / "ram-leases",
+        )
         self._awaiting_ram: dict[UUID, str] = {}
         self.pods = PodSupervisor(
             client=get_client,
@@ -130,7 +137,7 @@ class PipeDeployWorker(
             state_dir=get_settings().home.resolve() / "worker" / self.get_name_slug(),
             on_change=self.wake,
             on_finished=self.retry_if_failed,
-            ledger=self.ledger,
+            admission=self.admission,
         )
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -157,6 +164,7 @@ class PipeDeployWorker(
                 loops.start_soon(self._submit_loop)
                 loops.start_soon(self._pod_loop)
                 loops.start_soon(self.pods.watch_memory)
+                loops.start_soon(self.admission.renew_leases)
                 self._started_event = await self._emit_worker_started_event()
                 printer(f"Worker {self.name!r} started!")
 
@@ -184,8 +192,10 @@ class PipeDeployWorker(
         """Re-queue runs a dead worker claimed (Pending) but never started.
 
         Runs once when the worker starts: a run Pending for longer than `pending_recovery_s`
-        belongs to no live worker (claims are followed by a start within seconds).
+        belongs to no live worker (claims are followed by a start within seconds). Also gives
+        back the pool RAM cap slots that dead workers of this machine still held.
         """
+        await self.admission.release_dead_leases()
         cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
             seconds=get_settings().pending_recovery_s
         )
@@ -314,7 +324,9 @@ class PipeDeployWorker(
             )
         now = datetime.datetime.now(datetime.timezone.utc)
         admitted = []
-        for (response, _), decision in zip(ordered, self.ledger.decide(requests, now), strict=True):
+        for (response, _), decision in zip(
+            ordered, await self.admission.decide(requests, now), strict=True
+        ):
             if decision.admitted:
                 self._awaiting_ram.pop(response.flow_run.id, None)
                 admitted.append(response)
@@ -343,8 +355,7 @@ class PipeDeployWorker(
         # BaseWorker calls this on every path by which a submitted run ends or is not started:
         # the run's RAM is free again.
         super()._release_limit_slot(flow_run_id)
-        if self.ledger.holdings.pop(run_key(flow_run_id), None) is not None:
-            self.wake()
+        self.admission.release_soon(run_key(flow_run_id), then=self.wake)
 
     async def _dispatch_to_pod(self, deployment_id: UUID, flow_runs: list[FlowRun]) -> None:
         """Start the heads of a deployment's queue in its pod, within its parallelism."""

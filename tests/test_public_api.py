@@ -45,6 +45,8 @@ def test_sdk_has_the_platform_verbs() -> None:
         "list_data_store_objects",
         "get_data_store_object_information",
         "delete_data_store_object",
+        "set_pool_ram_cap",
+        "get_pool_ram_cap",
     ]
     for verb in verbs:
         assert callable(getattr(prefect_pipedeploy.PipeDeploy, verb)), verb

@@ -1,0 +1,342 @@
+"""The pool-wide RAM cap: a Prefect global concurrency limit in MiB shared by a pool's workers.
+
+Pure parts get tables; the rest runs real workers against a real Prefect server: two workers
+whose own capacities would allow twice as much never hold more than the cap together, pods wait
+for the cap and start when it frees, a dead worker's slots come back (at once when a worker
+starts on the same machine, by lease expiry otherwise), and the cap holds across a restart of
+the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from prefect_pipedeploy import PipeDeploy, SpecError
+from prefect_pipedeploy.poolcap import cap_view, check_fits_cap, holder_of, limit_name
+from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
+from tests.conftest import FLOWS, cmdline, start_worker, unique
+from tests.test_low_latency import run_many, wait_until_up
+
+
+def a_cap(limit: int, held: int = 0) -> GlobalConcurrencyLimitResponse:
+    return GlobalConcurrencyLimitResponse(
+        id=uuid.uuid4(), name="pipedeploy-ram-p", limit=limit, active_slots=held
+    )
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_mib", "cap", "refused"),
+    [
+        (512, None, False),  # no cap: nothing to check
+        (512, a_cap(1024), False),
+        (1024, a_cap(1024), False),  # exactly the cap fits
+        (1025, a_cap(1024), True),
+        (4096, a_cap(1024, held=1024), True),
+    ],
+)
+def test_check_fits_cap(
+    request_mib: int, cap: GlobalConcurrencyLimitResponse | None, refused: bool
+):
+    if refused:
+        with pytest.raises(SpecError, match=r"larger than the pool's RAM cap of 1GiB.*pipedeploy"):
+            check_fits_cap(request_mib, cap, "deployment 'd'")
+    else:
+        check_fits_cap(request_mib, cap, "deployment 'd'")
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        ("pod:6f1f4b0e-1111-4c3e-9a51-0b4f3b1a2c3d", "deployment"),
+        ("run:6f1f4b0e-1111-4c3e-9a51-0b4f3b1a2c3d", "flow_run"),
+    ],
+)
+def test_lease_holder_names_the_deployment_or_the_run(key: str, kind: str) -> None:
+    holder = holder_of(key)
+    assert holder.type == kind
+    assert str(holder.id) == key.split(":", 1)[1]
+
+
+def test_cap_view_and_limit_name() -> None:
+    assert limit_name("gpu-box") == "pipedeploy-ram-gpu-box"
+    assert cap_view("p", None) is None
+    assert cap_view("p", a_cap(2048, held=512)) == {
+        "work_pool_name": "p",
+        "ram_cap": "2GiB",
+        "ram_cap_mib": 2048,
+        "held": "512MiB",
+        "held_mib": 512,
+        "concurrency_limit": "pipedeploy-ram-p",
+    }
+
+
+# ---- one pool, two workers, a cap of 1GiB -----------------------------------------------------
+
+CAP = "1GiB"
+
+
+@pytest.fixture(scope="module")
+def workers(
+    pool: str, sdk: PipeDeploy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ChildProcess]]:
+    """Two workers of 1200MiB each (2400MiB together) on a pool capped at 1GiB."""
+    sdk.set_pool_ram_cap(CAP)
+    logs = tmp_path_factory.mktemp("worker-logs")
+    children = [start_worker(pool, logs, "--ram-capacity", "1200MiB") for _ in range(2)]
+    yield children
+    for child in children:
+        child.stop()
+    sdk.set_pool_ram_cap(None)
+
+
+def children_running(workers: list[ChildProcess], module: str) -> int:
+    return sum(
+        1
+        for worker in workers
+        for p in psutil.Process(worker.popen.pid).children(recursive=True)
+        if module in cmdline(p)
+    )
+
+
+def held_mib(sdk: PipeDeploy) -> int:
+    cap = sdk.get_pool_ram_cap()
+    assert cap is not None
+    return cap["held_mib"]
+
+
+def test_set_show_and_remove_the_cap_from_sdk_and_cli(prefect_api: str) -> None:
+    pool = unique("capped")
+    sdk = PipeDeploy(work_pool_name=pool)
+    assert sdk.get_pool_ram_cap() is None
+    shown = sdk.set_pool_ram_cap("2GiB")
+    assert shown is not None
+    assert (shown["ram_cap"], shown["held_mib"]) == ("2GiB", 0)
+    assert shown["concurrency_limit"] == f"pipedeploy-ram-{pool}"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect_pipedeploy.cli", "pool", "ram-cap", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert '"ram_cap": "2GiB"' in cli("--pool", pool)
+    assert '"ram_cap_mib": 3072' in cli("3GiB", "--pool", pool)
+    assert sdk.get_pool_ram_cap()["ram_cap"] == "3GiB"  # type: ignore[index]
+    assert "No RAM cap on pool" in cli("--remove", "--pool", pool)
+    assert sdk.get_pool_ram_cap() is None
+    with pytest.raises(SpecError, match="ram_cap: '12' is not a RAM size with a unit"):
+        sdk.set_pool_ram_cap("12")
+
+
+def test_request_larger_than_the_cap_is_refused_at_creation(
+    sdk: PipeDeploy, workers: list[ChildProcess]
+) -> None:
+    # each worker could hold 1200MiB, but the pool's cap is 1GiB
+    with pytest.raises(SpecError, match=r"larger than the pool's RAM cap of 1GiB"):
+        sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", unique("huge"), ram_request="1100MiB")
+
+
+def test_burst_on_two_workers_never_exceeds_the_cap(
+    sdk: PipeDeploy, workers: list[ChildProcess]
+) -> None:
+    """Alone, each worker would run two 512MiB runs at once (four in all); the cap allows two."""
+    name = unique("burst")
+    sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="512MiB")
+    peak = {"runs": 0, "held": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak["runs"] = max(
+                peak["runs"], children_running(workers, "prefect_pipedeploy.execution")
+            )
+            peak["held"] = max(peak["held"], held_mib(sdk))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        results = run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8)
+    finally:
+        stop.set()
+        sampler.join()
+    assert [r["status"] for r in results] == ["Succeeded"] * 6
+    assert peak == {"runs": 2, "held": 1024}, peak
+    wait_for_held(sdk, 0, 15)  # every lease released once its run's process ended
+
+    async def waiting_messages() -> list[str]:
+        async with get_client() as client:
+            return [
+                state.message or ""
+                for r in results
+                for state in await client.read_flow_run_states(r["execution_id"])
+                if state.name == "AwaitingRAM"
+            ]
+
+    assert any(
+        m.startswith("waiting for 512MiB of RAM: 1GiB of the pool's RAM cap of 1GiB held")
+        for m in run_coro_as_sync(waiting_messages())
+    )
+    sdk.delete_deployment(name)
+
+
+def test_pods_wait_for_the_cap_and_start_when_it_frees(
+    sdk: PipeDeploy, workers: list[ChildProcess]
+) -> None:
+    """A low-latency deployment has a pod on each worker: 2 x 512MiB fill the cap."""
+    first, second = unique("pod-a"), unique("pod-b")
+    sdk.create_deployment(
+        f"{FLOWS / 'demo.py'}:counter", first, mode="low_latency", ram_request="512MiB"
+    )
+    wait_until_up(sdk, first)
+    deadline = time.monotonic() + 30
+    while held_mib(sdk) < 1024:
+        assert time.monotonic() < deadline, sdk.get_pool_ram_cap()
+        time.sleep(0.3)
+    sdk.create_deployment(
+        f"{FLOWS / 'demo.py'}:counter", second, mode="low_latency", ram_request="256MiB"
+    )
+    deadline = time.monotonic() + 30
+    while "pool's RAM cap" not in (sdk.get_deployment(second)["status_message"] or ""):
+        assert time.monotonic() < deadline, sdk.get_deployment(second)
+        time.sleep(0.3)
+    assert sdk.get_deployment(second)["status"] == "creation_pending"
+    assert children_running(workers, "prefect_pipedeploy.pod") == 2
+    sdk.delete_deployment(first)
+    wait_until_up(sdk, second)
+    deadline = time.monotonic() + 30
+    while held_mib(sdk) != 512:  # the second deployment's two pods, 256MiB each
+        assert time.monotonic() < deadline, sdk.get_pool_ram_cap()
+        time.sleep(0.3)
+    assert sdk.run_deployment(second, {"marker": "m"}, timeout_s=60)["status"] == "Succeeded"
+    sdk.delete_deployment(second)
+
+
+# ---- dead holders and server restarts -----------------------------------------------------------
+
+
+def kill_worker(worker: ChildProcess) -> None:
+    """SIGKILL a worker (its pods stop when their channel to it closes)."""
+    os.killpg(worker.popen.pid, signal.SIGKILL)
+    worker.popen.wait(10)
+    worker.stop()
+
+
+def wait_for_held(sdk: PipeDeploy, mib: int, timeout_s: float) -> float:
+    """Seconds until the cap's held total is `mib`."""
+    started = time.monotonic()
+    while held_mib(sdk) != mib:
+        assert time.monotonic() - started < timeout_s, sdk.get_pool_ram_cap()
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    pool = unique("pool-dead")
+    sdk = PipeDeploy(work_pool_name=pool)
+    name = unique("pod")
+    sdk.create_deployment(
+        f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
+    )
+    first = start_worker(pool, tmp_path)
+    try:
+        wait_until_up(sdk, name)
+        # a cap set while the pod runs counts it (at the worker's next lease round, <= 15 s)
+        sdk.set_pool_ram_cap("512MiB")
+        wait_for_held(sdk, 512, 25)
+        kill_worker(first)
+        killed_at = time.monotonic()
+        second = start_worker(pool, tmp_path)
+        try:
+            # the lease would expire only ~60 s after its last renewal: this is the reconciliation
+            deadline = killed_at + 40
+            while children_running([second], "prefect_pipedeploy.pod") != 1:
+                assert time.monotonic() < deadline, second.log_tail()
+                time.sleep(0.3)
+            assert "left by a dead worker" in second.log_path.read_text()
+            wait_for_held(sdk, 512, 10)  # the new pod's lease, not the dead one's as well
+            assert sdk.run_deployment(name, {"marker": "m"}, timeout_s=60)["status"] == "Succeeded"
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        sdk.delete_deployment(name)
+        sdk.set_pool_ram_cap(None)
+
+
+def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path) -> None:
+    """On its own server: restart it while a pod holds the cap, then let a dead lease expire."""
+    port = free_port()
+    server, api_url = start_prefect_server(tmp_path / "server", port=port, ui=False)
+    env = {"PREFECT_API_URL": api_url}
+    pool = unique("pool-restart")
+    sdk = PipeDeploy(api_url=api_url, work_pool_name=pool)
+    worker: ChildProcess | None = None
+    try:
+        sdk.set_pool_ram_cap("768MiB")
+        name = unique("pod")
+        sdk.create_deployment(
+            f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
+        )
+        worker = start_worker(pool, tmp_path / "a", env=env)
+        wait_until_up(sdk, name)
+        wait_for_held(sdk, 512, 30)
+
+        server.stop()
+        server, _ = start_prefect_server(tmp_path / "server", port=port, ui=False)
+        assert held_mib(sdk) == 512  # the limit and its count are in the database
+        time.sleep(20)  # at least one renewal on the restarted server
+        assert held_mib(sdk) == 512
+        assert "lost the RAM cap lease" not in worker.log_path.read_text()
+        other = unique("pod")
+        sdk.create_deployment(
+            f"{FLOWS / 'demo.py'}:counter", other, mode="low_latency", ram_request="512MiB"
+        )
+        deadline = time.monotonic() + 30
+        while "pool's RAM cap" not in (sdk.get_deployment(other)["status_message"] or ""):
+            assert time.monotonic() < deadline, sdk.get_deployment(other)
+            time.sleep(0.3)
+        sdk.delete_deployment(other)
+
+        # A worker dies and none comes back on its machine: its lease expires, its slots return.
+        kill_worker(worker)
+        worker = start_worker(
+            pool,
+            tmp_path / "b",
+            env={**env, "PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME": str(tmp_path / "elsewhere")},
+        )
+        deadline = time.monotonic() + 30
+        while "pool's RAM cap" not in (sdk.get_deployment(name)["status_message"] or ""):
+            assert time.monotonic() < deadline, sdk.get_deployment(name)
+            time.sleep(0.3)
+        assert held_mib(sdk) == 512  # the dead worker's lease, until it expires
+        wait_until_up(sdk, name, timeout_s=100)
+        assert held_mib(sdk) == 512  # the new pod's lease
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()

@@ -50,6 +50,7 @@ from prefect_pipedeploy.exceptions import (
     PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.pods import read_pod_status
 from prefect_pipedeploy.poolcap import check_fits_cap, read_pool_ram_cap
 from prefect_pipedeploy.records import read_outputs
@@ -352,9 +353,7 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs, PoolVerbs):
 
     async def alist_deployments(self) -> list[dict[str, Any]]:
         async with self._client() as client:
-            deployments = await client.read_deployments(
-                work_pool_filter=_pipedeploy_pools(), limit=200
-            )
+            deployments = await read_all_deployments(client, work_pool_filter=_pipedeploy_pools())
             pods = {
                 d.id: await read_pod_status(client, d.id)
                 for d in deployments

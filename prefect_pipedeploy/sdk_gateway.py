@@ -43,6 +43,7 @@ from prefect.logging import get_logger
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy.exceptions import DeploymentNotFound, PipeDeployError, SpecError
+from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.tokens import hash_token, new_token
@@ -361,15 +362,9 @@ async def _endpoint_deployment(client: PrefectClient, name: str) -> DeploymentRe
     )
     if found:
         return found[0]
-    offset = 0
-    while True:
-        page = await client.read_deployments(work_pool_filter=pools, limit=200, offset=offset)
-        for deployment in page:
-            if endpoint_path_of(deployment) == name.strip("/"):
-                return deployment
-        if len(page) < 200:
-            break
-        offset += len(page)
+    for deployment in await read_all_deployments(client, work_pool_filter=pools):
+        if endpoint_path_of(deployment) == name.strip("/"):
+            return deployment
     raise DeploymentNotFound(
         f"no deployment named {name!r}, and no endpoint at that path; list them with "
         "`pipedeploy deployment ls`"

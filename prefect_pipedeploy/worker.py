@@ -56,6 +56,7 @@ from pydantic import Field
 
 from prefect_pipedeploy.admission import RamLedger, Request, default_capacity_mib
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.ordering import WaitingRun, decide_retry, runs_to_start
 from prefect_pipedeploy.pods import PodSupervisor, ram_exceeded
 from prefect_pipedeploy.poolcap import RamAdmission
@@ -233,11 +234,11 @@ class PipeDeployWorker(
                     self._logger.warning("Could not look for abandoned runs: %s", exc)
             if self._has_successfully_synced:
                 try:
-                    deployments = await self.client.read_deployments(
+                    deployments = await read_all_deployments(
+                        self.client,
                         work_pool_filter=WorkPoolFilter(
                             name=WorkPoolFilterName(any_=[self._work_pool_name])
                         ),
-                        limit=200,
                     )
                     await self.pods.reconcile(deployments)
                     if time.monotonic() - capacity_published_at > CAPACITY_REFRESH_S:

@@ -6,7 +6,9 @@ request and websocket message is attributed to who sent it:
 Give a process PREFECT_API_URL=http://127.0.0.1:PORT/<role>/api. REST calls and the websockets
 Prefect's clients open (`/api/events/in` to emit events, `/api/events/out` to subscribe) are
 forwarded; each websocket message is counted (events sent in are counted by event name).
-Not for: anything but measurement (no streaming bodies, no TLS, one upstream).
+Tests also use it to inject faults: `refuse(method, endpoint)` may answer a call with an HTTP
+status instead of forwarding it (recorded like any call).
+Not for: anything but measurement and fault injection (no streaming bodies, no TLS, one upstream).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import httpx
@@ -74,8 +77,15 @@ class Call:
 class CountingProxy:
     """Forwards to `upstream` (http://host:port) and records every call; runs in its own thread."""
 
-    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        refuse: Callable[[str, str], int | None] | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.refuse = refuse
         self.host = host
         self.port = port
         self.calls: list[Call] = []
@@ -139,6 +149,14 @@ class CountingProxy:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         body = await request.body()
         started = time.monotonic()
+        refused = self.refuse(request.method, path_template(path)) if self.refuse else None
+        if refused is not None:
+            self._record(Call(role, request.method, path_template(path), refused, started, 0.0))
+            return Response(
+                json.dumps({"detail": "refused by the test proxy"}),
+                status_code=refused,
+                media_type="application/json",
+            )
         try:
             upstream = await self._client.request(
                 request.method, url, content=body, headers=headers

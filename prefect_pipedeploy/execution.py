@@ -19,18 +19,27 @@ import inspect
 import os
 import sys
 import tempfile
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect import Flow
+# No public API registers a run's suspension request without Prefect's per-run observer (see
+# `_WithoutSuspensionObserver`); this private module is the registry the observer marks.
+from prefect._flow_run_suspension import (
+    FlowRunSuspensionRequest,
+    register_flow_run_suspension_request,
+)
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.context import FlowRunContext
-from prefect.flow_engine import run_flow
-from prefect.flows import load_flow_from_flow_run
+from prefect.context import FlowRunContext, get_settings_context
+from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine, run_flow
+from prefect.flows import Flow, load_flow_from_flow_run
 from prefect.logging import get_logger
+from prefect.results import aget_default_result_storage, get_default_persist_setting
 from prefect.states import Failed, State
+from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
 from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy.datastore import DataStore
@@ -90,6 +99,26 @@ class PipelineRunner:
         self.workdir = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
         self._store: DataStore | None = None
         self.flow = self._with_output_routing(flow)
+
+    async def resolve_result_defaults(self, client: PrefectClient) -> None:
+        """Pin the pipeline's default result storage and persistence, as Prefect resolves them.
+
+        Prefect's engine looks both up on every run (two `GET /admin/storage` per run); a pod
+        resolves them once, when it starts. A pipeline that sets its own keeps it. A change of
+        the server's default result storage reaches a pod when it is re-created.
+        """
+        if self.flow.result_storage is None:
+            self.flow.result_storage = await aget_default_result_storage()
+        if self.flow.persist_result is None:
+            settings = get_settings_context().settings.results
+            self.flow.persist_result = (
+                get_default_persist_setting()
+                or settings.default_storage_block is not None
+                or (
+                    await client.read_server_default_result_storage()
+                ).default_result_storage_block_id
+                is not None
+            )
 
     async def store(self) -> DataStore | None:
         """The data store, loaded once, when the mapping uses one."""
@@ -168,19 +197,90 @@ class PipelineRunner:
         return wrapped
 
 
+class _WithoutSuspensionObserver:
+    """Flow engines for a pod: a run's suspension request is registered, but no observer is
+    started for it.
+
+    Prefect's engine starts, for every run of a deployment, a thread with its own event loop,
+    client and `/events/out` websocket that watches for the run being suspended from outside,
+    and waits for its first read of the run (about 45 ms per run on 2 cores). A pod watches
+    all its runs with one observer instead (`pod.py`), which marks the request registered here.
+    """
+
+    flow_run: FlowRun | None
+    _get_flow_run_suspension_request: Any
+
+    @contextmanager
+    def setup_flow_run_suspension_request(self) -> Generator[FlowRunSuspensionRequest, None, None]:
+        assert self.flow_run is not None
+        request: FlowRunSuspensionRequest = self._get_flow_run_suspension_request()
+        with register_flow_run_suspension_request(self.flow_run.id, request):
+            request.raise_if_requested()
+            yield request
+
+
+class _PodFlowRunEngine(_WithoutSuspensionObserver, FlowRunEngine[Any, Any]):
+    pass
+
+
+class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, AsyncFlowRunEngine[Any, Any]):
+    pass
+
+
+def _call_parameters(
+    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The parameters `run_flow` would use: the given ones, else the run's with defaults."""
+    if parameters:
+        return parameters
+    args, kwargs = parameters_to_args_kwargs(flow.fn, flow_run.parameters or {})
+    return get_call_parameters(flow.fn, args, kwargs)
+
+
 def run_pipeline_sync(
-    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any] | None = None
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any] | None = None,
+    *,
+    shared_observer: bool = False,
 ) -> State[Any]:
-    """Run a `def` pipeline's flow run through the sync engine; blocks this thread."""
+    """Run a `def` pipeline's flow run through the sync engine; blocks this thread.
+
+    `shared_observer`: the caller watches for suspension itself (a pod), so the engine starts
+    no per-run observer.
+    """
+    if shared_observer and not flow.isgenerator:
+        engine = _PodFlowRunEngine(
+            flow=flow, flow_run=flow_run, parameters=_call_parameters(flow, flow_run, parameters)
+        )
+        with engine.start():
+            while engine.is_running():
+                with engine.run_context():
+                    _ = engine.call_flow_fn()  # the result is kept on the engine
+        return engine.state
     state = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
     assert isinstance(state, State)
     return state
 
 
 async def run_pipeline_async(
-    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any] | None = None
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any] | None = None,
+    *,
+    shared_observer: bool = False,
 ) -> State[Any]:
-    """Run an `async def` pipeline's flow run on the current event loop."""
+    """Run an `async def` pipeline's flow run on the current event loop (`shared_observer`:
+    see `run_pipeline_sync`)."""
+    if shared_observer and not flow.isgenerator:
+        engine = _PodAsyncFlowRunEngine(
+            flow=flow, flow_run=flow_run, parameters=_call_parameters(flow, flow_run, parameters)
+        )
+        async with engine.start():
+            while engine.is_running():
+                async with engine.run_context():
+                    _ = await engine.call_flow_fn()  # the result is kept on the engine
+        return engine.state
     state = await run_flow(  # type: ignore[misc]
         flow, flow_run=flow_run, parameters=parameters, return_type="state"
     )

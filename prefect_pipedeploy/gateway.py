@@ -91,7 +91,9 @@ from starlette.requests import ClientDisconnect
 
 from prefect_pipedeploy.datastore import DataStore, DataStoreError, DataStoreObjectNotFound
 from prefect_pipedeploy.exceptions import PipeDeployError, ServerUnavailable
+from prefect_pipedeploy.fastcreate import create_run
 from prefect_pipedeploy.iomapping import SECRET_MASK, aload_data_store, file_input_marker
+from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.records import read_outputs, read_stored_outputs
 from prefect_pipedeploy.sdk import EXECUTION_STATUS
 from prefect_pipedeploy.settings import get_settings
@@ -859,16 +861,9 @@ class Gateway:
         return self._table
 
     async def _read_deployments(self) -> list[DeploymentResponse]:
-        found: list[DeploymentResponse] = []
-        while True:
-            page = await self.client.read_deployments(
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=self.pools)),
-                limit=200,
-                offset=len(found),
-            )
-            found += page
-            if len(page) < 200:
-                return found
+        return await read_all_deployments(
+            self.client, work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=self.pools))
+        )
 
     async def endpoint(self, path: str, arrived: float) -> Endpoint:
         """The endpoint at `path`; a deployment created before the request arrived is seen."""
@@ -981,8 +976,8 @@ class Gateway:
     async def create_execution(self, endpoint: Endpoint, parameters: dict[str, Any]) -> FlowRun:
         """Create the execution, unless too many of the deployment's wait already (429).
 
-        Creates are serialised: a SQLite server answers concurrent creates with 503, and
-        Prefect's client then retries seconds later.
+        Creates are serialised, and a 503 from a busy SQLite server is retried within
+        milliseconds (`fastcreate.py`) instead of Prefect's seconds.
         """
         limit = get_settings().gateway_max_waiting
         async with self.create_lock:
@@ -1003,8 +998,8 @@ class Gateway:
                     headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
                 )
             try:
-                return await self.client.create_flow_run_from_deployment(
-                    endpoint.deployment_id, parameters=parameters, tags=RUN_TAGS
+                return await create_run(
+                    self.client, endpoint.deployment_id, parameters=parameters, tags=RUN_TAGS
                 )
             except ObjectNotFound:
                 self._loaded_at = -math.inf

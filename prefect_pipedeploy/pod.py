@@ -33,16 +33,22 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Flow
-from prefect.client.orchestration import PrefectClient, get_client
+
+# No public API watches many flow runs for suspension with one connection; this is the observer
+# Prefect's engine starts per run (see `execution._WithoutSuspensionObserver`).
+from prefect._flow_run_suspension import mark_flow_run_suspension_requested
+from prefect._internal.observers import FlowRunSuspendingObserver
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
+from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.deployments.steps.core import run_steps
 from prefect.exceptions import Abort
 from prefect.flows import load_flow_from_entrypoint, load_function_and_convert_to_flow
 from prefect.logging import get_logger
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Failed
+from prefect.states import Failed, State
 from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy.execution import PipelineRunner, run_pipeline_async, run_pipeline_sync
@@ -114,12 +120,14 @@ class Pod:
         flow: Flow[..., Any],
         client: PrefectClient,
         writer: asyncio.StreamWriter,
+        suspensions: FlowRunSuspendingObserver | None = None,
     ) -> None:
         self.deployment = deployment
         self.spec = spec
         self.runner = PipelineRunner(flow, spec)
         self.client = client
         self.writer = writer
+        self.suspensions = suspensions
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.abandoned_threads = 0
 
@@ -172,16 +180,25 @@ class Pod:
     async def _execute_with_timeout(self, flow_run: FlowRun, parameters: dict[str, Any]) -> Any:
         timeout = self.spec.execution_timeout_s
         flow = self.runner.flow
-        if flow.isasync:
-            return await asyncio.wait_for(run_pipeline_async(flow, flow_run, parameters), timeout)
-        future = run_in_new_thread(
-            lambda: run_pipeline_sync(flow, flow_run, parameters), name=f"run-{flow_run.id}"
-        )
+        shared = self.suspensions is not None
+        if self.suspensions is not None:
+            self.suspensions.add_in_flight_flow_run_id(flow_run.id)
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self.abandoned_threads += 1
-            raise
+            if flow.isasync:
+                run = run_pipeline_async(flow, flow_run, parameters, shared_observer=shared)
+                return await asyncio.wait_for(run, timeout)
+            future = run_in_new_thread(
+                lambda: run_pipeline_sync(flow, flow_run, parameters, shared_observer=shared),
+                name=f"run-{flow_run.id}",
+            )
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                self.abandoned_threads += 1
+                raise
+        finally:
+            if self.suspensions is not None:
+                self.suspensions.remove_in_flight_flow_run_id(flow_run.id)
 
     async def _fail(self, flow_run_id: UUID, message: str) -> None:
         try:
@@ -192,22 +209,40 @@ class Pod:
 
 async def serve(deployment_id: UUID, control: socket.socket) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
+    # One client of each kind for the pod's lifetime: Prefect's engine takes the client of the
+    # current client context, so runs reuse these instead of building (and CSRF-probing) a new
+    # one per run. Async runs are tasks on this loop; `def` runs get a copy of this context in
+    # their thread and share the sync client, an httpx.Client, which is thread-safe. Entering
+    # the sync one checks the API version once, blocking the loop before the pod is ready.
+    async with AsyncClientContext.get_or_create() as client_context:
+        with SyncClientContext.get_or_create():
+            return await _serve(deployment_id, client_context.client, reader, writer)
 
+
+async def _serve(
+    deployment_id: UUID,
+    client: PrefectClient,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> int:
     def send(message: dict[str, Any]) -> None:
         writer.write(json.dumps(message).encode() + b"\n")
 
-    async with get_client() as client:
-        deployment = await client.read_deployment(deployment_id)
-        spec = spec_from_job_variables(deployment.job_variables)
-        try:
-            flow = await load_deployment_pipeline(deployment)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            logger.error("Could not load the pipeline of %s: %s", deployment.name, error)
-            send({"event": "load_failed", "error": error})
-            await writer.drain()
-            return 3
-        pod = Pod(deployment, spec, flow, client, writer)
+    deployment = await client.read_deployment(deployment_id)
+    spec = spec_from_job_variables(deployment.job_variables)
+    try:
+        flow = await load_deployment_pipeline(deployment)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("Could not load the pipeline of %s: %s", deployment.name, error)
+        send({"event": "load_failed", "error": error})
+        await writer.drain()
+        return 3
+    # One suspension observer (one websocket) for all the pod's runs; Prefect's engine would
+    # start one per run.
+    async with FlowRunSuspendingObserver(on_suspended=_mark_suspended) as suspensions:
+        pod = Pod(deployment, spec, flow, client, writer, suspensions)
+        await pod.runner.resolve_result_defaults(client)
         logger.info("Pod of %s ready (pid %d)", deployment.name, os.getpid())
         sys.stdout.flush()
         sys.stderr.flush()
@@ -221,6 +256,11 @@ async def serve(deployment_id: UUID, control: socket.socket) -> int:
         if pod.runs:
             await asyncio.gather(*pod.runs.values(), return_exceptions=True)
     return 0
+
+
+def _mark_suspended(flow_run_id: UUID, state: State[Any]) -> None:
+    """Tell the run's engine it was suspended; it pauses at its next orchestration step."""
+    mark_flow_run_suspension_requested(flow_run_id, state)
 
 
 def main(argv: list[str] | None = None) -> int:

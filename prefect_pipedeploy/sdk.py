@@ -50,6 +50,7 @@ from prefect_pipedeploy.exceptions import (
     PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.fastcreate import create_run
 from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.pods import read_pod_status
 from prefect_pipedeploy.poolcap import check_fits_cap, read_pool_ram_cap
@@ -464,9 +465,7 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs, PoolVerbs):
         """
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
-            flow_run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters=inputs or {}, tags=[TAG]
-            )
+            flow_run = await create_run(client, deployment.id, parameters=inputs or {}, tags=[TAG])
         if wait_for_completion:
             await self.await_execution(flow_run.id, timeout_s)
         return await self.aget_pipeline_execution(flow_run.id)

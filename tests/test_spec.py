@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
 
@@ -10,6 +11,7 @@ from prefect_pipedeploy.exceptions import SpecError
 from prefect_pipedeploy.spec import (
     AdvancedSchedule,
     BasicSchedule,
+    DeploymentSpec,
     InputSource,
     OutputDestination,
     build_spec,
@@ -237,3 +239,108 @@ def test_periodic_with_every_input_mapped_is_accepted() -> None:
         inputs_mapping=[{"pipeline_input_name": "a", "environment_variable_name": "A"}],
     )
     spec.check_pipeline_inputs(["a", "b"], ["a"])  # b has a default
+
+
+# -- the work pool's form: compact, and the server still takes every spec ---------------------
+
+
+def _pool_variables() -> dict:
+    from prefect_pipedeploy.worker import PipeDeployWorker
+
+    return PipeDeployWorker.get_default_base_job_template()["variables"]
+
+
+def _server_validates(job_variables: dict) -> None:
+    """What the server runs on a flow-run create: check the schema, validate the values."""
+    from prefect.utilities.schema_tools.validation import is_valid_schema, validate
+
+    variables = _pool_variables()
+    is_valid_schema(variables, preprocess=False)
+    validate(
+        job_variables,
+        variables,
+        raise_on_error=True,
+        preprocess=True,
+        ignore_required=False,
+        allow_none_with_default=True,
+    )
+
+
+def _subschemas(node: dict) -> int:
+    count = 1
+    for key, value in node.items():
+        if key in ("properties", "definitions"):
+            count += sum(_subschemas(child) for child in value.values())
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            count += _subschemas(value)
+        elif key in ("anyOf", "oneOf", "allOf"):
+            count += sum(_subschemas(child) for child in value)
+    return count
+
+
+def test_pool_form_is_compact_and_keeps_every_field_described() -> None:
+    variables = _pool_variables()
+    properties = variables["properties"]
+    for field in DeploymentSpec.model_fields:
+        assert properties[field]["description"], field
+    assert properties["mode"]["enum"] == ["elastic", "low_latency"]
+    assert properties["mode"]["default"] == "elastic"
+    assert properties["endpoint_url_path"]["type"] == "string"
+    assert "default" not in properties["endpoint_url_path"]
+    for definition in ("InputSource", "OutputDestination", "BasicSchedule", "AdvancedSchedule"):
+        assert all(
+            p["description"] for p in variables["definitions"][definition]["properties"].values()
+        )
+    text = json.dumps(variables)
+    assert "discriminator" not in text and "#/definitions/Mode" not in text
+    # the server checks every sub-schema against the meta-schema twice per flow-run create
+    assert _subschemas(variables) <= 50
+
+
+@pytest.mark.parametrize(
+    "job_variables",
+    [
+        build_spec(
+            mode="low_latency",
+            enable_parallel_executions=True,
+            execution_timeout_s=2.5,
+            endpoint_url_path="a/b",
+            inputs_mapping=[
+                {"pipeline_input_name": "x", "endpoint_input_name": "x", "data_type": "number"},
+                {"pipeline_input_name": "k", "constant_value": None},
+                {"pipeline_input_name": "e", "environment_variable_name": "E", "is_secret": True},
+            ],
+            outputs_mapping=[{"pipeline_output_name": "y", "datastore_path": "o/{date}.json"}],
+        ).job_variables(),
+        build_spec(execution_rule="periodic", schedule="*/5 * * * *").job_variables(),
+        build_spec(execution_rule="periodic", schedule="every 3 hours").job_variables(),
+        # nulls where the models allow them, as the UI or a hand-written call may send them
+        {
+            "endpoint_url_path": None,
+            "execution_timeout_s": None,
+            "schedule": None,
+            "working_dir": None,
+            "env": {"A": None},
+            "inputs_mapping": [{"pipeline_input_name": "x", "endpoint_input_name": None}],
+        },
+    ],
+)
+def test_server_accepts_every_spec_against_the_compact_form(job_variables: dict) -> None:
+    _server_validates({**job_variables, "env": job_variables.get("env", {"A": "1"})})
+
+
+@pytest.mark.parametrize(
+    "job_variables",
+    [
+        {"mode": "fast"},
+        {"max_parallel_executions_per_pod": 0},
+        {"execution_timeout_s": 0},
+        {"inputs_mapping": [{"pipeline_input_name": "x", "is_null": "yes"}]},
+        {"schedule": {"type": "basic", "every": 0}},
+    ],
+)
+def test_server_still_refuses_wrong_types(job_variables: dict) -> None:
+    from prefect.utilities.schema_tools.validation import ValidationError
+
+    with pytest.raises(ValidationError):
+        _server_validates(job_variables)

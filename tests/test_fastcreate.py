@@ -1,0 +1,121 @@
+"""Creating an execution on a busy server: a 503 is retried within milliseconds, never doubled.
+
+A proxy in front of the real server answers chosen creates with 503 (what a SQLite server says
+when the database is locked); the client's own retries are off, so only `create_run`'s quick
+retries can get the run created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from benchmarks.apiproxy import CountingProxy
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.fastcreate import QUICK_RETRY_DELAYS_S, create_run
+from prefect_pipedeploy.stack import free_port
+from tests.conftest import FLOWS, unique
+
+CREATE = "/deployments/{id}/create_flow_run"
+
+
+class Refusals:
+    """Answer the next `count` creates with 503."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, method: str, endpoint: str) -> int | None:
+        if method == "POST" and endpoint == CREATE and self.count > 0:
+            self.count -= 1
+            return 503
+        return None
+
+
+@pytest.fixture(scope="module")
+def proxy(prefect_api: str) -> Iterator[tuple[CountingProxy, Refusals]]:
+    refusals = Refusals()
+    proxy = CountingProxy(prefect_api.removesuffix("/api"), port=free_port(), refuse=refusals)
+    proxy.start()
+    yield proxy, refusals
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment_id(prefect_api: str) -> uuid.UUID:
+    sdk = PipeDeploy(work_pool_name=unique("idle"))  # no worker: runs stay Scheduled
+    created = sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", unique("busy"))
+    return uuid.UUID(created["id"])
+
+
+def create_through(proxy: CountingProxy, deployment_id: uuid.UUID) -> uuid.UUID:
+    async def create() -> uuid.UUID:
+        async with PrefectClient(proxy.url("test")) as client:
+            return (await create_run(client, deployment_id, parameters={"text": "x"})).id
+
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        return run_coro_as_sync(create())
+
+
+def creates(proxy: CountingProxy) -> list[int]:
+    return [c.status for c in proxy.snapshot() if c.endpoint == CREATE]
+
+
+def runs_of(deployment_id: uuid.UUID) -> int:
+    async def count() -> int:
+        async with get_client() as client:
+            return await client.count_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+
+    return run_coro_as_sync(count())
+
+
+@pytest.mark.parametrize(
+    ("refused", "expected"),
+    [
+        (0, [201]),
+        (1, [503, 201]),
+        (3, [503, 503, 503, 201]),
+    ],
+)
+def test_refused_creates_are_retried_quickly_and_create_one_run(
+    proxy: tuple[CountingProxy, Refusals],
+    deployment_id: uuid.UUID,
+    refused: int,
+    expected: list[int],
+) -> None:
+    counting, refusals = proxy
+    before, runs_before = len(creates(counting)), runs_of(deployment_id)
+    refusals.count = refused
+    create_through(counting, deployment_id)
+    assert creates(counting)[before:] == expected
+    assert runs_of(deployment_id) == runs_before + 1
+
+
+def test_a_server_busy_for_longer_gets_the_error(
+    proxy: tuple[CountingProxy, Refusals], deployment_id: uuid.UUID
+) -> None:
+    counting, refusals = proxy
+    before, runs_before = len(creates(counting)), runs_of(deployment_id)
+    tries = len(QUICK_RETRY_DELAYS_S) + 1  # the quick tries, then the client's (retries off here)
+    refusals.count = tries
+    with pytest.raises(PrefectHTTPStatusError, match="503"):
+        create_through(counting, deployment_id)
+    assert creates(counting)[before:] == [503] * tries
+    assert runs_of(deployment_id) == runs_before
+
+
+def test_other_errors_are_not_retried(proxy: tuple[CountingProxy, Refusals]) -> None:
+    counting, _ = proxy
+    before = len(creates(counting))
+    with pytest.raises(ObjectNotFound):
+        create_through(counting, uuid.uuid4())
+    assert creates(counting)[before:] == [404]

@@ -94,6 +94,9 @@ class PodHandle:
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task[None] | None = None
     stopping: bool = False
+    # the worker's last look saw runs of this deployment it could not start yet: when a run
+    # ends, look again at once (otherwise a run's end costs no API call)
+    runs_held_back: bool = False
 
     @property
     def name(self) -> str:
@@ -304,7 +307,8 @@ class PodSupervisor:
         elif event == "finished":
             flow_run_id = UUID(message["flow_run_id"])
             pod.in_flight.discard(flow_run_id)
-            self.on_change()
+            if pod.runs_held_back:
+                self.on_change()
             if message.get("state") in ("FAILED", "CRASHED"):
                 await self.on_finished(pod.deployment.id, flow_run_id)
         elif event == "load_failed":

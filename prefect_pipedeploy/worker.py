@@ -372,7 +372,9 @@ class PipeDeployWorker(
         else:
             running = len(pod.in_flight)  # parallel mode: the cap is per pod
         now = datetime.datetime.now(datetime.timezone.utc)
-        for head in runs_to_start(waiting, running, pod.spec.parallelism, now=now):
+        heads = runs_to_start(waiting, running, pod.spec.parallelism, now=now)
+        pod.runs_held_back = len(heads) < len(waiting)
+        for head in heads:
             flow_run = by_id[UUID(head.id)]
             if await self._claim(flow_run):
                 pod.send_run(flow_run)

@@ -28,6 +28,11 @@ def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
     }
 
 
+#: `score` as a Prefect flow, for `prefect deploy` (see prefect.yaml): Prefect's CLI deploys only
+#: @flow functions, while the SDK and `pipedeploy` wrap a plain function themselves.
+score_flow = flow(score, name="score")
+
+
 @flow(log_prints=True)
 def counter(marker: str = "x", sleep_s: float = 0.0) -> dict:
     """Counts its calls in module state, logs a marker, optionally sleeps (a sync flow)."""

@@ -122,6 +122,10 @@ WAITING_RETRY_AFTER_S = 5
 UPLOADS_PREFIX = "uploads"
 INTERNAL_ERROR = "internal error; see the gateway log"
 TOKEN_HEADER_HELP = "send the header 'Authorization: EndpointToken <token>'"
+NO_TOKEN_YET = (
+    "this endpoint has no token yet; its owner creates one with "
+    "`pipedeploy endpoint token <deployment>`"
+)
 
 
 def execution_status(run: FlowRun | None) -> str:
@@ -878,11 +882,12 @@ class Gateway:
         """The endpoint if `token` is its token (re-read on a mismatch: it may just have been
         rotated); 401 otherwise, and a wrong token counts against the client."""
         if token is None:
-            raise GatewayError(
-                401,
-                f"this endpoint needs its token; {TOKEN_HEADER_HELP}",
-                headers={"WWW-Authenticate": "EndpointToken"},
+            needs = (
+                f"this endpoint needs its token; {TOKEN_HEADER_HELP}"
+                if endpoint.spec.endpoint_token_hash
+                else NO_TOKEN_YET  # e.g. made by `prefect deploy`
             )
+            raise GatewayError(401, needs, headers={"WWW-Authenticate": "EndpointToken"})
         if token_matches(token, endpoint.spec.endpoint_token_hash):
             return endpoint
         fresh = await self._reread(endpoint)
@@ -896,10 +901,7 @@ class Gateway:
             extra={"action": "bad_token"},
         )
         if fresh is not None and not fresh.spec.endpoint_token_hash:
-            message = (
-                "this endpoint has no token yet; its owner creates one with "
-                "`pipedeploy endpoint token <deployment>`"
-            )
+            message = NO_TOKEN_YET
         else:
             message = (
                 "the endpoint token is wrong; use the token shown when the deployment was "

@@ -53,6 +53,7 @@ from prefect_pipedeploy.iomapping import (
     uses_data_store,
 )
 from prefect_pipedeploy.records import record_inputs, record_outputs, record_outputs_sync
+from prefect_pipedeploy.sealed import unseal_inputs
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.execution")
@@ -131,10 +132,11 @@ class PipelineRunner:
         cannot be resolved."""
         try:
             store = await self.store()
+            parameters = await unseal_inputs(client, self.spec, flow_run.parameters or {})
             resolved = await asyncio.to_thread(
                 resolve_inputs,
                 self.spec,
-                dict(flow_run.parameters or {}),
+                parameters,
                 self.inputs,
                 self.required,
                 str(flow_run.id),

@@ -96,6 +96,7 @@ from prefect_pipedeploy.iomapping import SECRET_MASK, aload_data_store, file_inp
 from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.records import read_outputs, read_stored_outputs
 from prefect_pipedeploy.sdk import EXECUTION_STATUS
+from prefect_pipedeploy.sealed import discard, seal_inputs, sealed_keys
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, ExecutionRule, spec_from_job_variables
 from prefect_pipedeploy.tokens import token_matches
@@ -1162,10 +1163,13 @@ class Gateway:
                 errors=[asdict(error) for error in checked.errors],
             )
         keys = await self.store_uploads(checked)
+        parameters: dict[str, Any] = {}
         try:
-            run = await self.create_execution(endpoint, checked.parameters)
+            parameters = await seal_inputs(self.client, endpoint.spec, checked.parameters)
+            run = await self.create_execution(endpoint, parameters)
         except BaseException:
             await self.delete_uploads(keys)
+            await discard(self.client, sealed_keys(parameters))
             raise
         self.emit_called(endpoint, run.id, checked.public)
         logger.info(

@@ -122,7 +122,7 @@ class PodSupervisor:
         worker_name: str,
         state_dir: Path,
         on_change: Callable[[], None],
-        on_finished: Callable[[UUID, UUID], Awaitable[None]],
+        on_finished: Callable[[UUID, UUID, str], Awaitable[None]],
         admission: RamAdmission,
     ) -> None:
         self.admission = admission  # a pod holds its ram_request from start to stop
@@ -131,7 +131,8 @@ class PodSupervisor:
         self.worker_name = worker_name
         self.state_dir = state_dir
         self.on_change = on_change  # wakes the worker: a slot freed, a pod came up
-        self.on_finished = on_finished  # (deployment id, flow run id): a run of a pod ended
+        # (deployment id, flow run id, final state type): a run of a pod ended
+        self.on_finished = on_finished
         self.pods: dict[UUID, PodHandle] = {}
 
     # ---- reconciliation -----------------------------------------------------------------
@@ -309,8 +310,7 @@ class PodSupervisor:
             pod.in_flight.discard(flow_run_id)
             if pod.runs_held_back:
                 self.on_change()
-            if message.get("state") in ("FAILED", "CRASHED"):
-                await self.on_finished(pod.deployment.id, flow_run_id)
+            await self.on_finished(pod.deployment.id, flow_run_id, str(message.get("state")))
         elif event == "load_failed":
             return str(message.get("error"))
         return None
@@ -329,7 +329,7 @@ class PodSupervisor:
         pod.in_flight.clear()
         self.on_change()
         for flow_run_id in crashed:
-            await self.on_finished(pod.deployment.id, flow_run_id)
+            await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED")
 
     async def watch_memory(self, interval_s: float = 0.5) -> None:
         """Stop any pod whose process tree goes over its ram_request, like an OOM kill."""

@@ -58,6 +58,7 @@ from prefect_pipedeploy.records import read_outputs
 from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
 from prefect_pipedeploy.sdk_gateway import GatewayVerbs
 from prefect_pipedeploy.sdk_pool import PoolVerbs
+from prefect_pipedeploy.sealed import discard, seal_inputs, sealed_keys
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
@@ -465,7 +466,15 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs, PoolVerbs):
         """
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
-            flow_run = await create_run(client, deployment.id, parameters=inputs or {}, tags=[TAG])
+            spec = spec_from_job_variables(deployment.job_variables)
+            parameters = await seal_inputs(client, spec, inputs or {})
+            try:
+                flow_run = await create_run(
+                    client, deployment.id, parameters=parameters, tags=[TAG]
+                )
+            except BaseException:
+                await discard(client, sealed_keys(parameters))
+                raise
         if wait_for_completion:
             await self.await_execution(flow_run.id, timeout_s)
         return await self.aget_pipeline_execution(flow_run.id)

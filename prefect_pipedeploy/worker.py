@@ -66,6 +66,7 @@ from prefect_pipedeploy.runtimes.process import (
     tree_rss_mib,
     wait_process,
 )
+from prefect_pipedeploy.sealed import discard, sealed_keys
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
@@ -132,12 +133,13 @@ class PipeDeployWorker(
             lease_dir=get_settings().home.resolve() / "ram-leases",
         )
         self._awaiting_ram: dict[UUID, str] = {}
+        self._sealed: set[UUID] = set()  # runs sent to a pod with sealed secret inputs
         self.pods = PodSupervisor(
             client=get_client,
             worker_name=self.name,
             state_dir=get_settings().home.resolve() / "worker" / self.get_name_slug(),
             on_change=self.wake,
-            on_finished=self.retry_if_failed,
+            on_finished=self.after_pod_run,
             admission=self.admission,
         )
 
@@ -377,6 +379,8 @@ class PipeDeployWorker(
         for head in heads:
             flow_run = by_id[UUID(head.id)]
             if await self._claim(flow_run):
+                if sealed_keys(flow_run.parameters):
+                    self._sealed.add(flow_run.id)
                 pod.send_run(flow_run)
                 self._logger.debug("Run %s sent to the pod of %s", flow_run.id, pod.name)
 
@@ -392,82 +396,96 @@ class PipeDeployWorker(
             ),
         )
 
-    async def retry_if_failed(self, deployment_id: UUID, flow_run_id: UUID) -> None:
+    async def after_pod_run(self, deployment_id: UUID, flow_run_id: UUID, state: str) -> None:
+        """A run of a pod ended: see `after_run` (only when it failed or had sealed inputs, so
+        a run that succeeded costs no API call)."""
+        if state in ("FAILED", "CRASHED") or flow_run_id in self._sealed:
+            await self.after_run(deployment_id, flow_run_id)
+
+    async def after_run(self, deployment_id: UUID, flow_run_id: UUID) -> None:
+        """A run ended: re-queue it if it failed and retries remain; else it is final, and its
+        sealed secret inputs are deleted."""
+        self._sealed.discard(flow_run_id)
+        try:
+            async with get_client() as client:
+                flow_run = await client.read_flow_run(flow_run_id)
+                retried = await self._queue_retry(client, deployment_id, flow_run)
+                final = flow_run.state is not None and flow_run.state.is_final()
+                if not retried and final:
+                    await discard(client, sealed_keys(flow_run.parameters))
+        except Exception as exc:  # a retry that cannot be queued leaves the run failed
+            self._logger.warning("Could not queue a retry of run %s: %s", flow_run_id, exc)
+        self.wake()
+
+    async def _queue_retry(self, client: Any, deployment_id: UUID, flow_run: FlowRun) -> bool:
         """Re-queue a failed or crashed run right after the next waiting one, if retries remain.
 
         The retry is the same flow run, put back in a Scheduled state ("AwaitingRetry") whose
         time places it right after the head of the queue: the order lives in the API.
         """
-        try:
-            async with get_client() as client:
-                flow_run = await client.read_flow_run(flow_run_id)
-                if flow_run.state is None or flow_run.state.type not in (
-                    StateType.FAILED,
-                    StateType.CRASHED,
-                ):
-                    return
-                if flow_run.run_count == 0:
-                    return  # it never started (e.g. its inputs could not be resolved)
-                deployment = await client.read_deployment(deployment_id)
-                spec = spec_from_job_variables(deployment.job_variables)
-                waiting = await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
-                        )
-                    ),
-                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                    limit=50,
-                )
-                # the next run may have started already (a slot freed as the run failed):
-                # it is active now (Pending, Running), or it started and ended since
-                of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-                not_this = FlowRunFilterId(not_any_=[flow_run.id])
-                started = await client.read_flow_runs(
-                    deployment_filter=of_deployment,
-                    flow_run_filter=FlowRunFilter(
-                        id=not_this,
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
-                        ),
-                    ),
-                    limit=1,
-                ) or await client.read_flow_runs(
-                    deployment_filter=of_deployment,
-                    flow_run_filter=FlowRunFilter(
-                        id=not_this,
-                        start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp),  # type: ignore[arg-type]
-                    ),
-                    limit=1,
-                )
-                decision = decide_retry(
-                    str(flow_run.id),
-                    max(flow_run.run_count, 1),
-                    spec.max_retries,
-                    [waiting_run(run) for run in waiting if run.created is not None],
-                    datetime.datetime.now(datetime.timezone.utc),
-                    failed_created=_plain(flow_run.created) if flow_run.created else None,
-                    next_started=str(started[0].id) if started else None,
-                )
-                logger = self.get_flow_run_logger(flow_run)
-                if not decision.retry:
-                    logger.info("Not retried: %s", decision.reason, extra={"action": "run_failed"})
-                    return
-                cause = flow_run.state.message or flow_run.state.name
-                await client.set_flow_run_state(
-                    flow_run.id,
-                    Scheduled(
-                        name="AwaitingRetry",
-                        scheduled_time=decision.expected_start,
-                        message=f"{decision.reason}; attempt {flow_run.run_count} failed: {cause}",
-                    ),
-                    force=True,
-                )
-                logger.info(decision.reason, extra={"action": "run_retry_queued"})
-        except Exception as exc:  # a retry that cannot be queued leaves the run failed
-            self._logger.warning("Could not queue a retry of run %s: %s", flow_run_id, exc)
-        self.wake()
+        if flow_run.state is None or flow_run.state.type not in (
+            StateType.FAILED,
+            StateType.CRASHED,
+        ):
+            return False
+        if flow_run.run_count == 0:
+            return False  # it never started (e.g. its inputs could not be resolved)
+        deployment = await client.read_deployment(deployment_id)
+        spec = spec_from_job_variables(deployment.job_variables)
+        waiting = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=50,
+        )
+        # the next run may have started already (a slot freed as the run failed):
+        # it is active now (Pending, Running), or it started and ended since
+        of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        not_this = FlowRunFilterId(not_any_=[flow_run.id])
+        started = await client.read_flow_runs(
+            deployment_filter=of_deployment,
+            flow_run_filter=FlowRunFilter(
+                id=not_this,
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                ),
+            ),
+            limit=1,
+        ) or await client.read_flow_runs(
+            deployment_filter=of_deployment,
+            flow_run_filter=FlowRunFilter(
+                id=not_this,
+                start_time=FlowRunFilterStartTime(after_=flow_run.state.timestamp),  # type: ignore[arg-type]
+            ),
+            limit=1,
+        )
+        decision = decide_retry(
+            str(flow_run.id),
+            max(flow_run.run_count, 1),
+            spec.max_retries,
+            [waiting_run(run) for run in waiting if run.created is not None],
+            datetime.datetime.now(datetime.timezone.utc),
+            failed_created=_plain(flow_run.created) if flow_run.created else None,
+            next_started=str(started[0].id) if started else None,
+        )
+        logger = self.get_flow_run_logger(flow_run)
+        if not decision.retry:
+            logger.info("Not retried: %s", decision.reason, extra={"action": "run_failed"})
+            return False
+        cause = flow_run.state.message or flow_run.state.name
+        await client.set_flow_run_state(
+            flow_run.id,
+            Scheduled(
+                name="AwaitingRetry",
+                scheduled_time=decision.expected_start,
+                message=f"{decision.reason}; attempt {flow_run.run_count} failed: {cause}",
+            ),
+            force=True,
+        )
+        logger.info(decision.reason, extra={"action": "run_retry_queued"})
+        return True
 
     async def _claim(self, flow_run: FlowRun) -> bool:
         """Move a run to Pending; only one claimant succeeds, so no run executes twice."""
@@ -517,7 +535,7 @@ class PipeDeployWorker(
         elif not ended.ok:
             await self._report_crash(flow_run, f"The execution's process {ended.explanation}.")
         if flow_run.deployment_id is not None:
-            await self.retry_if_failed(flow_run.deployment_id, flow_run.id)
+            await self.after_run(flow_run.deployment_id, flow_run.id)
         return PipeDeployWorkerResult(identifier=str(process.pid), status_code=ended.exit_code)
 
     async def _report_crash(self, flow_run: FlowRun, message: str) -> None:

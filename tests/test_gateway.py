@@ -30,6 +30,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
 from prefect_pipedeploy.iomapping import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.sdk_gateway import GatewayVerbs
+from prefect_pipedeploy.sealed import sealed_key
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
 from prefect_pipedeploy.triggers import (
     CALLED_EVENT,
@@ -258,8 +259,11 @@ def test_a_call_answers_its_outputs_and_emits_an_event(
     execution_id = body["execution_id"]
     assert response.headers["x-execution-id"] == execution_id
     execution = client.get_pipeline_execution(execution_id)
-    # the run's parameters are keyed by pipeline input name, tracked like any other run
-    assert execution["parameters"] == {"name": "ada", "api_key": "k-123", "times": 2}
+    # the run's parameters are keyed by pipeline input name, tracked like any other run; the
+    # secret input's value is sealed in a Secret block, the run holds only a reference to it
+    parameters = execution["parameters"]
+    assert sealed_key(parameters.pop("api_key")) is not None
+    assert parameters == {"name": "ada", "times": 2}
     assert execution["status"] == "Succeeded"
     assert client.get_pipeline_execution_input(execution_id, "api_key") == "***"
 

@@ -1,0 +1,96 @@
+"""Secret inputs kept out of flow-run parameters: each value sealed in a Prefect `Secret` block.
+
+For: the values of inputs mapped with `is_secret`. Whoever creates the execution (the gateway,
+`run_deployment`) calls `seal_inputs`: each secret value goes into a `Secret` block named
+`pipedeploy-sealed-<hex>` (stored obfuscated by Prefect, shown as `********` in the UI) and the
+run's parameters hold only the reference `pipedeploy-sealed:<hex>`, so the value is in no flow
+run, event or log. The run calls `unseal_inputs` before it resolves its inputs; the worker calls
+`discard` once the run is final (succeeded, or failed with no retry left), deleting the blocks.
+Not for: masking values in records and events (`iomapping.py`, `gateway.py` do that).
+
+A sealed value outlives a run that never finishes (deleted before it ran, or lost with its
+worker); such blocks are visible in the UI under Blocks by their `pipedeploy-sealed-` names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import PrefectClient
+from pydantic import SecretStr
+
+from prefect_pipedeploy.iomapping import InputResolutionError
+from prefect_pipedeploy.spec import DeploymentSpec
+
+REFERENCE_PREFIX = "pipedeploy-sealed:"
+BLOCK_PREFIX = "pipedeploy-sealed-"
+
+
+def secret_inputs(spec: DeploymentSpec) -> list[str]:
+    """The pipeline inputs whose values are secret and come with the call (endpoint inputs)."""
+    return [
+        source.pipeline_input_name
+        for source in spec.inputs_mapping
+        if source.is_secret and source.endpoint_input_name is not None
+    ]
+
+
+def sealed_key(value: Any) -> str | None:
+    """The block key a parameter value refers to, if it is a sealed reference."""
+    if isinstance(value, str) and value.startswith(REFERENCE_PREFIX):
+        key = value.removeprefix(REFERENCE_PREFIX)
+        if key and all(c in "0123456789abcdef" for c in key):
+            return key
+    return None
+
+
+def sealed_keys(parameters: Mapping[str, Any] | None) -> list[str]:
+    """The block keys of every sealed reference among a run's parameters."""
+    return [key for value in (parameters or {}).values() if (key := sealed_key(value))]
+
+
+async def seal_inputs(
+    client: PrefectClient, spec: DeploymentSpec, parameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`parameters` with each secret input's value replaced by a reference to a sealed copy."""
+    sealed = dict(parameters)
+    for name in secret_inputs(spec):
+        if name in sealed and sealed_key(sealed[name]) is None:
+            key = uuid.uuid4().hex
+            block: Secret[str] = Secret(value=SecretStr(json.dumps(sealed[name])))
+            await block.asave(BLOCK_PREFIX + key, client=client)
+            sealed[name] = REFERENCE_PREFIX + key
+    return sealed
+
+
+async def unseal_inputs(
+    client: PrefectClient, spec: DeploymentSpec, parameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`parameters` with each sealed secret input read back; a lost one is an input error."""
+    unsealed = dict(parameters)
+    for name in secret_inputs(spec):
+        key = sealed_key(unsealed.get(name))
+        if key is None:
+            continue
+        try:
+            loaded: Secret[str] = await Secret.aload(BLOCK_PREFIX + key, client=client)
+        except ValueError:
+            raise InputResolutionError(
+                f"secret input {name!r} is no longer available (its sealed value "
+                f"{BLOCK_PREFIX + key!r} was deleted); call the endpoint again"
+            ) from None
+        # the JSON text as sealed (Secret.get() would decode it once already)
+        unsealed[name] = json.loads(str(loaded.value.get_secret_value()))
+    return unsealed
+
+
+async def discard(client: PrefectClient, keys: list[str]) -> None:
+    """Delete sealed values (those already gone are fine)."""
+    for key in keys:
+        with contextlib.suppress(Exception):
+            await Secret.adelete(BLOCK_PREFIX + key, client=client)

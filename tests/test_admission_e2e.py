@@ -46,6 +46,21 @@ def execution_processes(worker: ChildProcess) -> list[psutil.Process]:
     ]
 
 
+def awaiting_ram_messages(executions: list[dict]) -> list[str]:
+    """The messages of every AwaitingRAM state the executions went through."""
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            return [
+                state.message or ""
+                for execution in executions
+                for state in await client.read_flow_run_states(execution["execution_id"])
+                if state.name == "AwaitingRAM"
+            ]
+
+    return run_coro_as_sync(read())
+
+
 def test_request_larger_than_capacity_is_refused_at_creation(
     sdk: PipeDeploy, worker: ChildProcess
 ) -> None:
@@ -99,16 +114,7 @@ def test_burst_never_exceeds_capacity_and_waiting_runs_say_why(
     # 3 x 400MiB fit in 1200MiB: never a fourth at once, and the capacity was used
     assert peak["processes"] == 3, peak
 
-    async def waiting_messages() -> list[str]:
-        async with get_client() as client:
-            return [
-                state.message or ""
-                for r in results
-                for state in await client.read_flow_run_states(r["execution_id"])
-                if state.name == "AwaitingRAM"
-            ]
-
-    messages = run_coro_as_sync(waiting_messages())
+    messages = awaiting_ram_messages(results)
     assert messages, "no run showed that it waited for RAM"
     assert all(
         m.startswith("waiting for 400MiB of RAM: 1.2GiB of 1.2GiB held by") for m in messages

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
-from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy, SpecError
 from prefect_pipedeploy.poolcap import cap_view, check_fits_cap, holder_of, limit_name
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
 from tests.conftest import FLOWS, cmdline, start_worker, unique
+from tests.test_admission_e2e import awaiting_ram_messages
 from tests.test_low_latency import run_many, wait_until_up
 
 
@@ -121,6 +120,14 @@ def held_mib(sdk: PipeDeploy) -> int:
     return cap["held_mib"]
 
 
+def wait_for_cap_message(sdk: PipeDeploy, name: str) -> None:
+    """Wait until the deployment's pod says it waits for the pool's RAM cap."""
+    deadline = time.monotonic() + 30
+    while "pool's RAM cap" not in (sdk.get_deployment(name)["status_message"] or ""):
+        assert time.monotonic() < deadline, sdk.get_deployment(name)
+        time.sleep(0.3)
+
+
 def test_set_show_and_remove_the_cap_from_sdk_and_cli(prefect_api: str) -> None:
     pool = unique("capped")
     sdk = PipeDeploy(work_pool_name=pool)
@@ -185,19 +192,9 @@ def test_burst_on_two_workers_never_exceeds_the_cap(
     assert [r["status"] for r in results] == ["Succeeded"] * 6
     assert peak == {"runs": 2, "held": 1024}, peak
     wait_for_held(sdk, 0, 15)  # every lease released once its run's process ended
-
-    async def waiting_messages() -> list[str]:
-        async with get_client() as client:
-            return [
-                state.message or ""
-                for r in results
-                for state in await client.read_flow_run_states(r["execution_id"])
-                if state.name == "AwaitingRAM"
-            ]
-
     assert any(
         m.startswith("waiting for 512MiB of RAM: 1GiB of the pool's RAM cap of 1GiB held")
-        for m in run_coro_as_sync(waiting_messages())
+        for m in awaiting_ram_messages(results)
     )
     sdk.delete_deployment(name)
 
@@ -218,10 +215,7 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
     sdk.create_deployment(
         f"{FLOWS / 'demo.py'}:counter", second, mode="low_latency", ram_request="256MiB"
     )
-    deadline = time.monotonic() + 30
-    while "pool's RAM cap" not in (sdk.get_deployment(second)["status_message"] or ""):
-        assert time.monotonic() < deadline, sdk.get_deployment(second)
-        time.sleep(0.3)
+    wait_for_cap_message(sdk, second)
     assert sdk.get_deployment(second)["status"] == "creation_pending"
     assert children_running(workers, "prefect_pipedeploy.pod") == 2
     sdk.delete_deployment(first)
@@ -316,10 +310,7 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
         sdk.create_deployment(
             f"{FLOWS / 'demo.py'}:counter", other, mode="low_latency", ram_request="512MiB"
         )
-        deadline = time.monotonic() + 30
-        while "pool's RAM cap" not in (sdk.get_deployment(other)["status_message"] or ""):
-            assert time.monotonic() < deadline, sdk.get_deployment(other)
-            time.sleep(0.3)
+        wait_for_cap_message(sdk, other)
         sdk.delete_deployment(other)
 
         # A worker dies and none comes back on its machine: its lease expires, its slots return.
@@ -329,10 +320,7 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
             tmp_path / "b",
             env={**env, "PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME": str(tmp_path / "elsewhere")},
         )
-        deadline = time.monotonic() + 30
-        while "pool's RAM cap" not in (sdk.get_deployment(name)["status_message"] or ""):
-            assert time.monotonic() < deadline, sdk.get_deployment(name)
-            time.sleep(0.3)
+        wait_for_cap_message(sdk, name)
         assert held_mib(sdk) == 512  # the dead worker's lease, until it expires
         wait_until_up(sdk, name, timeout_s=100)
         assert held_mib(sdk) == 512  # the new pod's lease

@@ -121,10 +121,11 @@ def start_prefect_server(
     port: int | None = None,
     ui: bool = True,
     timeout_s: float = 90.0,
+    env_overrides: Mapping[str, str] | None = None,
 ) -> tuple[ChildProcess, str]:
     """Start `prefect server start` on SQLite under `home`; returns it and its API URL."""
     port = port or free_port(host)
-    env = server_environment(home)
+    env = {**server_environment(home), **(env_overrides or {})}
     env["PREFECT_UI_ENABLED"] = "true" if ui else "false"
     child = start_child(
         "prefect-server",

@@ -3,8 +3,8 @@
 Pure parts get tables; the rest runs real workers against a real Prefect server: two workers
 whose own capacities would allow twice as much never hold more than the cap together, pods wait
 for the cap and start when it frees, a dead worker's slots come back (at once when a worker
-starts on the same machine, by lease expiry otherwise), and the cap holds across a restart of
-the server.
+starts on the same machine, by lease expiry otherwise), the cap holds across a restart of the
+server, and with Prefect's in-memory lease storage workers re-take their leases after a restart.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_serv
 from tests.conftest import FLOWS, cmdline, start_worker, unique
 from tests.test_admission_e2e import awaiting_ram_messages
 from tests.test_low_latency import run_many, wait_until_up
+
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
 
 
 def a_cap(limit: int, held: int = 0) -> GlobalConcurrencyLimitResponse:
@@ -324,6 +326,45 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
         assert held_mib(sdk) == 512  # the dead worker's lease, until it expires
         wait_until_up(sdk, name, timeout_s=100)
         assert held_mib(sdk) == 512  # the new pod's lease
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+def test_after_a_restart_with_in_memory_leases_workers_retake_and_a_reset_recounts(
+    tmp_path: Path,
+) -> None:
+    """Prefect's default lease storage forgets leases on a restart but keeps their count."""
+    port = free_port()
+    memory = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": MEMORY_LEASES}
+    server, api_url = start_prefect_server(
+        tmp_path / "server", port=port, ui=False, env_overrides=memory
+    )
+    pool = unique("pool-memory")
+    sdk = PipeDeploy(api_url=api_url, work_pool_name=pool)
+    worker: ChildProcess | None = None
+    try:
+        sdk.set_pool_ram_cap("1GiB")
+        name = unique("pod")
+        sdk.create_deployment(
+            f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
+        )
+        worker = start_worker(pool, tmp_path, env={"PREFECT_API_URL": api_url})
+        wait_until_up(sdk, name)
+        wait_for_held(sdk, 512, 30)
+
+        server.stop()
+        server, _ = start_prefect_server(
+            tmp_path / "server", port=port, ui=False, env_overrides=memory
+        )
+        # the forgotten lease's 512MiB still count; the worker takes its pod's share again
+        wait_for_held(sdk, 1024, 40)
+        assert "lost the RAM cap lease" in worker.log_path.read_text()
+        # removing the cap and setting it again drops the stale count; the worker re-takes
+        sdk.set_pool_ram_cap(None)
+        sdk.set_pool_ram_cap("1GiB")
+        wait_for_held(sdk, 512, 40)
     finally:
         if worker is not None:
             worker.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, Variable
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
 from prefect.exceptions import Abort, ObjectNotFound
@@ -59,16 +60,63 @@ def ram_exceeded(ram_request: str, peak_mib: float) -> str:
     )
 
 
-def status_variable_name(deployment_id: UUID) -> str:
-    return STATUS_VARIABLE_PREFIX + deployment_id.hex
+#: When workers disagree about a deployment's pods, the deployment shows the best of them.
+_STATUS_RANK = {"up": 0, "down_retrying": 1, "creation_failed": 2, "creation_pending": 3}
+
+
+def status_variable_name(deployment_id: UUID, worker_name: str) -> str:
+    """The variable one worker publishes its pod of a deployment in (one per worker)."""
+    worker = hashlib.sha256(worker_name.encode()).hexdigest()[:8]
+    return f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}_{worker}"
+
+
+async def read_status_variables(client: PrefectClient, deployment_id: UUID) -> list[Any]:
+    """Every worker's status variable of the deployment's pods."""
+    response = await client.request(
+        "POST",
+        "/variables/filter",
+        json={
+            "variables": {"name": {"like_": f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}%"}},
+            "limit": 100,
+        },
+    )
+    return [
+        Variable.model_validate(v)
+        for v in response.json()
+        if v["name"].startswith(f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}")
+    ]
 
 
 async def read_pod_status(client: PrefectClient, deployment_id: UUID) -> dict[str, Any] | None:
-    """The last status a worker published for this deployment's pod, or None."""
-    variable = await client.read_variable_by_name(status_variable_name(deployment_id))
-    if variable is None or not isinstance(variable.value, dict):
+    """The deployment's pod status as the workers last published it (see `merge_pod_statuses`),
+    or None when no worker published any."""
+    variables = await read_status_variables(client, deployment_id)
+    return merge_pod_statuses([v.value for v in variables if isinstance(v.value, dict)])
+
+
+def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One status for a deployment whose pods several workers run: the best one ("up" if any
+    pod is up), with its message; `pods` lists each worker's; `log_tail` is every worker's
+    output, each under a `[worker NAME]` line when there are several."""
+    if not published:
         return None
-    return variable.value
+    pods = sorted(published, key=lambda p: str(p.get("worker")))
+    best = min(pods, key=lambda p: _STATUS_RANK.get(str(p.get("status")), len(_STATUS_RANK)))
+    if len(pods) == 1:
+        log_tail = str(best.get("log_tail") or "")
+    else:
+        log_tail = "\n".join(f"[worker {p.get('worker')}]\n{p.get('log_tail') or ''}" for p in pods)
+    summary = [
+        {k: p.get(k) for k in ("worker", "status", "message", "pid", "updated")} for p in pods
+    ]
+    return {**best, "log_tail": log_tail, "pods": summary}
+
+
+async def delete_pod_statuses(client: PrefectClient, deployment_id: UUID) -> None:
+    """Forget a deleted deployment's pod statuses."""
+    for variable in await read_status_variables(client, deployment_id):
+        with contextlib.suppress(ObjectNotFound):
+            await client.delete_variable_by_name(variable.name)
 
 
 def backoff_s(failures: int) -> float:
@@ -147,13 +195,15 @@ class PodSupervisor:
                 continue  # an invalid spec: its runs fail with the reason (see worker)
             if spec.mode == "low_latency" and not deployment.paused:
                 wanted[deployment.id] = deployment
+        existing = {deployment.id for deployment in deployments}
         for deployment_id in list(self.pods):
             pod = self.pods[deployment_id]
             current = wanted.get(deployment_id)
-            if current is None:
-                await self.stop(
-                    deployment_id, "its deployment was deleted, disabled or changed mode"
-                )
+            if deployment_id not in existing:
+                await self.stop(deployment_id, "its deployment was deleted", publish=False)
+                await self._forget(deployment_id)
+            elif current is None:
+                await self.stop(deployment_id, "its deployment was disabled or changed mode")
             elif current.updated != pod.deployment.updated:
                 await self.stop(deployment_id, "its deployment was updated", publish=False)
         new = sorted(
@@ -360,7 +410,7 @@ class PodSupervisor:
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "log_tail": _tail(pod.log_path, LOG_TAIL_CHARS),
         }
-        name = status_variable_name(pod.deployment.id)
+        name = status_variable_name(pod.deployment.id, self.worker_name)
         try:
             async with self._client() as client:
                 try:
@@ -371,6 +421,16 @@ class PodSupervisor:
                     await client.create_variable(VariableCreate(name=name, value=value))
         except Exception as exc:  # status is informative; the pod keeps running
             logger.warning("Could not publish the status of pod %s: %s", pod.name, exc)
+
+    async def _forget(self, deployment_id: UUID) -> None:
+        """Delete this worker's status of a deleted deployment's pod."""
+        try:
+            async with self._client() as client:
+                await client.delete_variable_by_name(
+                    status_variable_name(deployment_id, self.worker_name)
+                )
+        except Exception as exc:  # ObjectNotFound: the SDK deleted it already
+            logger.debug("Status of the pod of deleted deployment %s: %s", deployment_id, exc)
 
     def _event(self, pod: PodHandle, what: str, **payload: Any) -> None:
         logger.info("pod %s: %s %s", pod.name, what, payload or "", extra={"action": f"pod_{what}"})

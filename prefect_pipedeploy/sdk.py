@@ -52,7 +52,7 @@ from prefect_pipedeploy.exceptions import (
 )
 from prefect_pipedeploy.fastcreate import create_run
 from prefect_pipedeploy.listing import read_all_deployments
-from prefect_pipedeploy.pods import read_pod_status
+from prefect_pipedeploy.pods import delete_pod_statuses, read_pod_status
 from prefect_pipedeploy.poolcap import check_fits_cap, read_pool_ram_cap
 from prefect_pipedeploy.records import read_outputs
 from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
@@ -203,6 +203,8 @@ def deployment_view(
         "mode": spec.mode,
         "status": deployment_status(deployment, spec, pod),
         "status_message": (pod or {}).get("message") if spec.mode != Mode.elastic.value else None,
+        # a low-latency deployment has a pod on each worker of its pool: each one's status
+        "pods": (pod or {}).get("pods", []) if spec.mode != Mode.elastic.value else [],
         "description": deployment.description,
         "schedule": spec.schedule.model_dump() if spec.schedule else None,
         "endpoint_url_path": (spec.endpoint_url_path or deployment.name) if endpoint else None,
@@ -418,6 +420,7 @@ class PipeDeploy(DataStoreVerbs, GatewayVerbs, PoolVerbs):
             deployment = await self._deployment(client, deployment_name)
             await delete_endpoint_trigger(client, deployment)  # Prefect would leave it behind
             await client.delete_deployment(deployment.id)
+            await delete_pod_statuses(client, deployment.id)
 
     # ---- executions ---------------------------------------------------------------------------
 

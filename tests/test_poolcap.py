@@ -21,9 +21,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy, SpecError
+from prefect_pipedeploy.pods import read_status_variables
 from prefect_pipedeploy.poolcap import cap_view, check_fits_cap, holder_of, limit_name
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
 from tests.conftest import FLOWS, cmdline, start_worker, unique
@@ -210,27 +213,38 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
         f"{FLOWS / 'demo.py'}:counter", first, mode="low_latency", ram_request="512MiB"
     )
     wait_until_up(sdk, first)
+    wait_for_held(sdk, 1024, 30)
+    # each worker publishes its own pod; the deployment shows both
     deadline = time.monotonic() + 30
-    while held_mib(sdk) < 1024:
-        assert time.monotonic() < deadline, sdk.get_pool_ram_cap()
+    while [p["status"] for p in sdk.get_deployment(first)["pods"]] != ["up", "up"]:
+        assert time.monotonic() < deadline, sdk.get_deployment(first)["pods"]
         time.sleep(0.3)
+    pods = sdk.get_deployment(first)["pods"]
+    assert len({p["worker"] for p in pods}) == 2
     sdk.create_deployment(
         f"{FLOWS / 'demo.py'}:counter", second, mode="low_latency", ram_request="256MiB"
     )
     wait_for_cap_message(sdk, second)
     assert sdk.get_deployment(second)["status"] == "creation_pending"
     assert children_running(workers, "prefect_pipedeploy.pod") == 2
+    first_id = uuid.UUID(sdk.get_deployment(first)["id"])
     sdk.delete_deployment(first)
     wait_until_up(sdk, second)
-    deadline = time.monotonic() + 30
-    while held_mib(sdk) != 512:  # the second deployment's two pods, 256MiB each
-        assert time.monotonic() < deadline, sdk.get_pool_ram_cap()
-        time.sleep(0.3)
+    wait_for_held(sdk, 512, 30)  # the second deployment's two pods, 256MiB each
+    assert status_variables(first_id) == []  # a deleted deployment's pod statuses are gone
     assert sdk.run_deployment(second, {"marker": "m"}, timeout_s=60)["status"] == "Succeeded"
     sdk.delete_deployment(second)
 
 
 # ---- dead holders and server restarts -----------------------------------------------------------
+
+
+def status_variables(deployment_id: uuid.UUID) -> list[str]:
+    async def read() -> list[str]:
+        async with get_client() as client:
+            return [v.name for v in await read_status_variables(client, deployment_id)]
+
+    return run_coro_as_sync(read())
 
 
 def kill_worker(worker: ChildProcess) -> None:

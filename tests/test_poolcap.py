@@ -239,6 +239,18 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
 # ---- dead holders and server restarts -----------------------------------------------------------
 
 
+def wait_for_pod_of(sdk: PipeDeploy, name: str, worker: str, what: str, timeout_s: float) -> None:
+    """Wait until `worker`'s pod of deployment `name` has status `what` ("up"), or a message
+    containing it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pods = [p for p in sdk.get_deployment(name)["pods"] if p["worker"] == worker]
+        if pods and (pods[0]["status"] == what or what in (pods[0]["message"] or "")):
+            return
+        assert time.monotonic() < deadline, sdk.get_deployment(name)["pods"]
+        time.sleep(0.3)
+
+
 def status_variables(deployment_id: uuid.UUID) -> list[str]:
     async def read() -> list[str]:
         async with get_client() as client:
@@ -330,15 +342,19 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
         sdk.delete_deployment(other)
 
         # A worker dies and none comes back on its machine: its lease expires, its slots return.
+        # (the dead worker's last status, "up", stays among the deployment's pods: follow the
+        # new worker's own)
         kill_worker(worker)
         worker = start_worker(
             pool,
             tmp_path / "b",
+            "--name",
+            "worker-b",
             env={**env, "PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME": str(tmp_path / "elsewhere")},
         )
-        wait_for_cap_message(sdk, name)
+        wait_for_pod_of(sdk, name, "worker-b", "pool's RAM cap", 30)
         assert held_mib(sdk) == 512  # the dead worker's lease, until it expires
-        wait_until_up(sdk, name, timeout_s=100)
+        wait_for_pod_of(sdk, name, "worker-b", "up", 100)
         assert held_mib(sdk) == 512  # the new pod's lease
     finally:
         if worker is not None:

@@ -169,7 +169,6 @@ class PipelineRunner:
             str(context.flow_run.id),
             datetime.datetime.now(datetime.timezone.utc),
             self._store,
-            self.workdir,
         )
         return context.flow_run.id, context.client, routed.endpoint, routed.stored
 

@@ -498,7 +498,6 @@ def route_outputs(
     execution_id: str,
     now: datetime,
     store: DataStore | None,
-    workdir: Path | None = None,
 ) -> RoutedOutputs:
     """Send each output where the deployment's outputs mapping says.
 
@@ -506,12 +505,11 @@ def route_outputs(
     {"path": ...} as that file's bytes, any other value as its UTF-8 JSON) and listed in
     `stored`; null outputs are dropped. Unmapped outputs keep their name in `endpoint`.
     A relative file path resolves against the current working directory, where the pipeline
-    wrote it; `workdir` (the one given to `resolve_inputs`) is accepted for symmetry and unused.
+    wrote it.
 
     Raises `OutputRoutingError` naming the output and its destination, `DataStoreNotConfigured`
     when a data-store output has no store. Uploads run last, once every check passed.
     """
-    del workdir
     mapping = {d.pipeline_output_name: d for d in spec.outputs_mapping}
     errors: list[str] = []
     missing = [name for name in mapping if name not in outputs]

@@ -487,7 +487,7 @@ def test_execution_ids_that_are_not_one_path_segment_are_refused(execution_id: s
 def test_outputs_to_the_endpoint(
     spec: DeploymentSpec, outputs: dict[str, Any], endpoint: dict[str, Any]
 ) -> None:
-    routed = route_outputs(spec, outputs, EXECUTION, NOW, None, None)
+    routed = route_outputs(spec, outputs, EXECUTION, NOW, None)
     assert routed == RoutedOutputs(endpoint=endpoint, stored={})
 
 
@@ -511,7 +511,7 @@ def test_outputs_to_the_data_store(store: LocalDataStore, tmp_path: Path) -> Non
         "as_path": report,
         "label": "cat",
     }
-    routed = route_outputs(spec, outputs, EXECUTION, NOW, store, tmp_path)
+    routed = route_outputs(spec, outputs, EXECUTION, NOW, store)
 
     assert routed.endpoint == {"label": "cat"}
     assert routed.stored == {
@@ -531,7 +531,7 @@ def test_a_dict_with_more_than_a_path_is_a_json_value(store: LocalDataStore) -> 
     value = {"path": "not/a/file.txt", "note": "just data"}
     assert file_output_path(value) is None
     spec = endpoint_spec(outputs=[{"pipeline_output_name": "y", "datastore_path": "y.json"}])
-    route_outputs(spec, {"y": value}, EXECUTION, NOW, store, None)
+    route_outputs(spec, {"y": value}, EXECUTION, NOW, store)
     downloaded = io.BytesIO()
     store.download("y.json", downloaded)
     assert json.loads(downloaded.getvalue()) == value
@@ -590,7 +590,7 @@ def test_output_errors_name_the_output_and_the_destination(
     store: LocalDataStore, spec: DeploymentSpec, outputs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(OutputRoutingError) as caught:
-        route_outputs(spec, outputs, EXECUTION, NOW, store, None)
+        route_outputs(spec, outputs, EXECUTION, NOW, store)
     assert message in str(caught.value)
     assert store.list() == []
 
@@ -598,7 +598,7 @@ def test_output_errors_name_the_output_and_the_destination(
 def test_data_store_output_without_a_store_says_how_to_configure_one() -> None:
     spec = endpoint_spec(outputs=[{"pipeline_output_name": "y", "datastore_path": "y.json"}])
     with pytest.raises(DataStoreNotConfigured, match="output 'y' goes to the data store"):
-        route_outputs(spec, {"y": 1}, EXECUTION, NOW, None, None)
+        route_outputs(spec, {"y": 1}, EXECUTION, NOW, None)
 
 
 def test_upload_failure_names_the_output_the_key_and_the_cause(tmp_path: Path) -> None:
@@ -607,7 +607,7 @@ def test_upload_failure_names_the_output_the_key_and_the_cause(tmp_path: Path) -
     store = LocalDataStore(root=str(blocked))
     spec = endpoint_spec(outputs=[{"pipeline_output_name": "y", "datastore_path": "y.json"}])
     with pytest.raises(OutputRoutingError) as caught:
-        route_outputs(spec, {"y": 1}, EXECUTION, NOW, store, None)
+        route_outputs(spec, {"y": 1}, EXECUTION, NOW, store)
     cause = caught.value.__cause__
     assert isinstance(cause, DataStoreError)
     assert str(caught.value) == (
@@ -627,7 +627,7 @@ def test_inputs_and_outputs_through_s3(s3_store: S3DataStore, tmp_path: Path) ->
     resolved = resolve(spec, {}, (["model"], ["model"]), workdir=tmp_path / "work", store=s3_store)
     assert Path(resolved.parameters["model"]["path"]).read_bytes() == b"weights"
 
-    routed = route_outputs(spec, {"y": {"ok": True}}, EXECUTION, NOW, s3_store, None)
+    routed = route_outputs(spec, {"y": {"ok": True}}, EXECUTION, NOW, s3_store)
     assert routed.stored == {"y": f"results/{EXECUTION}.json"}
     info = s3_store.info(f"results/{EXECUTION}.json")
     assert info.size == len(b'{"ok": true}')
@@ -639,7 +639,7 @@ def test_an_unreachable_s3_server_fails_the_routing_clearly(tmp_path: Path) -> N
         store = make_store(server.endpoint_url, make_bucket(server.endpoint_url))
     spec = endpoint_spec(outputs=[{"pipeline_output_name": "y", "datastore_path": "y.json"}])
     with pytest.raises(OutputRoutingError) as caught:
-        route_outputs(spec, {"y": 1}, EXECUTION, NOW, store, None)
+        route_outputs(spec, {"y": 1}, EXECUTION, NOW, store)
     assert "output 'y' could not be stored at data-store path 'y.json'" in str(caught.value)
     assert "unreachable" in str(caught.value)
 

@@ -27,6 +27,8 @@ from prefect_pipedeploy.spec import format_mib
 
 #: The least capacity `default_capacity_mib` gives, whatever the reserve.
 MIN_CAPACITY_MIB = 256
+#: How long a waiting request may be overtaken by smaller ones; after that it goes first.
+STARVATION_S = 30.0
 #: How many holders a waiting reason names before it says "and N more".
 _HOLDERS_NAMED = 5
 
@@ -101,7 +103,7 @@ def admit(
     holdings: Sequence[Holding],
     requests: Sequence[Request],
     now: datetime,
-    starvation_s: float = 30.0,
+    starvation_s: float = STARVATION_S,
 ) -> list[AdmissionDecision]:
     """A decision for every request, in the order given (the caller gives them FIFO).
 
@@ -122,7 +124,7 @@ def admit(
         elif request.mib == 0:
             decisions.append(AdmissionDecision(request.key, True, "admitted: no RAM requested"))
         elif blocker is not None:
-            decisions.append(AdmissionDecision(request.key, False, _behind(blocker, now)))
+            decisions.append(AdmissionDecision(request.key, False, behind(blocker, now)))
         elif request.mib <= remaining:
             remaining -= request.mib
             holders.append(Holding(request.key, request.mib, request.label))
@@ -134,13 +136,18 @@ def admit(
         else:
             reason = _waiting(request, capacity_mib, holders)
             decisions.append(AdmissionDecision(request.key, False, reason))
-            if _waited_s(request, now) > starvation_s:
+            if starving(request, now, starvation_s):
                 blocker = request
     return decisions
 
 
 def _waited_s(request: Request, now: datetime) -> float:
     return (now - request.requested_at).total_seconds()
+
+
+def starving(request: Request, now: datetime, starvation_s: float = STARVATION_S) -> bool:
+    """Whether `request` has waited long enough that nothing after it may overtake it."""
+    return _waited_s(request, now) > starvation_s
 
 
 def _waiting(request: Request, capacity_mib: int, holders: list[Holding]) -> str:
@@ -153,11 +160,12 @@ def _waiting(request: Request, capacity_mib: int, holders: list[Holding]) -> str
     return f"waiting for {format_mib(request.mib)} of RAM: {held}" + (f" by {by}" if by else "")
 
 
-def _behind(blocker: Request, now: datetime) -> str:
-    """Why a request waits behind a starving one, even though it might fit."""
+def behind(blocker: Request, now: datetime, of: str = "RAM") -> str:
+    """Why a request waits behind a starving one, even though it might fit (`of`: what the
+    blocker waits for)."""
     return (
         f"waiting behind {blocker.label}, which has waited {_waited_s(blocker, now):.0f}s "
-        f"for {format_mib(blocker.mib)} of RAM and goes first"
+        f"for {format_mib(blocker.mib)} of {of} and goes first"
     )
 
 

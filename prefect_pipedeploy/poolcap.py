@@ -44,7 +44,13 @@ from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 
-from prefect_pipedeploy.admission import AdmissionDecision, RamLedger, Request
+from prefect_pipedeploy.admission import (
+    AdmissionDecision,
+    RamLedger,
+    Request,
+    behind,
+    starving,
+)
 from prefect_pipedeploy.exceptions import SpecError
 from prefect_pipedeploy.spec import format_mib
 
@@ -57,8 +63,6 @@ LEASE_S = 60.0
 RENEW_EVERY_S = 15.0
 #: The server's file-based lease storage (leases survive a restart), for servers we start.
 FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
-#: How long a request refused by the cap waits before later ones may no longer overtake it.
-STARVATION_S = 30.0
 
 
 def limit_name(pool: str) -> str:
@@ -191,13 +195,15 @@ class RamAdmission:
                 self.leases[request.key] = Lease(request.key, request.mib)
                 continue
             reason = (
-                _behind(blocker, now) if blocker is not None else await self._take(request, cap)
+                behind(blocker, now, of="the pool's RAM cap")
+                if blocker is not None
+                else await self._take(request, cap)
             )
             if reason is None:
                 continue
             self.ledger.release(request.key)
             refused[request.key] = AdmissionDecision(request.key, False, reason)
-            if blocker is None and (now - request.requested_at).total_seconds() > STARVATION_S:
+            if blocker is None and starving(request, now):
                 blocker = request
         self._record()
         return [refused.get(d.key, d) for d in decisions]
@@ -357,11 +363,3 @@ class RamAdmission:
                     logger.info("Released RAM cap lease of %s left by a dead worker", key)
             path.unlink(missing_ok=True)
         return released
-
-
-def _behind(blocker: Request, now: datetime.datetime) -> str:
-    waited = (now - blocker.requested_at).total_seconds()
-    return (
-        f"waiting behind {blocker.label}, which has waited {waited:.0f}s for "
-        f"{format_mib(blocker.mib)} of the pool's RAM cap and goes first"
-    )

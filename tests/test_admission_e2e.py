@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -18,6 +19,7 @@ from tests.conftest import FLOWS, cmdline, start_worker, unique
 from tests.test_low_latency import run_many, wait_until_up
 
 CAPACITY_MIB = 1200
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,26 @@ def execution_processes(worker: ChildProcess) -> list[psutil.Process]:
         for p in psutil.Process(worker.popen.pid).children(recursive=False)
         if "prefect_pipedeploy.execution" in cmdline(p)
     ]
+
+
+def peaks_during(probes: dict[str, Callable[[], int]], work: Callable[[], T]) -> tuple[T, dict]:
+    """Run `work` while sampling each probe every 50 ms; its result and each probe's peak."""
+    peak = dict.fromkeys(probes, 0)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for key, probe in probes.items():
+                peak[key] = max(peak[key], probe())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return work(), peak
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def awaiting_ram_messages(executions: list[dict]) -> list[str]:
@@ -95,21 +117,10 @@ def test_burst_never_exceeds_capacity_and_waiting_runs_say_why(
 ) -> None:
     name = unique("burst")
     sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="400MiB")
-    peak = {"processes": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak["processes"] = max(peak["processes"], len(execution_processes(worker)))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        results = run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8)
-    finally:
-        stop.set()
-        sampler.join()
+    results, peak = peaks_during(
+        {"processes": lambda: len(execution_processes(worker))},
+        lambda: run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8),
+    )
     assert [r["status"] for r in results] == ["Succeeded"] * 6
     # 3 x 400MiB fit in 1200MiB: never a fourth at once, and the capacity was used
     assert peak["processes"] == 3, peak

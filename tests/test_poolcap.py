@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from prefect_pipedeploy.pods import read_status_variables
 from prefect_pipedeploy.poolcap import cap_view, check_fits_cap, holder_of, limit_name
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
 from tests.conftest import FLOWS, cmdline, start_worker, unique
-from tests.test_admission_e2e import awaiting_ram_messages
+from tests.test_admission_e2e import awaiting_ram_messages, peaks_during
 from tests.test_low_latency import run_many, wait_until_up
 
 MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
@@ -176,24 +175,13 @@ def test_burst_on_two_workers_never_exceeds_the_cap(
     """Alone, each worker would run two 512MiB runs at once (four in all); the cap allows two."""
     name = unique("burst")
     sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="512MiB")
-    peak = {"runs": 0, "held": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak["runs"] = max(
-                peak["runs"], children_running(workers, "prefect_pipedeploy.execution")
-            )
-            peak["held"] = max(peak["held"], held_mib(sdk))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        results = run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8)
-    finally:
-        stop.set()
-        sampler.join()
+    results, peak = peaks_during(
+        {
+            "runs": lambda: children_running(workers, "prefect_pipedeploy.execution"),
+            "held": lambda: held_mib(sdk),
+        },
+        lambda: run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8),
+    )
     assert [r["status"] for r in results] == ["Succeeded"] * 6
     assert peak == {"runs": 2, "held": 1024}, peak
     wait_for_held(sdk, 0, 15)  # every lease released once its run's process ended

@@ -9,6 +9,7 @@ server, and with Prefect's in-memory lease storage workers re-take their leases 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -298,30 +299,62 @@ def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
         sdk.set_pool_ram_cap(None)
 
 
-def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path) -> None:
-    """On its own server: restart it while a pod holds the cap, then let a dead lease expire."""
-    port = free_port()
-    server, api_url = start_prefect_server(tmp_path / "server", port=port, ui=False)
-    env = {"PREFECT_API_URL": api_url}
-    pool = unique("pool-restart")
-    sdk = PipeDeploy(api_url=api_url, work_pool_name=pool)
-    worker: ChildProcess | None = None
+class OwnServer:
+    """A Prefect server of one test, restartable on the same port and database."""
+
+    def __init__(self, home: Path, env_overrides: dict[str, str] | None = None) -> None:
+        self.home, self.port, self.env_overrides = home, free_port(), env_overrides
+        self.child, self.api_url = self._start()
+
+    def _start(self) -> tuple[ChildProcess, str]:
+        return start_prefect_server(
+            self.home, port=self.port, ui=False, env_overrides=self.env_overrides
+        )
+
+    def restart(self) -> None:
+        self.child.stop()
+        self.child, _ = self._start()
+
+
+@contextlib.contextmanager
+def a_pod_holding_the_cap(
+    tmp_path: Path, cap: str, env_overrides: dict[str, str] | None = None
+) -> Iterator[tuple[OwnServer, PipeDeploy, str, list[ChildProcess]]]:
+    """Its own server, a pool capped at `cap`, and a worker whose 512MiB pod holds the cap.
+
+    Yields the server, an SDK on the pool, the deployment's name and the list of workers (the
+    test may add some); every worker and the server are stopped at the end."""
+    server = OwnServer(tmp_path / "server", env_overrides)
+    workers: list[ChildProcess] = []
     try:
-        sdk.set_pool_ram_cap("768MiB")
+        sdk = PipeDeploy(api_url=server.api_url, work_pool_name=unique("pool-own"))
+        sdk.set_pool_ram_cap(cap)
         name = unique("pod")
         sdk.create_deployment(
             f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
         )
-        worker = start_worker(pool, tmp_path / "a", env=env)
+        workers.append(
+            start_worker(
+                sdk.work_pool_name, tmp_path / "a", env={"PREFECT_API_URL": server.api_url}
+            )
+        )
         wait_until_up(sdk, name)
         wait_for_held(sdk, 512, 30)
+        yield server, sdk, name, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.child.stop()
 
-        server.stop()
-        server, _ = start_prefect_server(tmp_path / "server", port=port, ui=False)
+
+def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path) -> None:
+    """On its own server: restart it while a pod holds the cap, then let a dead lease expire."""
+    with a_pod_holding_the_cap(tmp_path, "768MiB") as (server, sdk, name, workers):
+        server.restart()
         assert held_mib(sdk) == 512  # the limit and its count are in the database
         time.sleep(20)  # at least one renewal on the restarted server
         assert held_mib(sdk) == 512
-        assert "lost the RAM cap lease" not in worker.log_path.read_text()
+        assert "lost the RAM cap lease" not in workers[0].log_path.read_text()
         other = unique("pod")
         sdk.create_deployment(
             f"{FLOWS / 'demo.py'}:counter", other, mode="low_latency", ram_request="512MiB"
@@ -332,58 +365,36 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
         # A worker dies and none comes back on its machine: its lease expires, its slots return.
         # (the dead worker's last status, "up", stays among the deployment's pods: follow the
         # new worker's own)
-        kill_worker(worker)
-        worker = start_worker(
-            pool,
-            tmp_path / "b",
-            "--name",
-            "worker-b",
-            env={**env, "PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME": str(tmp_path / "elsewhere")},
+        kill_worker(workers[0])
+        workers.append(
+            start_worker(
+                sdk.work_pool_name,
+                tmp_path / "b",
+                "--name",
+                "worker-b",
+                env={
+                    "PREFECT_API_URL": server.api_url,
+                    "PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME": str(tmp_path / "elsewhere"),
+                },
+            )
         )
         wait_for_pod_of(sdk, name, "worker-b", "pool's RAM cap", 30)
         assert held_mib(sdk) == 512  # the dead worker's lease, until it expires
         wait_for_pod_of(sdk, name, "worker-b", "up", 100)
         assert held_mib(sdk) == 512  # the new pod's lease
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
 
 
 def test_after_a_restart_with_in_memory_leases_workers_retake_and_a_reset_recounts(
     tmp_path: Path,
 ) -> None:
     """Prefect's default lease storage forgets leases on a restart but keeps their count."""
-    port = free_port()
     memory = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": MEMORY_LEASES}
-    server, api_url = start_prefect_server(
-        tmp_path / "server", port=port, ui=False, env_overrides=memory
-    )
-    pool = unique("pool-memory")
-    sdk = PipeDeploy(api_url=api_url, work_pool_name=pool)
-    worker: ChildProcess | None = None
-    try:
-        sdk.set_pool_ram_cap("1GiB")
-        name = unique("pod")
-        sdk.create_deployment(
-            f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
-        )
-        worker = start_worker(pool, tmp_path, env={"PREFECT_API_URL": api_url})
-        wait_until_up(sdk, name)
-        wait_for_held(sdk, 512, 30)
-
-        server.stop()
-        server, _ = start_prefect_server(
-            tmp_path / "server", port=port, ui=False, env_overrides=memory
-        )
+    with a_pod_holding_the_cap(tmp_path, "1GiB", memory) as (server, sdk, _, workers):
+        server.restart()
         # the forgotten lease's 512MiB still count; the worker takes its pod's share again
         wait_for_held(sdk, 1024, 40)
-        assert "lost the RAM cap lease" in worker.log_path.read_text()
+        assert "lost the RAM cap lease" in workers[0].log_path.read_text()
         # removing the cap and setting it again drops the stale count; the worker re-takes
         sdk.set_pool_ram_cap(None)
         sdk.set_pool_ram_cap("1GiB")
         wait_for_held(sdk, 512, 40)
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from prefect_pipedeploy.datastore import S3DataStore, register_datastore_blocks
-from prefect_pipedeploy.iomapping import ensure_local_data_store
+from prefect_pipedeploy.datastore.configured import ensure_local_data_store
 
 
 def main(args: list[str]) -> int:

@@ -4,35 +4,27 @@ Importing the package registers the `pipedeploy` worker type with Prefect (the p
 `prefect.collections` entry point), so `prefect worker start --type pipedeploy` finds it.
 """
 
-from prefect_pipedeploy.datastore import (
-    DataStore,
+from prefect_pipedeploy.datastore import DataStore, LocalDataStore, S3DataStore
+from prefect_pipedeploy.exceptions import (
     DataStoreError,
     DataStoreIntegrityError,
+    DataStoreNotConfigured,
     DataStoreObjectNotFound,
-    InvalidDataStoreKey,
-    LocalDataStore,
-    S3DataStore,
-)
-from prefect_pipedeploy.exceptions import (
     DeploymentExists,
     DeploymentNotFound,
+    EndpointCallError,
+    EndpointExecutionFailed,
     ExecutionNotFound,
+    ExecutionValueNotFound,
+    GatewayUnavailable,
+    InputResolutionError,
+    InvalidDataStoreKey,
+    OutputRoutingError,
     PipeDeployError,
     PipelineLoadError,
     SpecError,
 )
-from prefect_pipedeploy.iomapping import (
-    DataStoreNotConfigured,
-    InputResolutionError,
-    OutputRoutingError,
-)
 from prefect_pipedeploy.sdk import PipeDeploy
-from prefect_pipedeploy.sdk_datastore import ExecutionValueNotFound
-from prefect_pipedeploy.sdk_gateway import (
-    EndpointCallError,
-    EndpointExecutionFailed,
-    GatewayUnavailable,
-)
 from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
 from prefect_pipedeploy.worker import PipeDeployWorker
 

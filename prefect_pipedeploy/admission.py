@@ -5,7 +5,7 @@ in what the worker's RAM capacity has left after the current holdings (live low-
 running elastic runs), and if not, why it waits, in words fit for the run's state message.
 `check_fits_capacity` refuses at deployment time a request that could never fit.
 Not for: measuring or limiting a process's memory (`runtimes`), reading a clock, or deciding the
-order of a deployment's runs (`ordering.py`).
+order of a deployment's runs (`ordering`).
 
 The rule: walk the requests in order and admit each that fits in the remaining capacity
 (capacity minus what is held minus what was admitted earlier in the same walk); a request that
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from prefect_pipedeploy.exceptions import SpecError
 from prefect_pipedeploy.spec import format_mib
@@ -195,3 +196,13 @@ class RamLedger:
 
     def release(self, key: str) -> None:
         self.holdings.pop(key, None)
+
+
+def pod_key(deployment_id: UUID) -> str:
+    """The holding key of a deployment's pod: `pod:<deployment id>`."""
+    return f"pod:{deployment_id}"
+
+
+def run_key(flow_run_id: UUID) -> str:
+    """The holding key of an elastic run: `run:<flow run id>`."""
+    return f"run:{flow_run_id}"

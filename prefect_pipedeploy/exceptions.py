@@ -8,6 +8,8 @@ Errors from httpx, botocore or docker are translated into these at the boundary 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipeDeployError(Exception):
     """Something prefect-pipedeploy cannot do as asked; the message says what to change."""
@@ -35,3 +37,75 @@ class PipelineLoadError(PipeDeployError):
 
 class ServerUnavailable(PipeDeployError):
     """The Prefect API cannot be reached; start it with `pipedeploy up` or set PREFECT_API_URL."""
+
+
+# -- the data store ----------------------------------------------------------------------------
+
+
+class DataStoreError(PipeDeployError):
+    """The data store cannot do this; the message names the store and what to check."""
+
+
+class InvalidDataStoreKey(DataStoreError, ValueError):
+    """A key is not a safe relative `/`-separated path; use one like `inputs/2024/data.csv`."""
+
+
+class DataStoreObjectNotFound(DataStoreError, LookupError):
+    """No object has this key in the store; check the key against the store's listing."""
+
+
+class DataStoreIntegrityError(DataStoreError):
+    """An object's content does not match its recorded sha256; upload it again."""
+
+
+class DataStoreNotConfigured(DataStoreError):
+    """No data store is set for this process; set PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE to
+    a saved block ("<block-type-slug>/<name>"): `pipedeploy up` makes a local one, or save an
+    S3DataStore block and name it there."""
+
+
+# -- executions and their inputs and outputs ---------------------------------------------------
+
+
+class InputResolutionError(PipeDeployError):
+    """An input of the pipeline cannot be given a value; the message names the input, its
+    source and the fix. The execution fails before the pipeline starts."""
+
+
+class OutputRoutingError(PipeDeployError):
+    """An output of the pipeline cannot go where the mapping says; the message names the output,
+    its destination and the fix. The execution fails."""
+
+
+class ExecutionValueNotFound(PipeDeployError, LookupError):
+    """The execution recorded no input or output of this name; the message lists the names it
+    recorded (see them all with `get_pipeline_execution`)."""
+
+
+# -- the endpoint gateway, as the SDK sees it --------------------------------------------------
+
+
+class GatewayUnavailable(PipeDeployError):
+    """The endpoint gateway cannot be reached; start it (`pipedeploy up`, or `pipedeploy gateway
+    --pool NAME`) and give its URL as PipeDeploy(gateway_url=...) or in
+    PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL."""
+
+
+class EndpointCallError(PipeDeployError):
+    """The gateway refused an endpoint call; the message is the gateway's (it names what to
+    change), `status_code` the HTTP status and `body` the decoded answer."""
+
+    def __init__(self, message: str, status_code: int, body: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+
+class EndpointExecutionFailed(EndpointCallError):
+    """The execution an endpoint call started failed; `execution_id` and `status` ("Failed" or
+    "Error") say which and how: read its logs with `get_pipeline_execution_logs`."""
+
+    def __init__(self, message: str, execution_id: str, status: str, body: Any = None) -> None:
+        super().__init__(message, 500, body)
+        self.execution_id = execution_id
+        self.status = status

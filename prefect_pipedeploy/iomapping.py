@@ -5,12 +5,10 @@ For: turning an execution's parameters into the pipeline's keyword arguments bef
 and passed as {"path": ...}, null; a file endpoint input arrives as a data-store marker
 {"datastore_path": key} and is downloaded the same way), and sending its returned outputs where the mapping says
 after it ends (`route_outputs`: back to the caller, into the data store under a path with
-{execution_id}, {date} and {date_time} filled in, or dropped). Also finding the data store an
-execution uses (`load_data_store`, from PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE) and making
-the local stack's default one (`ensure_local_data_store`).
-Not for: validating mappings when a deployment is created (`spec.py`), running the pipeline or
-deciding its final state (the runtime, `execution.py` and the pod), or recording what was
-resolved (`records.py`). Elastic runs and low-latency pods call the same functions.
+{execution_id}, {date} and {date_time} filled in, or dropped).
+Not for: validating mappings when a deployment is created (`spec`), running the pipeline or
+deciding its final state (the runtimes and `engine`), or recording what was
+resolved (`prefect_api.records`). Elastic runs and low-latency pods call the same functions.
 
 Both `resolve_inputs` and `route_outputs` are synchronous: they use the data store's blocking
 methods. Async callers run them in a worker thread (`anyio.to_thread.run_sync`).
@@ -35,130 +33,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prefect.blocks.core import Block
-from prefect.exceptions import PrefectException
-
-from prefect_pipedeploy.datastore import (
-    DataStore,
+from prefect_pipedeploy.datastore.base import DataStore
+from prefect_pipedeploy.datastore.configured import _CONFIGURE_FIX
+from prefect_pipedeploy.datastore.keys import validate_key
+from prefect_pipedeploy.exceptions import (
     DataStoreError,
+    DataStoreNotConfigured,
     DataStoreObjectNotFound,
-    LocalDataStore,
-    aregister_datastore_blocks,
-    register_datastore_blocks,
-    validate_key,
+    InputResolutionError,
+    OutputRoutingError,
 )
-from prefect_pipedeploy.exceptions import PipeDeployError
-from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import OUTPUT_PLACEHOLDERS, DeploymentSpec, ExecutionRule, InputSource
 
-DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
 SECRET_MASK = "***"
-
-# -- errors -------------------------------------------------------------------------------------
-
-
-class DataStoreNotConfigured(DataStoreError):
-    """No data store is set for this process; set PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE to
-    a saved block ("<block-type-slug>/<name>"): `pipedeploy up` makes a local one, or save an
-    S3DataStore block and name it there."""
-
-
-class InputResolutionError(PipeDeployError):
-    """An input of the pipeline cannot be given a value; the message names the input, its
-    source and the fix. The execution fails before the pipeline starts."""
-
-
-class OutputRoutingError(PipeDeployError):
-    """An output of the pipeline cannot go where the mapping says; the message names the output,
-    its destination and the fix. The execution fails."""
-
-
-# -- the data store of this process -------------------------------------------------------------
-
-_CONFIGURE_FIX = (
-    f"set {DATA_STORE_VARIABLE} to a saved data store block as '<block-type-slug>/<name>': "
-    "`pipedeploy up` creates 'pipedeploy-local-data-store/default'; for S3, save an "
-    "S3DataStore block (in the Prefect UI or with `.save(name)`) and set the variable to "
-    "'pipedeploy-s3-data-store/<name>'"
-)
-
-
-def data_store_reference() -> str | None:
-    """The data store block this process uses, from PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE.
-
-    Its value is "<block-type-slug>/<block-document-name>", such as
-    "pipedeploy-local-data-store/default" or "pipedeploy-s3-data-store/prod"; None when unset.
-    Read each time it is needed, never cached.
-    """
-    value = (get_settings().data_store or "").strip()
-    return value or None
-
-
-def _check_reference(reference: str | None) -> str:
-    reference = reference or data_store_reference()
-    if not reference:
-        raise DataStoreNotConfigured(f"no data store is configured; {_CONFIGURE_FIX}")
-    slug, _, name = reference.partition("/")
-    if not slug or not name:
-        raise DataStoreNotConfigured(
-            f"data store {reference!r} is not a block reference; {_CONFIGURE_FIX}"
-        )
-    return reference
-
-
-def _checked_store(reference: str, block: Any) -> DataStore:
-    if not isinstance(block, DataStore):
-        raise DataStoreNotConfigured(
-            f"block {reference!r} is a {type(block).__name__}, not a data store; {_CONFIGURE_FIX}"
-        )
-    return block
-
-
-def _missing_block(reference: str, exc: Exception) -> DataStoreNotConfigured:
-    return DataStoreNotConfigured(
-        f"data store block {reference!r} cannot be loaded ({exc}); {_CONFIGURE_FIX}"
-    )
-
-
-def load_data_store(reference: str | None = None) -> DataStore:
-    """The saved data store block `reference` ("<block-type-slug>/<name>"), by default the one
-    PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE names; raises `DataStoreNotConfigured`."""
-    reference = _check_reference(reference)
-    try:
-        # `_sync=True`: stay synchronous even when called from a thread of an event loop.
-        block = Block.load(reference, _sync=True)  # type: ignore[call-arg]
-    except (ValueError, PrefectException) as exc:
-        raise _missing_block(reference, exc) from exc
-    return _checked_store(reference, block)
-
-
-async def aload_data_store(reference: str | None = None, client: Any = None) -> DataStore:
-    """Async twin of `load_data_store`; `client` is an optional PrefectClient to load with."""
-    reference = _check_reference(reference)
-    try:
-        block = await Block.aload(reference, client=client)
-    except (ValueError, PrefectException) as exc:
-        raise _missing_block(reference, exc) from exc
-    return _checked_store(reference, block)
-
-
-def _local_store(root: Path) -> LocalDataStore:
-    return LocalDataStore(root=str(Path(root).expanduser().resolve()))
-
-
-def ensure_local_data_store(root: Path, name: str = "default") -> str:
-    """Save a local data store block on `root` as `name` (replacing one of that name) and return
-    its reference, for PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE. What `pipedeploy up` runs."""
-    register_datastore_blocks()
-    _local_store(root).save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
-    return f"{LocalDataStore.get_block_type_slug()}/{name}"
-
-
-async def aensure_local_data_store(root: Path, name: str = "default") -> str:
-    """Async twin of `ensure_local_data_store`."""
-    await aregister_datastore_blocks()
-    await _local_store(root).asave(name, overwrite=True)
-    return f"{LocalDataStore.get_block_type_slug()}/{name}"
 
 
 def uses_data_store(spec: DeploymentSpec) -> bool:
@@ -170,8 +57,6 @@ def uses_data_store(spec: DeploymentSpec) -> bool:
         or any(d.datastore_path is not None for d in spec.outputs_mapping)
     )
 
-
-# -- file endpoint inputs -----------------------------------------------------------------------
 
 FILE_MARKER_KEY = "datastore_path"
 
@@ -195,9 +80,6 @@ def file_input_key(value: Any) -> str | None:
     return None
 
 
-# -- the pipeline's inputs ----------------------------------------------------------------------
-
-
 def pipeline_inputs_of(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
     """The input names of a pipeline function (or flow), and those without a default.
 
@@ -214,8 +96,6 @@ def pipeline_inputs_of(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
     return names, required
 
 
-# -- per-execution files ------------------------------------------------------------------------
-
 _EXECUTION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -229,9 +109,6 @@ def execution_inputs_dir(workdir: Path, execution_id: str) -> Path:
 def cleanup_execution_files(workdir: Path, execution_id: str) -> None:
     """Remove the files downloaded for one execution (safe to call twice, or when none were)."""
     shutil.rmtree(execution_inputs_dir(workdir, execution_id), ignore_errors=True)
-
-
-# -- inputs -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -439,8 +316,6 @@ def _download(
     record = {"datastore_path": key, "size": info.size, "sha256": info.sha256}
     return {"path": str(local)}, record
 
-
-# -- outputs ------------------------------------------------------------------------------------
 
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 

@@ -3,7 +3,7 @@
 For: pure decisions over values. `queue_order` sorts waiting runs into FIFO order,
 `runs_to_start` says which heads of that queue may start now, and `decide_retry` says whether a
 failed run is retried and where it goes back into the queue. The worker applies them.
-Not for: talking to the Prefect API, reading a clock, or counting RAM (`admission.py`).
+Not for: talking to the Prefect API, reading a clock, or counting RAM (`admission`).
 
 The order lives in the Prefect API itself, so it survives worker restarts and is the same for
 every worker: waiting runs sort by `(expected_start, created, id)`, the flow run's expected start

@@ -2,7 +2,7 @@
 
 For: every tunable of the worker, the pods, the gateway and the SDK, in one Prefect-style
 settings class. Not for: per-deployment settings (those are the deployment spec's job
-variables, see `spec.py`).
+variables, see `spec`).
 
 Read them where they are used with `get_settings()`: nothing is frozen at import time, so a
 test or a process can change the environment and see the change.

@@ -4,9 +4,9 @@ For: the single source of truth of a deployment's platform settings (execution r
 execution management, RAM request, timeout, schedule, endpoint path, inputs/outputs mapping),
 their validation with messages that name the field and the fix, and their conversion to
 Prefect objects (schedules, job variables). The work pool's base job template is generated from
-these models (see `worker.py`), so the Prefect UI form shows the same fields; their JSON schema is
+these models (see `worker.models`), so the Prefect UI form shows the same fields; their JSON schema is
 kept compact (`compact_form_schema`) because the server checks it on every flow-run create.
-Not for: talking to the API (`sdk.py`), or resolving mappings at run time (`iomapping.py`).
+Not for: talking to the API (`sdk`), or resolving mappings at run time (`iomapping`).
 """
 
 from __future__ import annotations

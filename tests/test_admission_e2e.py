@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy, SpecError
+from prefect_pipedeploy.prefect_api.published import read_capacities
 from prefect_pipedeploy.stack import ChildProcess
-from prefect_pipedeploy.worker import read_capacities
 from tests.conftest import FLOWS, cmdline, start_worker, unique
 from tests.test_low_latency import run_many, wait_until_up
 
@@ -44,7 +44,7 @@ def execution_processes(worker: ChildProcess) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(worker.popen.pid).children(recursive=False)
-        if "prefect_pipedeploy.execution" in cmdline(p)
+        if "prefect_pipedeploy.engine.elastic" in cmdline(p)
     ]
 
 

@@ -137,7 +137,7 @@ def test_prefect_discovers_the_worker_type(prefect_api: str) -> None:
 
 
 def test_blocks_register_script_saves_a_usable_store(prefect_api: str, tmp_path: Path) -> None:
-    from prefect_pipedeploy.iomapping import load_data_store
+    from prefect_pipedeploy.datastore.configured import load_data_store
 
     name = unique("script-store")
     result = subprocess.run(

@@ -23,10 +23,6 @@ from pydantic import SecretStr, ValidationError
 
 from prefect_pipedeploy.datastore import (
     DataStore,
-    DataStoreError,
-    DataStoreIntegrityError,
-    DataStoreObjectNotFound,
-    InvalidDataStoreKey,
     LocalDataStore,
     ObjectInfo,
     S3DataStore,
@@ -34,7 +30,13 @@ from prefect_pipedeploy.datastore import (
     register_datastore_blocks,
     validate_key,
 )
-from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.exceptions import (
+    DataStoreError,
+    DataStoreIntegrityError,
+    DataStoreObjectNotFound,
+    InvalidDataStoreKey,
+    PipeDeployError,
+)
 from tests.s3_server import (
     free_port,
     make_bucket,

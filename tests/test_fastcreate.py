@@ -19,7 +19,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.fastcreate import QUICK_RETRY_DELAYS_S, create_run
+from prefect_pipedeploy.prefect_api.runs import QUICK_RETRY_DELAYS_S, create_run
 from prefect_pipedeploy.stack import free_port
 from tests.conftest import FLOWS, unique
 

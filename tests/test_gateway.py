@@ -28,11 +28,9 @@ from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
-from prefect_pipedeploy.iomapping import DATA_STORE_VARIABLE, ensure_local_data_store
-from prefect_pipedeploy.sdk_gateway import GatewayVerbs
-from prefect_pipedeploy.sealed import sealed_key
-from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
-from prefect_pipedeploy.triggers import (
+from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
+from prefect_pipedeploy.prefect_api.sealed import sealed_key
+from prefect_pipedeploy.prefect_api.triggers import (
     CALLED_EVENT,
     TRIGGER_EVENT,
     TRIGGER_TAG,
@@ -40,6 +38,8 @@ from prefect_pipedeploy.triggers import (
     endpoint_resource_id,
     ensure_endpoint_trigger,
 )
+from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
+from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
 from tests.conftest import FLOWS, start_worker, unique
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +109,15 @@ def start_gateway(
     pool_args = [arg for pool in pools for arg in ("--pool", pool)]
     child = start_child(
         f"gateway-{name}",
-        [sys.executable, "-m", "prefect_pipedeploy.gateway", *pool_args, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "prefect_pipedeploy.cli",
+            "gateway",
+            *pool_args,
+            "--port",
+            str(port),
+        ],
         log_dir / f"gateway-{name}.log",
         env={**os.environ, **env},
     )

@@ -16,27 +16,26 @@ import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from prefect_pipedeploy.datastore import LocalDataStore
-from prefect_pipedeploy.gateway import (
+from prefect_pipedeploy.exceptions import EndpointCallError, EndpointExecutionFailed
+from prefect_pipedeploy.gateway import create_app
+from prefect_pipedeploy.gateway.answers import (
     INTERNAL_ERROR,
-    RETRY_GRACE_S,
-    BadTokenLimiter,
-    Endpoint,
-    FieldError,
     GatewayError,
+    public_message,
+    wants_json_only,
+)
+from prefect_pipedeploy.gateway.endpoints import Endpoint, input_fields
+from prefect_pipedeploy.gateway.inputs import (
+    FieldError,
     UploadedFile,
     check_inputs,
-    create_app,
-    endpoint_operation,
-    execution_status,
-    input_fields,
     invalid_inputs_message,
     parse_body,
     parse_multipart,
-    public_message,
     safe_filename,
-    settled,
-    wants_json_only,
 )
+from prefect_pipedeploy.gateway.openapi import endpoint_operation
+from prefect_pipedeploy.gateway.waiting import BadTokenLimiter
 from prefect_pipedeploy.iomapping import (
     DataStoreNotConfigured,
     InputResolutionError,
@@ -44,13 +43,7 @@ from prefect_pipedeploy.iomapping import (
     resolve_inputs,
     uses_data_store,
 )
-from prefect_pipedeploy.sdk_gateway import (
-    EndpointCallError,
-    EndpointExecutionFailed,
-    GatewayVerbs,
-)
-from prefect_pipedeploy.spec import build_spec
-from prefect_pipedeploy.triggers import (
+from prefect_pipedeploy.prefect_api.triggers import (
     TRIGGER_EVENT,
     TRIGGER_TAG,
     _fingerprint,
@@ -58,6 +51,9 @@ from prefect_pipedeploy.triggers import (
     endpoint_resource_id,
     endpoint_trigger_automation,
 )
+from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
+from prefect_pipedeploy.spec import build_spec
+from prefect_pipedeploy.status import RETRY_GRACE_S, execution_status, settled
 
 # -- an endpoint like the gateway builds from a deployment --------------------------------------
 
@@ -593,7 +589,7 @@ async def test_sdk_raises_on_failures_and_refusals() -> None:
 
 
 def test_sdk_needs_a_gateway_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect_pipedeploy.sdk_gateway import GatewayUnavailable
+    from prefect_pipedeploy.exceptions import GatewayUnavailable
 
     monkeypatch.delenv("PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL", raising=False)
     with pytest.raises(GatewayUnavailable, match="gateway_url"):
@@ -744,13 +740,8 @@ def test_field_error_is_plain_data() -> None:
 
 
 def _cli() -> Any:
-    import typer
+    from prefect_pipedeploy.cli import app
 
-    from prefect_pipedeploy.cli_gateway import endpoint_app, gateway
-
-    app = typer.Typer()
-    app.command()(gateway)
-    app.add_typer(endpoint_app, name="endpoint")
     return app
 
 
@@ -767,10 +758,10 @@ def test_the_gateway_needs_a_prefect_api(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from prefect_pipedeploy.gateway import main
+    from typer.testing import CliRunner
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        assert main(["--pool", "p", "--port", "0"]) == 1
-    assert "PREFECT_API_URL" in capsys.readouterr().err
+        result = CliRunner().invoke(_cli(), ["gateway", "--pool", "p", "--port", "0"])
+    assert result.exit_code == 1
+    assert "PREFECT_API_URL" in result.output

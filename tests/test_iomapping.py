@@ -15,20 +15,22 @@ from typing import Any
 
 import pytest
 
-from prefect_pipedeploy.datastore import DataStore, DataStoreError, LocalDataStore, S3DataStore
-from prefect_pipedeploy.exceptions import PipeDeployError
-from prefect_pipedeploy.iomapping import (
+from prefect_pipedeploy.datastore import DataStore, LocalDataStore, S3DataStore
+from prefect_pipedeploy.datastore.configured import (
     DATA_STORE_VARIABLE,
+    data_store_reference,
+    load_data_store,
+)
+from prefect_pipedeploy.exceptions import DataStoreError, PipeDeployError
+from prefect_pipedeploy.iomapping import (
     DataStoreNotConfigured,
     InputResolutionError,
     OutputRoutingError,
     ResolvedInputs,
     RoutedOutputs,
     cleanup_execution_files,
-    data_store_reference,
     execution_inputs_dir,
     file_output_path,
-    load_data_store,
     pipeline_inputs_of,
     render_output_path,
     resolve_inputs,

@@ -7,7 +7,7 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.listing import read_all_deployments
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from tests.conftest import FLOWS, unique
 
 

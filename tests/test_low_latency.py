@@ -34,7 +34,7 @@ def pod_processes(worker: ChildProcess) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(worker.popen.pid).children(recursive=True)
-        if "prefect_pipedeploy.pod" in cmdline(p)
+        if "prefect_pipedeploy.engine.pod" in cmdline(p)
     ]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
-from prefect_pipedeploy.iomapping import ensure_local_data_store
+from prefect_pipedeploy.datastore.configured import ensure_local_data_store
 from prefect_pipedeploy.stack import ChildProcess
 from tests.conftest import FLOWS, start_worker, unique
 from tests.test_low_latency import run_many, wait_until_up

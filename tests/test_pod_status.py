@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from prefect_pipedeploy.pods import merge_pod_statuses, status_variable_name
+from prefect_pipedeploy.prefect_api.published import status_variable_name
+from prefect_pipedeploy.status import merge_pod_statuses
 
 
 def pod(worker: str, status: str, message: str | None = None, tail: str = "") -> dict:

@@ -26,8 +26,8 @@ from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy, SpecError
-from prefect_pipedeploy.pods import read_status_variables
-from prefect_pipedeploy.poolcap import cap_view, check_fits_cap, holder_of, limit_name
+from prefect_pipedeploy.prefect_api.poolcap import cap_view, check_fits_cap, holder_of, limit_name
+from prefect_pipedeploy.prefect_api.published import read_status_variables
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
 from tests.conftest import FLOWS, cmdline, start_worker, unique
 from tests.test_admission_e2e import awaiting_ram_messages, peaks_during
@@ -178,7 +178,7 @@ def test_burst_on_two_workers_never_exceeds_the_cap(
     sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="512MiB")
     results, peak = peaks_during(
         {
-            "runs": lambda: children_running(workers, "prefect_pipedeploy.execution"),
+            "runs": lambda: children_running(workers, "prefect_pipedeploy.engine.elastic"),
             "held": lambda: held_mib(sdk),
         },
         lambda: run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8),
@@ -215,7 +215,7 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
     )
     wait_for_cap_message(sdk, second)
     assert sdk.get_deployment(second)["status"] == "creation_pending"
-    assert children_running(workers, "prefect_pipedeploy.pod") == 2
+    assert children_running(workers, "prefect_pipedeploy.engine.pod") == 2
     first_id = uuid.UUID(sdk.get_deployment(first)["id"])
     sdk.delete_deployment(first)
     wait_until_up(sdk, second)
@@ -285,7 +285,7 @@ def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
         try:
             # the lease would expire only ~60 s after its last renewal: this is the reconciliation
             deadline = killed_at + 40
-            while children_running([second], "prefect_pipedeploy.pod") != 1:
+            while children_running([second], "prefect_pipedeploy.engine.pod") != 1:
                 assert time.monotonic() < deadline, second.log_tail()
                 time.sleep(0.3)
             assert "left by a dead worker" in second.log_path.read_text()

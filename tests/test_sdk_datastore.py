@@ -22,17 +22,21 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from prefect_pipedeploy.datastore import DataStoreObjectNotFound, LocalDataStore
-from prefect_pipedeploy.exceptions import ExecutionNotFound
-from prefect_pipedeploy.iomapping import (
+from prefect_pipedeploy.datastore import LocalDataStore
+from prefect_pipedeploy.datastore.configured import (
     DATA_STORE_VARIABLE,
-    DataStoreNotConfigured,
     aensure_local_data_store,
     aload_data_store,
     ensure_local_data_store,
     load_data_store,
 )
-from prefect_pipedeploy.records import (
+from prefect_pipedeploy.exceptions import (
+    DataStoreObjectNotFound,
+    ExecutionNotFound,
+    ExecutionValueNotFound,
+)
+from prefect_pipedeploy.iomapping import DataStoreNotConfigured
+from prefect_pipedeploy.prefect_api.records import (
     read_inputs,
     read_outputs,
     read_stored_outputs,
@@ -41,7 +45,7 @@ from prefect_pipedeploy.records import (
     record_outputs,
 )
 from prefect_pipedeploy.sdk import PipeDeploy
-from prefect_pipedeploy.sdk_datastore import DataStoreVerbs, ExecutionValueNotFound
+from prefect_pipedeploy.sdk.datastore import DataStoreVerbs
 
 
 class Client(PipeDeploy, DataStoreVerbs):
@@ -246,7 +250,7 @@ def pipedeploy_datastore(
     *args: str, reference: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "prefect_pipedeploy.cli_datastore", *args],
+        [sys.executable, "-m", "prefect_pipedeploy.cli", "datastore", *args],
         env={**os.environ, DATA_STORE_VARIABLE: reference},
         capture_output=True,
         input=stdin,

@@ -12,7 +12,12 @@ from prefect.blocks.system import Secret
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import InputSource, PipeDeploy
-from prefect_pipedeploy.sealed import BLOCK_PREFIX, REFERENCE_PREFIX, sealed_key, sealed_keys
+from prefect_pipedeploy.prefect_api.sealed import (
+    BLOCK_PREFIX,
+    REFERENCE_PREFIX,
+    sealed_key,
+    sealed_keys,
+)
 from prefect_pipedeploy.stack import ChildProcess
 from tests.conftest import FLOWS, start_worker, unique
 from tests.test_low_latency import wait_until_up

@@ -1,6 +1,6 @@
 """The process runtime: one child Python process, watched until it exits.
 
-For: starting an elastic execution (`python -m prefect_pipedeploy.execution <flow-run-id>`) or a
+For: starting an elastic execution (`python -m prefect_pipedeploy.engine.elastic <flow-run-id>`) or a
 pod, in its own process group, and explaining its exit in words (killed, out of memory,
 exit code N). Not for: choosing what to run, or Prefect states (the worker reports them).
 """

@@ -1,10 +1,10 @@
 """The worker's side of low-latency pods: start, watch, feed, re-create and stop them.
 
 For: one `PodHandle` per low-latency deployment of the worker's pool: its process
-(`python -m prefect_pipedeploy.pod`), its control channel, its runs in flight, its status as
+(`python -m prefect_pipedeploy.engine.pod`), its control channel, its runs in flight, its status as
 the SDK sees it (a Prefect variable) and its state changes as Prefect events
 (`prefect-pipedeploy.pod.ready`, `.crashed`, `.restarted`, `.stopped`, `.load-failed`).
-Not for: choosing which run starts (`ordering.py` decides, the worker applies), or executing
+Not for: choosing which run starts (`ordering` decides, the worker applies), or executing
 runs (the pod does).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-from prefect.client.schemas.objects import FlowRun, Variable
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
 from prefect.exceptions import Abort, ObjectNotFound
@@ -36,87 +35,19 @@ from prefect.logging import get_logger
 from prefect.states import Crashed
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.admission import Request
-from prefect_pipedeploy.poolcap import RamAdmission
+from prefect_pipedeploy.admission import Request, pod_key
+from prefect_pipedeploy.prefect_api.published import status_variable_name
 from prefect_pipedeploy.runtimes.process import explain_exit, kill_process_tree, tree_rss_mib
-from prefect_pipedeploy.spec import DeploymentSpec, format_mib, spec_from_job_variables
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
+from prefect_pipedeploy.worker.ram import RamAdmission, ram_exceeded
 
-logger = get_logger("prefect_pipedeploy.pods")
+logger = get_logger("prefect_pipedeploy.runtimes.low_latency")
 
-STATUS_VARIABLE_PREFIX = "pipedeploy_pod_"
+
 LOG_TAIL_CHARS = 3500  # a Prefect variable holds at most 5000 characters
+
+
 EXIT_RECYCLE = 75  # see pod.py
-
-
-def pod_key(deployment_id: UUID) -> str:
-    return f"pod:{deployment_id}"
-
-
-def ram_exceeded(ram_request: str, peak_mib: float) -> str:
-    """The words for a process stopped for going over its RAM request."""
-    return (
-        f"exceeded its RAM request of {ram_request} (peak {format_mib(round(peak_mib))}) and "
-        "was stopped like an out-of-memory kill; raise ram_request or lower the batch size"
-    )
-
-
-#: When workers disagree about a deployment's pods, the deployment shows the best of them.
-_STATUS_RANK = {"up": 0, "down_retrying": 1, "creation_failed": 2, "creation_pending": 3}
-
-
-def status_variable_name(deployment_id: UUID, worker_name: str) -> str:
-    """The variable one worker publishes its pod of a deployment in (one per worker)."""
-    worker = hashlib.sha256(worker_name.encode()).hexdigest()[:8]
-    return f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}_{worker}"
-
-
-async def read_status_variables(client: PrefectClient, deployment_id: UUID) -> list[Any]:
-    """Every worker's status variable of the deployment's pods."""
-    response = await client.request(
-        "POST",
-        "/variables/filter",
-        json={
-            "variables": {"name": {"like_": f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}%"}},
-            "limit": 100,
-        },
-    )
-    return [
-        Variable.model_validate(v)
-        for v in response.json()
-        if v["name"].startswith(f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}")
-    ]
-
-
-async def read_pod_status(client: PrefectClient, deployment_id: UUID) -> dict[str, Any] | None:
-    """The deployment's pod status as the workers last published it (see `merge_pod_statuses`),
-    or None when no worker published any."""
-    variables = await read_status_variables(client, deployment_id)
-    return merge_pod_statuses([v.value for v in variables if isinstance(v.value, dict)])
-
-
-def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One status for a deployment whose pods several workers run: the best one ("up" if any
-    pod is up), with its message; `pods` lists each worker's; `log_tail` is every worker's
-    output, each under a `[worker NAME]` line when there are several."""
-    if not published:
-        return None
-    pods = sorted(published, key=lambda p: str(p.get("worker")))
-    best = min(pods, key=lambda p: _STATUS_RANK.get(str(p.get("status")), len(_STATUS_RANK)))
-    if len(pods) == 1:
-        log_tail = str(best.get("log_tail") or "")
-    else:
-        log_tail = "\n".join(f"[worker {p.get('worker')}]\n{p.get('log_tail') or ''}" for p in pods)
-    summary = [
-        {k: p.get(k) for k in ("worker", "status", "message", "pid", "updated")} for p in pods
-    ]
-    return {**best, "log_tail": log_tail, "pods": summary}
-
-
-async def delete_pod_statuses(client: PrefectClient, deployment_id: UUID) -> None:
-    """Forget a deleted deployment's pod statuses."""
-    for variable in await read_status_variables(client, deployment_id):
-        with contextlib.suppress(ObjectNotFound):
-            await client.delete_variable_by_name(variable.name)
 
 
 def backoff_s(failures: int) -> float:
@@ -311,7 +242,7 @@ class PodSupervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "prefect_pipedeploy.pod",
+                "prefect_pipedeploy.engine.pod",
                 "--deployment-id",
                 str(pod.deployment.id),
                 "--control-fd",

@@ -3,8 +3,8 @@
 For: picking up flow runs within a second of their creation (Prefect events wake the worker,
 polling is the fallback), starting elastic runs as fresh processes and reporting how they
 ended, and keeping the pool's base job template in step with the deployment spec.
-Not for: the order of queued runs (`ordering.py`), RAM bookkeeping (`admission.py`), or running
-the flow itself (`execution.py`).
+Not for: the order of queued runs (`ordering`), RAM bookkeeping (`admission`, `worker.ram`), or running
+the flow itself (`engine`).
 
     prefect worker start --type pipedeploy --pool pipedeploy
     pipedeploy worker --pool pipedeploy --ram-capacity 8GiB
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import sys
 import tempfile
@@ -25,9 +24,7 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
-import psutil
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -47,66 +44,43 @@ from prefect.exceptions import Abort, ObjectNotFound
 from prefect.states import Crashed, Pending, Scheduled
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
-    BaseJobConfiguration,
-    BaseVariables,
     BaseWorker,
-    BaseWorkerResult,
 )
-from pydantic import Field
 
-from prefect_pipedeploy.admission import RamLedger, Request, default_capacity_mib
+from prefect_pipedeploy.admission import RamLedger, Request
 from prefect_pipedeploy.exceptions import PipeDeployError
-from prefect_pipedeploy.listing import read_all_deployments
 from prefect_pipedeploy.ordering import WaitingRun, decide_retry, runs_to_start
-from prefect_pipedeploy.pods import PodSupervisor, ram_exceeded
-from prefect_pipedeploy.poolcap import RamAdmission
 from prefect_pipedeploy.runtimes.process import (
-    kill_process_tree,
     start_process,
-    tree_rss_mib,
     wait_process,
 )
-from prefect_pipedeploy.sealed import discard, sealed_keys
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
-    DeploymentSpec,
     Mode,
-    format_mib,
-    parse_ram,
     spec_from_job_variables,
 )
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
 
+from prefect_pipedeploy.admission import run_key
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
+from prefect_pipedeploy.prefect_api.published import publish_capacity
+from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
+from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
+from prefect_pipedeploy.worker.models import (
+    PipeDeployJobConfiguration,
+    PipeDeployVariables,
+    PipeDeployWorkerResult,
+)
+from prefect_pipedeploy.worker.ram import RamAdmission, _watch_rss, worker_ram_capacity_mib
 
 # How often a worker re-publishes its RAM capacity (readers drop entries older than 10 min).
 CAPACITY_REFRESH_S = 60.0
 
+
 # Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
-
-
-class PipeDeployJobConfiguration(BaseJobConfiguration, DeploymentSpec):
-    """What one run needs: the deployment spec (from the job variables) plus Prefect's basics."""
-
-    working_dir: Path | None = Field(
-        default=None, description="Directory the run starts in; a fresh temporary one if empty."
-    )
-
-
-class PipeDeployVariables(BaseVariables, DeploymentSpec):
-    """The settings a user may set per deployment: the form the Prefect UI shows for the pool."""
-
-    working_dir: Path | None = Field(
-        default=None,
-        title="Working Directory",
-        description="Directory the run starts in; a fresh temporary one if empty.",
-    )
-
-
-class PipeDeployWorkerResult(BaseWorkerResult):
-    """How the infrastructure of one run ended (status_code 0: it reported its own state)."""
 
 
 class PipeDeployWorker(
@@ -516,7 +490,7 @@ class PipeDeployWorker(
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
         with _working_dir(configuration.working_dir) as cwd:
             process = await start_process(
-                [sys.executable, "-m", "prefect_pipedeploy.execution", str(flow_run.id)],
+                [sys.executable, "-m", "prefect_pipedeploy.engine.elastic", str(flow_run.id)],
                 env=env,
                 cwd=cwd,
             )
@@ -552,87 +526,6 @@ class PipeDeployWorker(
         from prefect_pipedeploy.runtimes.process import kill_process_tree
 
         kill_process_tree(int(infrastructure_pid))
-
-
-async def _watch_rss(pid: int, limit_mib: int, ram_request: str, exceeded: list[str]) -> None:
-    """Kill the process tree of `pid` once it holds more than `limit_mib` (an OOM-like stop)."""
-    peak = 0.0
-    while True:
-        rss = tree_rss_mib(pid)
-        peak = max(peak, rss)
-        if rss > limit_mib:
-            exceeded.append(ram_exceeded(ram_request, peak))
-            kill_process_tree(pid, 9)
-            return
-        await anyio.sleep(0.25)
-
-
-def run_key(flow_run_id: UUID) -> str:
-    return f"run:{flow_run_id}"
-
-
-def worker_ram_capacity_mib() -> int:
-    """The RAM this worker hands out: the setting, or total memory minus the reserve."""
-    settings = get_settings()
-    if settings.ram_capacity:
-        return parse_ram(settings.ram_capacity, "ram_capacity")
-    total_mib = psutil.virtual_memory().total // 1024**2
-    return default_capacity_mib(total_mib, parse_ram(settings.ram_reserve, "ram_reserve"))
-
-
-def capacity_variable_name(pool: str) -> str:
-    return "pipedeploy_capacity_" + hashlib.sha256(pool.encode()).hexdigest()[:16]
-
-
-async def publish_capacity(client: Any, pool: str, worker: str, capacity_mib: int) -> None:
-    """Record this worker's RAM capacity where the SDK checks new deployments against it."""
-    name = capacity_variable_name(pool)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    variable = await client.read_variable_by_name(name)
-    workers = (
-        dict(variable.value) if variable is not None and isinstance(variable.value, dict) else {}
-    )
-    workers[worker] = {"capacity_mib": capacity_mib, "updated": now.isoformat()}
-    fresh = {
-        k: v
-        for k, v in workers.items()
-        if (now - datetime.datetime.fromisoformat(v["updated"])).total_seconds() < 600
-    }
-    if variable is None:
-        await client.create_variable(VariableCreate(name=name, value=fresh))
-    else:
-        await client.update_variable(VariableUpdate(name=name, value=fresh))
-    await _show_capacity_in_pool_form(client, pool, fresh)
-
-
-async def _show_capacity_in_pool_form(client: Any, pool: str, workers: dict[str, Any]) -> None:
-    """Say in the pool's UI form, under ram_request, how much RAM its workers hand out."""
-    from prefect.client.schemas.actions import WorkPoolUpdate
-
-    work_pool = await client.read_work_pool(pool)
-    template = work_pool.base_job_template or {}
-    field = template.get("variables", {}).get("properties", {}).get("ram_request")
-    if field is None:
-        return
-    base = field.get("description", "").split(" Workers of this pool")[0]
-    held = ", ".join(f"{w} {format_mib(v['capacity_mib'])}" for w, v in sorted(workers.items()))
-    description = f"{base} Workers of this pool hand out: {held}."
-    if field.get("description") != description:
-        field["description"] = description
-        await client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
-
-
-async def read_capacities(client: Any, pool: str) -> dict[str, int]:
-    """The RAM capacity of each worker of `pool` seen in the last ten minutes."""
-    variable = await client.read_variable_by_name(capacity_variable_name(pool))
-    if variable is None or not isinstance(variable.value, dict):
-        return {}
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return {
-        worker: int(v["capacity_mib"])
-        for worker, v in variable.value.items()
-        if (now - datetime.datetime.fromisoformat(v["updated"])).total_seconds() < 600
-    }
 
 
 def waiting_run(flow_run: FlowRun) -> WaitingRun:

@@ -3,7 +3,7 @@
 For: writing a run's inputs and outputs as table artifacts (shown on the run in the Prefect UI,
 told apart by their metadata {"pipedeploy": "inputs" | "outputs"}) and reading them back for the
 SDK and the gateway. A retried run records again; readers take the latest record.
-Not for: resolving inputs or routing outputs (`iomapping.py`), or masking secrets (the io mapping
+Not for: resolving inputs or routing outputs (`iomapping`), or masking secrets (the io mapping
 hands over inputs with secrets already replaced).
 
 Tables: inputs have the columns `input` and `value`; outputs `output` and `value`, plus
@@ -29,7 +29,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 
 INPUTS_ARTIFACT_KIND = "inputs"
+
+
 OUTPUTS_ARTIFACT_KIND = "outputs"
+
 
 _DESCRIPTIONS = {
     INPUTS_ARTIFACT_KIND: "Inputs of this pipeline execution, as resolved (prefect-pipedeploy).",
@@ -47,9 +50,6 @@ def _jsonable(value: Any) -> Any:
 
 def _encode(value: Any) -> str:
     return json.dumps(_jsonable(value))
-
-
-# -- the shared helpers: one table artifact per kind ---------------------------------------------
 
 
 def _table_artifact(flow_run_id: UUID, kind: str, rows: list[dict[str, str]]) -> ArtifactCreate:
@@ -79,9 +79,6 @@ async def _read_table(
     return None
 
 
-# -- inputs ------------------------------------------------------------------------------------
-
-
 def _inputs_rows(inputs: Mapping[str, Any]) -> list[dict[str, str]]:
     return [{"input": name, "value": _encode(value)} for name, value in inputs.items()]
 
@@ -104,9 +101,6 @@ async def read_inputs(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any
     if rows is None:
         return None
     return {row["input"]: json.loads(row["value"]) for row in rows}
-
-
-# -- outputs -----------------------------------------------------------------------------------
 
 
 def _outputs_rows(

@@ -1,9 +1,7 @@
 """The gateway's commands: `pipedeploy gateway` and `pipedeploy endpoint token NAME`.
 
 For: starting the endpoint gateway from the command line, and rotating an endpoint token (also
-how a deployment made with `prefect deploy` gets its first token). The lead CLI registers them:
-`app.command()(gateway)` and `app.add_typer(endpoint_app, name="endpoint")`.
-Not for: logic of its own (`gateway.py`, `sdk_gateway.py`).
+how a deployment made with `prefect deploy` gets its first token). Not for: logic of its own (`gateway`, `sdk.endpoints`).
 
     pipedeploy gateway --pool pipedeploy --pool other --host 127.0.0.1 --port 8080
     pipedeploy endpoint token score        # prints the new token once
@@ -13,15 +11,15 @@ from __future__ import annotations
 
 import typer
 
-from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.cli.app import app, fail
+from prefect_pipedeploy.exceptions import (
+    PipeDeployError,
+)
+from prefect_pipedeploy.gateway.app import serve
+from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
 from prefect_pipedeploy.settings import get_settings
 
 endpoint_app = typer.Typer(no_args_is_help=True, help="Endpoint tokens: token.")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def gateway(
@@ -35,12 +33,11 @@ def gateway(
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
 ) -> None:
     """Serve endpoint deployments over HTTP: POST /endpoints/<path> (Ctrl-C stops it)."""
-    from prefect_pipedeploy.gateway import serve
 
     try:
         serve(pool or [get_settings().default_pool], host, port)
     except PipeDeployError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @endpoint_app.command("token")
@@ -50,15 +47,13 @@ def token(
     """Make a new endpoint token and print it once; the previous token stops working."""
     import httpx
 
-    from prefect_pipedeploy.sdk_gateway import GatewayVerbs
-
     try:
         rotated = GatewayVerbs().generate_new_endpoint_token(name)
     except PipeDeployError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        _fail(
+        fail(
             f"cannot reach the Prefect API ({exc}); start it with `pipedeploy up` "
             "or set PREFECT_API_URL"
         )
@@ -70,3 +65,7 @@ def token(
         err=True,
     )
     typer.echo(rotated["endpoint_token"])
+
+
+app.command()(gateway)
+app.add_typer(endpoint_app, name="endpoint")

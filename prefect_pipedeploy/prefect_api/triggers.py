@@ -8,7 +8,7 @@ events API of a self-hosted server (`POST /api/events` with a JSON list of event
 repairs it; safe to call again), `delete_endpoint_trigger` removes it: Prefect keeps a deleted
 deployment's automations, which would then fire into 404s. Also the names of the events and
 resources the gateway and the trigger share.
-Not for: the HTTP gateway (`gateway.py`). A trigger event is authorised by the Prefect API that
+Not for: the HTTP gateway (`gateway`). A trigger event is authorised by the Prefect API that
 accepted it, not by an endpoint token, and its inputs are not checked on arrival: the execution
 resolves them like any other and fails, naming the input, when a required one is missing.
 
@@ -59,15 +59,22 @@ from prefect.client.orchestration import PrefectClient
 from prefect.events.actions import RunDeployment
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.exceptions import (
+    PipeDeployError,
+)
 from prefect_pipedeploy.spec import ExecutionRule, spec_from_job_variables
 
 #: Emitted by the gateway for every call that created an execution.
 CALLED_EVENT = "prefect-pipedeploy.endpoint.called"
+
+
 #: Posted by anyone to start an endpoint deployment (see the module docstring).
 TRIGGER_EVENT = "prefect-pipedeploy.endpoint.trigger"
+
+
 #: Tag of the automations this module owns; nothing else is touched.
 TRIGGER_TAG = "pipedeploy-endpoint-trigger"
+
 
 _INPUTS_TEMPLATE = "{{ (event.payload.inputs or {}) | tojson }}"
 

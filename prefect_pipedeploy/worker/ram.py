@@ -1,16 +1,13 @@
-"""The pool-wide RAM cap: one Prefect global concurrency limit in MiB, shared by a pool's workers.
+"""RAM on a worker: admission against its capacity and the pool's cap, and the RSS watcher.
 
-For: `RamAdmission`, a worker's admission of pods and elastic runs: first against its own
-capacity (`RamLedger`), then, when the pool has a cap, by taking a lease of `ram_request` slots
-on the global concurrency limit `pipedeploy-ram-<pool>` (one slot = one MiB). The worker renews
-its leases while the pod or run lives and releases them when it ends. The slots of a worker that
-died come back when its leases expire (Prefect's repossessor, about a minute after the last
-renewal), or at once when a worker starts on the same machine (it releases the leases that dead
-workers recorded in their lease files). `read_pool_ram_cap` and `set_pool_ram_cap` read and
-manage the limit; the Prefect UI shows it under Concurrency.
-Not for: who goes first among waiting requests (`admission.py`), measuring RAM (`runtimes`).
+For: `RamAdmission` (a worker's admission of pods and elastic runs: first against its own
+capacity, `admission.RamLedger`, then, when the pool has a cap, by taking a lease of
+`ram_request` slots on the pool's global concurrency limit, one slot per MiB; the worker renews
+its leases while the pod or run lives and releases them when it ends), the worker's capacity,
+and the one loop that stops a process tree going over its RAM request.
+Not for: who goes first among waiting requests (`admission`), the cap's API (`prefect_api.poolcap`).
 
-Leases live in the Prefect server. `pipedeploy up` and the tests start the server with
+in the Prefect server. `pipedeploy up` and the tests start the server with
 Prefect's file-based lease storage, so leases survive a server restart and the cap holds across
 it. With Prefect's default in-memory lease storage a restarted server forgets the leases while
 the limit keeps counting their slots: the worker re-takes what it holds under new leases when it
@@ -29,19 +26,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
+import anyio
+import anyio.abc
 import httpx
 import psutil
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import (
-    GlobalConcurrencyLimitCreate,
-    GlobalConcurrencyLimitUpdate,
-)
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
-from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import (
@@ -49,82 +41,27 @@ from prefect_pipedeploy.admission import (
     RamLedger,
     Request,
     behind,
+    default_capacity_mib,
     starving,
 )
-from prefect_pipedeploy.exceptions import SpecError
-from prefect_pipedeploy.spec import format_mib
+from prefect_pipedeploy.prefect_api.poolcap import (
+    LEASE_S,
+    RENEW_EVERY_S,
+    holder_of,
+    limit_name,
+    read_pool_ram_cap,
+)
+from prefect_pipedeploy.runtimes.process import (
+    kill_process_tree,
+    tree_rss_mib,
+)
+from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.spec import (
+    format_mib,
+    parse_ram,
+)
 
-logger = get_logger("prefect_pipedeploy.poolcap")
-
-LIMIT_PREFIX = "pipedeploy-ram-"
-#: Prefect's shortest lease; renewed every `RENEW_EVERY_S`, so a dead worker's slots come back
-#: about a minute after it died.
-LEASE_S = 60.0
-RENEW_EVERY_S = 15.0
-#: The server's file-based lease storage (leases survive a restart), for servers we start.
-FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
-
-
-def limit_name(pool: str) -> str:
-    """The global concurrency limit that holds the RAM cap of `pool`."""
-    return f"{LIMIT_PREFIX}{pool}"
-
-
-async def read_pool_ram_cap(
-    client: PrefectClient, pool: str
-) -> GlobalConcurrencyLimitResponse | None:
-    """The pool's cap, or None when it has none (or it is switched off in the UI)."""
-    try:
-        limit = await client.read_global_concurrency_limit_by_name(limit_name(pool))
-    except ObjectNotFound:
-        return None
-    return limit if limit.active else None
-
-
-async def set_pool_ram_cap(client: PrefectClient, pool: str, mib: int | None) -> None:
-    """Set the pool's cap to `mib` MiB (creating its limit), or remove it with None.
-
-    Lowering a cap below what is held stops nothing: new pods and runs wait until it fits.
-    """
-    name = limit_name(pool)
-    if mib is None:
-        with contextlib.suppress(ObjectNotFound):
-            await client.delete_global_concurrency_limit_by_name(name)
-        return
-    if mib <= 0:
-        raise SpecError(f"ram cap of pool {pool!r} must be more than 0; to remove it, unset it")
-    try:
-        await client.update_global_concurrency_limit(
-            name, GlobalConcurrencyLimitUpdate(limit=mib, active=True, slot_decay_per_second=0)
-        )
-    except ObjectNotFound:
-        await client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name=name, limit=mib, slot_decay_per_second=0)
-        )
-
-
-def check_fits_cap(request_mib: int, cap: GlobalConcurrencyLimitResponse | None, what: str) -> None:
-    """Refuse a RAM request larger than the pool's whole cap; it would wait forever."""
-    if cap is not None and request_mib > cap.limit:
-        raise SpecError(
-            f"ram_request {format_mib(request_mib)} of {what} is larger than the pool's RAM cap "
-            f"of {format_mib(cap.limit)} (global concurrency limit {cap.name!r}); lower "
-            "ram_request or raise the cap with `pipedeploy pool ram-cap`"
-        )
-
-
-def cap_view(pool: str, cap: GlobalConcurrencyLimitResponse | None) -> dict[str, Any] | None:
-    """The cap as the SDK shows it."""
-    if cap is None:
-        return None
-    return {
-        "work_pool_name": pool,
-        "ram_cap": format_mib(cap.limit),
-        "ram_cap_mib": cap.limit,
-        "held": format_mib(cap.active_slots),
-        "held_mib": cap.active_slots,
-        "concurrency_limit": cap.name,
-    }
+logger = get_logger("prefect_pipedeploy.worker.ram")
 
 
 @dataclass
@@ -140,14 +77,6 @@ class Lease:
     mib: int
     lease_id: UUID | None = None
     limit_id: UUID | None = None
-
-
-def holder_of(key: str) -> ConcurrencyLeaseHolder:
-    """Who a lease is for, as Prefect records it: the deployment of a pod, or the flow run."""
-    kind, _, ident = key.partition(":")
-    return ConcurrencyLeaseHolder(
-        type="deployment" if kind == "pod" else "flow_run", id=UUID(ident)
-    )
 
 
 class RamAdmission:
@@ -363,3 +292,33 @@ class RamAdmission:
                     logger.info("Released RAM cap lease of %s left by a dead worker", key)
             path.unlink(missing_ok=True)
         return released
+
+
+def ram_exceeded(ram_request: str, peak_mib: float) -> str:
+    """The words for a process stopped for going over its RAM request."""
+    return (
+        f"exceeded its RAM request of {ram_request} (peak {format_mib(round(peak_mib))}) and "
+        "was stopped like an out-of-memory kill; raise ram_request or lower the batch size"
+    )
+
+
+async def _watch_rss(pid: int, limit_mib: int, ram_request: str, exceeded: list[str]) -> None:
+    """Kill the process tree of `pid` once it holds more than `limit_mib` (an OOM-like stop)."""
+    peak = 0.0
+    while True:
+        rss = tree_rss_mib(pid)
+        peak = max(peak, rss)
+        if rss > limit_mib:
+            exceeded.append(ram_exceeded(ram_request, peak))
+            kill_process_tree(pid, 9)
+            return
+        await anyio.sleep(0.25)
+
+
+def worker_ram_capacity_mib() -> int:
+    """The RAM this worker hands out: the setting, or total memory minus the reserve."""
+    settings = get_settings()
+    if settings.ram_capacity:
+        return parse_ram(settings.ram_capacity, "ram_capacity")
+    total_mib = psutil.virtual_memory().total // 1024**2
+    return default_capacity_mib(total_mib, parse_ram(settings.ram_reserve, "ram_reserve"))

@@ -2,7 +2,7 @@
 
 For: listing, uploading, downloading, describing and deleting data-store objects, each command
 one SDK verb; errors print one line `error: ...` and exit 1, like every `pipedeploy` command.
-Not for: logic of its own (`sdk_datastore.py` and `datastore.py` have it).
+Not for: logic of its own (`sdk.datastore` and `datastore` have it).
 
     pipedeploy datastore ls [PREFIX]
     pipedeploy datastore put LOCAL_PATH OBJECT_PATH
@@ -12,7 +12,6 @@ Not for: logic of its own (`sdk_datastore.py` and `datastore.py` have it).
     pipedeploy datastore --store pipedeploy-s3-data-store/prod ls    # another saved store
 
 The store is PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE's unless `--store` names one.
-Standalone: `python -m prefect_pipedeploy.cli_datastore ...`.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from prefect_pipedeploy.sdk_datastore import DataStoreVerbs
+from prefect_pipedeploy.cli.app import app, call, make_sdk
+from prefect_pipedeploy.sdk import PipeDeploy
 
 datastore_app = typer.Typer(
     no_args_is_help=True,
@@ -51,22 +50,12 @@ def _choose_store(
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
-def _call(fn: Any, *args: Any) -> Any:
-    # Imported here, not at the top: `cli` imports this module to register its commands.
-    from prefect_pipedeploy import cli
-
-    return cli._call(fn, *args)
-
-
-def _verbs(ctx: typer.Context) -> DataStoreVerbs:
-    """The SDK (once `PipeDeploy` has these verbs, else the verbs alone), on `--store`'s store."""
-    from prefect_pipedeploy import cli
-
-    sdk = cli._sdk()
-    verbs = sdk if isinstance(sdk, DataStoreVerbs) else DataStoreVerbs()
+def _verbs(ctx: typer.Context) -> PipeDeploy:
+    """The SDK, on `--store`'s store when given."""
+    sdk = make_sdk()
     if ctx.obj:
-        verbs.data_store = ctx.obj
-    return verbs
+        sdk.data_store = ctx.obj
+    return sdk
 
 
 @datastore_app.command("ls")
@@ -75,14 +64,14 @@ def ls(
     prefix: str = typer.Argument("", help="Only objects whose path starts with this."),
 ) -> None:
     """List objects: size in bytes, last modified (UTC), path."""
-    for info in _call(_verbs(ctx).list_data_store_objects, prefix):
+    for info in call(_verbs(ctx).list_data_store_objects, prefix):
         typer.echo(f"{info['size']:>12}  {info['last_modified']}  {info['key']}")
 
 
 @datastore_app.command("put")
 def put(ctx: typer.Context, local_path: Path, object_path: str) -> None:
     """Upload a local file to OBJECT_PATH, replacing any object there."""
-    info = _call(_verbs(ctx).upload_data_store_object, str(local_path), object_path)
+    info = call(_verbs(ctx).upload_data_store_object, str(local_path), object_path)
     typer.echo(f"Uploaded {local_path} -> {info['key']} ({info['size']} bytes)")
 
 
@@ -90,17 +79,17 @@ def put(ctx: typer.Context, local_path: Path, object_path: str) -> None:
 def get(ctx: typer.Context, object_path: str, local_path: str) -> None:
     """Download OBJECT_PATH to LOCAL_PATH ('-' for stdout)."""
     if local_path == "-":
-        _call(_verbs(ctx).download_data_store_object, object_path, sys.stdout.buffer)
+        call(_verbs(ctx).download_data_store_object, object_path, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
-    info = _call(_verbs(ctx).download_data_store_object, object_path, local_path)
+    info = call(_verbs(ctx).download_data_store_object, object_path, local_path)
     typer.echo(f"Downloaded {info['key']} -> {local_path} ({info['size']} bytes)")
 
 
 @datastore_app.command("rm")
 def rm(ctx: typer.Context, object_path: str) -> None:
     """Delete one object."""
-    _call(_verbs(ctx).delete_data_store_object, object_path)
+    call(_verbs(ctx).delete_data_store_object, object_path)
     typer.echo(f"Deleted {object_path}")
 
 
@@ -108,9 +97,8 @@ def rm(ctx: typer.Context, object_path: str) -> None:
 def info(ctx: typer.Context, object_path: str) -> None:
     """Show one object's path, size, last modification time and sha256 as JSON."""
     typer.echo(
-        json.dumps(_call(_verbs(ctx).get_data_store_object_information, object_path), indent=2)
+        json.dumps(call(_verbs(ctx).get_data_store_object_information, object_path), indent=2)
     )
 
 
-if __name__ == "__main__":
-    datastore_app()
+app.add_typer(datastore_app, name="datastore")

@@ -1,7 +1,7 @@
 """The SDK's work-pool verbs, as a mixin of `PipeDeploy`: the pool-wide RAM cap.
 
 For: `set_pool_ram_cap` and `get_pool_ram_cap`, the optional cap on the RAM that all workers
-of a pool may hand out together (a Prefect global concurrency limit in MiB, see `poolcap.py`).
+of a pool may hand out together (a Prefect global concurrency limit in MiB, see `prefect_api.poolcap`).
 Each verb has an async core and a thin sync twin, and returns a plain dict (or None).
 Not for: admission itself (the worker does it), or a single worker's capacity (`--ram-capacity`).
 
@@ -16,22 +16,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.client.orchestration import PrefectClient, get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.poolcap import cap_view, read_pool_ram_cap, set_pool_ram_cap
+from prefect_pipedeploy.prefect_api.poolcap import (
+    cap_view,
+    read_pool_ram_cap,
+    set_pool_ram_cap,
+)
+from prefect_pipedeploy.sdk.base import Verbs
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import parse_ram
+from prefect_pipedeploy.spec import (
+    parse_ram,
+)
 
 
-class PoolVerbs:
-    """Pool verbs; mixed into `PipeDeploy` (uses its `work_pool_name` and `_client()`)."""
-
-    work_pool_name: str = ""
-
-    def _client(self) -> PrefectClient:
-        """The Prefect client of the current settings; `PipeDeploy` defines its own."""
-        return get_client()
+class PoolVerbs(Verbs):
+    """Pool verbs; mixed into `PipeDeploy`."""
 
     def _pool(self, work_pool_name: str | None) -> str:
         return work_pool_name or self.work_pool_name or get_settings().default_pool

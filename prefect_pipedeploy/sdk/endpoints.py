@@ -5,8 +5,8 @@ any caller would (endpoint token, 303s followed until the result), and
 `generate_new_endpoint_token`, which rotates a deployment's token through the Prefect API (the
 new token's hash goes into the deployment's job variables; the token is returned once). Each
 verb has an async core (`atrigger_endpoint`) and a thin sync twin.
-Not for: the gateway itself (`gateway.py`), or starting a deployment through Prefect without
-the gateway (`run_deployment` in `sdk.py`).
+Not for: the gateway itself (`gateway`), or starting a deployment through Prefect without
+the gateway (`run_deployment`, `executions`).
 
     from prefect_pipedeploy import PipeDeploy
     pd = PipeDeploy(gateway_url="http://127.0.0.1:8080")   # or PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL
@@ -30,7 +30,7 @@ from uuid import UUID
 
 import anyio
 import httpx
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -42,40 +42,27 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.logging import get_logger
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.exceptions import DeploymentNotFound, PipeDeployError, SpecError
-from prefect_pipedeploy.listing import read_all_deployments
+from prefect_pipedeploy.exceptions import (
+    DeploymentNotFound,
+    EndpointCallError,
+    EndpointExecutionFailed,
+    GatewayUnavailable,
+    PipeDeployError,
+    SpecError,
+)
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
+from prefect_pipedeploy.prefect_api.triggers import (
+    endpoint_path_of,
+    ensure_endpoint_trigger,
+)
+from prefect_pipedeploy.sdk.base import Verbs
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import spec_from_job_variables
+from prefect_pipedeploy.spec import (
+    spec_from_job_variables,
+)
 from prefect_pipedeploy.tokens import hash_token, new_token
-from prefect_pipedeploy.triggers import endpoint_path_of, ensure_endpoint_trigger
 
 logger = get_logger("prefect_pipedeploy.sdk_gateway")
-
-
-class GatewayUnavailable(PipeDeployError):
-    """The endpoint gateway cannot be reached; start it (`pipedeploy up`, or `pipedeploy gateway
-    --pool NAME`) and give its URL as PipeDeploy(gateway_url=...) or in
-    PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL."""
-
-
-class EndpointCallError(PipeDeployError):
-    """The gateway refused an endpoint call; the message is the gateway's (it names what to
-    change), `status_code` the HTTP status and `body` the decoded answer."""
-
-    def __init__(self, message: str, status_code: int, body: Any = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.body = body
-
-
-class EndpointExecutionFailed(EndpointCallError):
-    """The execution an endpoint call started failed; `execution_id` and `status` ("Failed" or
-    "Error") say which and how: read its logs with `get_pipeline_execution_logs`."""
-
-    def __init__(self, message: str, execution_id: str, status: str, body: Any = None) -> None:
-        super().__init__(message, 500, body)
-        self.execution_id = execution_id
-        self.status = status
 
 
 def _is_file(value: Any) -> bool:
@@ -120,27 +107,49 @@ def _message_of(response: httpx.Response) -> tuple[str, Any]:
     return str(message or response.reason_phrase), body
 
 
-class GatewayVerbs:
-    """Endpoint verbs; mixed into `PipeDeploy`, and usable alone with the current settings.
+async def _ensure_trigger(client: PrefectClient, deployment: DeploymentResponse) -> None:
+    """The event trigger is a convenience: a server that refuses automations must not stop a
+    token rotation, so a failure is logged, not raised."""
+    try:
+        await ensure_endpoint_trigger(client, deployment)
+    except Exception as exc:
+        logger.warning(
+            "Could not create the event trigger of deployment %r: %s", deployment.name, exc
+        )
 
-    The gateway's URL is `self.gateway_url` (set by the constructor), else
-    PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL. Uses `self._client()` for the Prefect API.
-    """
 
-    gateway_url: str | None = None
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"EndpointToken {token}"} if token else {}
 
-    def _client(self) -> PrefectClient:
-        """The Prefect client of the current settings; `PipeDeploy` defines its own."""
-        return get_client()
 
-    # ---- tokens -------------------------------------------------------------------------------
+async def _endpoint_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
+    """The pipedeploy deployment named `name`, else the one whose endpoint path is `name`."""
+    pools = WorkPoolFilter(type=WorkPoolFilterType(any_=["pipedeploy"]))  # the worker type
+    found = await client.read_deployments(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
+        work_pool_filter=pools,
+        limit=1,
+    )
+    if found:
+        return found[0]
+    for deployment in await read_all_deployments(client, work_pool_filter=pools):
+        if endpoint_path_of(deployment) == name.strip("/"):
+            return deployment
+    raise DeploymentNotFound(
+        f"no deployment named {name!r}, and no endpoint at that path; list them with "
+        "`pipedeploy deployment ls`"
+    )
+
+
+class GatewayVerbs(Verbs):
+    """Endpoint verbs; mixed into `PipeDeploy`."""
 
     async def agenerate_new_endpoint_token(self, endpoint_name: str) -> dict[str, str]:
         """Rotate the endpoint token of a deployment (by name, or by endpoint path).
 
         Returns {"deployment_name", "endpoint_url_path", "endpoint_token"}: the token is shown
         here and nowhere else; the previous one stops working (within the gateway's cache time,
-        1.5 s). Also makes sure the deployment's event trigger exists (`triggers.py`), so a
+        1.5 s). Also makes sure the deployment's event trigger exists (`prefect_api.triggers`), so a
         deployment made with `prefect deploy` gets both from this one call.
         """
         async with self._client() as client:
@@ -167,18 +176,6 @@ class GatewayVerbs:
             "endpoint_url_path": path,
             "endpoint_token": token,
         }
-
-    def _remember_endpoint_token(self, deployment_name: str, path: str | None, token: str) -> None:
-        """Keep a token this client was shown, for calls that give no `endpoint_token`."""
-        known: dict[str, str] = self.__dict__.setdefault("_endpoint_tokens", {})
-        known[deployment_name] = token
-        if path:
-            known[path] = token
-
-    def _known_token(self, endpoint_name: str) -> str | None:
-        return self.__dict__.get("_endpoint_tokens", {}).get(endpoint_name.strip("/"))
-
-    # ---- calls --------------------------------------------------------------------------------
 
     async def atrigger_endpoint(
         self,
@@ -230,8 +227,6 @@ class GatewayVerbs:
 
                 response = await self._on_path(endpoint_name, get)
                 return await self._result(http, response, token)
-
-    # ---- helpers ------------------------------------------------------------------------------
 
     def _gateway_base_url(self) -> str:
         url = self.gateway_url or get_settings().gateway_url
@@ -306,8 +301,6 @@ class GatewayVerbs:
             f"the gateway answered {response.status_code}: {message}", response.status_code, body
         )
 
-    # ---- sync twins ---------------------------------------------------------------------------
-
     def trigger_endpoint(
         self,
         endpoint_name: str,
@@ -335,37 +328,3 @@ class GatewayVerbs:
 
     def generate_new_endpoint_token(self, endpoint_name: str) -> dict[str, str]:
         return run_coro_as_sync(self.agenerate_new_endpoint_token(endpoint_name))
-
-
-async def _ensure_trigger(client: PrefectClient, deployment: DeploymentResponse) -> None:
-    """The event trigger is a convenience: a server that refuses automations must not stop a
-    token rotation, so a failure is logged, not raised."""
-    try:
-        await ensure_endpoint_trigger(client, deployment)
-    except Exception as exc:
-        logger.warning(
-            "Could not create the event trigger of deployment %r: %s", deployment.name, exc
-        )
-
-
-def _auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"EndpointToken {token}"} if token else {}
-
-
-async def _endpoint_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
-    """The pipedeploy deployment named `name`, else the one whose endpoint path is `name`."""
-    pools = WorkPoolFilter(type=WorkPoolFilterType(any_=["pipedeploy"]))  # the worker type
-    found = await client.read_deployments(
-        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
-        work_pool_filter=pools,
-        limit=1,
-    )
-    if found:
-        return found[0]
-    for deployment in await read_all_deployments(client, work_pool_filter=pools):
-        if endpoint_path_of(deployment) == name.strip("/"):
-            return deployment
-    raise DeploymentNotFound(
-        f"no deployment named {name!r}, and no endpoint at that path; list them with "
-        "`pipedeploy deployment ls`"
-    )

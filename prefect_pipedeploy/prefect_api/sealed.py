@@ -6,7 +6,7 @@ For: the values of inputs mapped with `is_secret`. Whoever creates the execution
 run's parameters hold only the reference `pipedeploy-sealed:<hex>`, so the value is in no flow
 run, event or log. The run calls `unseal_inputs` before it resolves its inputs; the worker calls
 `discard` once the run is final (succeeded, or failed with no retry left), deleting the blocks.
-Not for: masking values in records and events (`iomapping.py`, `gateway.py` do that).
+Not for: masking values in records and events (`iomapping`, `gateway` do that).
 
 A sealed value outlives a run that never finishes (deleted before it ran, or lost with its
 worker); such blocks are visible in the UI under Blocks by their `pipedeploy-sealed-` names.
@@ -24,10 +24,14 @@ from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient
 from pydantic import SecretStr
 
-from prefect_pipedeploy.iomapping import InputResolutionError
+from prefect_pipedeploy.exceptions import (
+    InputResolutionError,
+)
 from prefect_pipedeploy.spec import DeploymentSpec
 
 REFERENCE_PREFIX = "pipedeploy-sealed:"
+
+
 BLOCK_PREFIX = "pipedeploy-sealed-"
 
 

@@ -5,11 +5,11 @@ through Prefect's flow engine, in this process: `async def` pipelines as tasks o
 event loop, `def` pipelines each in a new thread, up to the deployment's parallelism. Module
 state (a loaded model, a cache) persists between runs: that is the point of the mode, and also
 its warning: parallel runs share that memory, so it must be safe to share.
-Not for: deciding which run starts when (the worker does, see `pods.py`), or restarting
+Not for: deciding which run starts when (the worker does, see `runtimes.low_latency`), or restarting
 itself (the worker re-creates a pod that died).
 
 The worker starts it as
-    python -m prefect_pipedeploy.pod --deployment-id ID --control-fd FD
+    python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
 {...}}; the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
 {"event": "started", "flow_run_id": ...}, {"event": "finished", "flow_run_id": ..., "state":
@@ -42,42 +42,25 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import AsyncClientContext, SyncClientContext
-from prefect.deployments.steps.core import run_steps
 from prefect.exceptions import Abort
-from prefect.flows import load_flow_from_entrypoint, load_function_and_convert_to_flow
 from prefect.logging import get_logger
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Failed, State
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.execution import PipelineRunner, run_pipeline_async, run_pipeline_sync
+from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
+from prefect_pipedeploy.engine.runner import PipelineRunner, load_deployment_pipeline
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
-logger = get_logger("prefect_pipedeploy.pod")
+logger = get_logger("prefect_pipedeploy.engine.pod")
+
 
 # How many `def` runs may be abandoned after their timeout before the pod asks to be recycled.
 MAX_ABANDONED_THREADS = 4
+
+
 EXIT_RECYCLE = 75  # the worker re-creates a pod that exits with this code, without back-off
-
-
-async def load_deployment_pipeline(deployment: DeploymentResponse) -> Flow[..., Any]:
-    """Run the deployment's pull steps (they may change directory) and import its pipeline."""
-    if deployment.entrypoint is None:
-        raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
-    if deployment.pull_steps:
-        output = await run_steps(deployment.pull_steps, print_function=logger.info)
-        if output.get("directory"):
-            os.chdir(output["directory"])
-    elif deployment.path:
-        os.chdir(deployment.path)
-    sys.path.insert(0, os.getcwd())
-    try:
-        return await asyncio.to_thread(
-            load_flow_from_entrypoint, deployment.entrypoint, use_placeholder_flow=False
-        )
-    except Exception:
-        return await asyncio.to_thread(load_function_and_convert_to_flow, deployment.entrypoint)
 
 
 def run_in_new_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
@@ -264,7 +247,7 @@ def _mark_suspended(flow_run_id: UUID, state: State[Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefect_pipedeploy.pod")
+    parser = argparse.ArgumentParser(prog="python -m prefect_pipedeploy.engine.pod")
     parser.add_argument("--deployment-id", required=True, type=UUID)
     parser.add_argument("--control-fd", required=True, type=int)
     args = parser.parse_args(argv)

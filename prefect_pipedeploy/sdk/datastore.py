@@ -5,8 +5,8 @@ For: `upload_data_store_object`, `download_data_store_object`, `list_data_store_
 and `get_pipeline_execution_input` / `get_pipeline_execution_output` from what an execution
 recorded. Each verb has an async core (`aupload_data_store_object`) and a thin sync twin, and
 returns plain JSON-friendly dicts and lists.
-Not for: the data store's own logic (`datastore.py`), resolving or routing at run time
-(`iomapping.py`), or deployments and executions (`sdk.py`).
+Not for: the data store's own logic (`datastore`), resolving or routing at run time
+(`iomapping`), or deployments and executions (`deployments`, `executions`).
 
     from prefect_pipedeploy import PipeDeploy
     pd = PipeDeploy()      # uses PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE, or pd.data_store
@@ -18,44 +18,28 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.datastore import DataStore, Destination, Source
-from prefect_pipedeploy.exceptions import ExecutionNotFound, PipeDeployError
-from prefect_pipedeploy.iomapping import aload_data_store, data_store_reference
-from prefect_pipedeploy.records import read_inputs, read_outputs, read_stored_outputs
-
-
-class ExecutionValueNotFound(PipeDeployError, LookupError):
-    """The execution recorded no input or output of this name; the message lists the names it
-    recorded (see them all with `get_pipeline_execution`)."""
+from prefect_pipedeploy.datastore.base import DataStore
+from prefect_pipedeploy.datastore.configured import aload_data_store, data_store_reference
+from prefect_pipedeploy.datastore.streams import Destination, Source
+from prefect_pipedeploy.exceptions import (
+    ExecutionValueNotFound,
+)
+from prefect_pipedeploy.prefect_api.records import read_inputs, read_outputs, read_stored_outputs
+from prefect_pipedeploy.sdk.base import Verbs
 
 
 def _names(values: dict[str, Any]) -> str:
     return ", ".join(map(repr, values)) or "none"
 
 
-class DataStoreVerbs:
-    """Data-store and execution-record verbs; mixed into `PipeDeploy`.
-
-    Uses the data store block named by `self.data_store` ("<block-type-slug>/<name>") when set,
-    else PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE; and `self._client()` for the Prefect API.
-    """
-
-    data_store: str | None = None
-
-    def _client(self) -> PrefectClient:
-        """The Prefect client of the current settings; `PipeDeploy` defines its own."""
-        return get_client()
+class DataStoreVerbs(Verbs):
+    """Data-store and execution-record verbs; mixed into `PipeDeploy`."""
 
     async def _store(self) -> DataStore:
         async with self._client() as client:
             return await aload_data_store(self.data_store or data_store_reference(), client)
-
-    # ---- data store ---------------------------------------------------------------------------
 
     async def aupload_data_store_object(
         self, filepath_or_buffer: Source, object_path: str
@@ -89,15 +73,13 @@ class DataStoreVerbs:
         store = await self._store()
         await store.adelete_object(object_path)
 
-    # ---- execution records --------------------------------------------------------------------
-
     async def aget_pipeline_execution_input(self, execution_id: str | UUID, input_name: str) -> Any:
         """The value an execution's pipeline received for `input_name` (a pipeline input name).
 
         Secret inputs read "***"; data-store inputs read {"datastore_path", "size", "sha256"}.
         """
         async with self._client() as client:
-            flow_run = await _flow_run(client, execution_id)
+            flow_run = await self._flow_run(client, execution_id)
             inputs = await read_inputs(client, flow_run.id)
         if inputs is None:
             raise ExecutionValueNotFound(
@@ -119,7 +101,7 @@ class DataStoreVerbs:
         endpoint output name, or for an output written to the data store its pipeline output
         name, which reads {"datastore_path": key}."""
         async with self._client() as client:
-            flow_run = await _flow_run(client, execution_id)
+            flow_run = await self._flow_run(client, execution_id)
             outputs = await read_outputs(client, flow_run.id)
             stored = await read_stored_outputs(client, flow_run.id) or {}
         if outputs is None:
@@ -135,8 +117,6 @@ class DataStoreVerbs:
             f"execution {str(execution_id)!r} has no output {output_name!r}; its recorded outputs "
             f"are {_names({**outputs, **stored})}"
         )
-
-    # ---- sync twins ---------------------------------------------------------------------------
 
     def upload_data_store_object(
         self, filepath_or_buffer: Source, object_path: str
@@ -162,12 +142,3 @@ class DataStoreVerbs:
 
     def get_pipeline_execution_output(self, execution_id: str | UUID, output_name: str) -> Any:
         return run_coro_as_sync(self.aget_pipeline_execution_output(execution_id, output_name))
-
-
-async def _flow_run(client: PrefectClient, execution_id: str | UUID) -> FlowRun:
-    try:
-        return await client.read_flow_run(UUID(str(execution_id)))
-    except (ValueError, ObjectNotFound):
-        raise ExecutionNotFound(
-            f"no execution with id {str(execution_id)!r}; list them with `pipedeploy executions ls`"
-        ) from None

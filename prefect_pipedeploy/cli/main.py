@@ -1,0 +1,125 @@
+"""`pipedeploy worker`, `deployment`, `executions` and `pool`: thin layers over the SDK and the worker.
+
+pipedeploy worker --pool pipedeploy --ram-capacity 8GiB
+pipedeploy deployment ls | get NAME | rm NAME | logs NAME
+pipedeploy executions ls [--deployment NAME] | get ID | logs ID
+pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from prefect_pipedeploy.cli.app import app, call, make_sdk, print_json
+from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.worker.worker import PipeDeployWorker
+
+deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm, logs.")
+
+
+executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs.")
+
+
+pool_app = typer.Typer(no_args_is_help=True, help="Work pools: the pool-wide RAM cap.")
+
+app.add_typer(deployment_app, name="deployment")
+app.add_typer(executions_app, name="executions")
+app.add_typer(pool_app, name="pool")
+
+
+@app.command()
+def worker(
+    pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to serve."),
+    ram_capacity: str = typer.Option(
+        None, "--ram-capacity", help="RAM this worker may hand out, like '8GiB'."
+    ),
+    name: str = typer.Option(None, "--name", help="Worker name (default: a generated one)."),
+) -> None:
+    """Start a pipedeploy worker (same as `prefect worker start --type pipedeploy`)."""
+    import asyncio
+
+    if ram_capacity:
+        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_RAM_CAPACITY"] = ram_capacity
+
+    async def serve() -> None:
+        await PipeDeployWorker(work_pool_name=pool, name=name).start()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+@deployment_app.command("ls")
+def deployment_ls() -> None:
+    """List deployments."""
+    for d in call(make_sdk().list_deployments):
+        typer.echo(f"{d['name']:30} {d['execution_rule']:9} {d['mode']:12} {d['status']}")
+
+
+@deployment_app.command("get")
+def deployment_get(name: str) -> None:
+    """Show one deployment as JSON."""
+    print_json(call(make_sdk().get_deployment, name))
+
+
+@deployment_app.command("rm")
+def deployment_rm(name: str) -> None:
+    """Delete a deployment."""
+    call(make_sdk().delete_deployment, name)
+    typer.echo(f"Deleted {name}")
+
+
+@deployment_app.command("logs")
+def deployment_logs(name: str) -> None:
+    """Print the output of a low-latency deployment's pod (start-up, import errors, crashes)."""
+    for line in call(make_sdk().get_deployment_logs, name):
+        typer.echo(line)
+
+
+@executions_app.command("ls")
+def executions_ls(
+    deployment: str = typer.Option(None, "--deployment", help="Only this deployment's."),
+    limit: int = typer.Option(50, "--limit"),
+) -> None:
+    """List executions, newest first."""
+    for e in call(make_sdk().list_pipeline_executions, deployment, limit):
+        typer.echo(
+            f"{e['execution_id']}  {e['deployment_name'] or '-':24} {e['status']:9} "
+            f"{e['created']}  {e['message'] or ''}"
+        )
+
+
+@executions_app.command("get")
+def executions_get(execution_id: str) -> None:
+    """Show one execution as JSON (status, attempts, outputs)."""
+    print_json(call(make_sdk().get_pipeline_execution, execution_id))
+
+
+@executions_app.command("logs")
+def executions_logs(execution_id: str) -> None:
+    """Print the logs of one execution."""
+    for line in call(make_sdk().get_pipeline_execution_logs, execution_id):
+        typer.echo(f"{line['timestamp']} {line['level']:7} {line['message']}")
+
+
+@pool_app.command("ram-cap")
+def pool_ram_cap(
+    size: str = typer.Argument(None, help="New cap, like '16GiB'; omit to show the current one."),
+    pool: str = typer.Option(None, "--pool", help="Work pool (default: the default pool)."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the cap."),
+) -> None:
+    """Show, set or remove the RAM all workers of a pool may hold together."""
+    sdk = make_sdk()
+    pool = pool or get_settings().default_pool
+    if remove:
+        call(sdk.set_pool_ram_cap, None, pool)
+        typer.echo(f"No RAM cap on pool {pool!r}")
+        return
+    cap = call(sdk.set_pool_ram_cap, size, pool) if size else call(sdk.get_pool_ram_cap, pool)
+    if cap is None:
+        typer.echo(f"No RAM cap on pool {pool!r}; set one with `pipedeploy pool ram-cap 16GiB`")
+    else:
+        print_json(cap)

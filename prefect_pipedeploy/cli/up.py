@@ -1,0 +1,174 @@
+"""`pipedeploy up`: the whole local stack (Prefect server, pool, worker, gateway), and its demo.
+
+pipedeploy up --demo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from prefect_pipedeploy.cli.app import app, fail
+from prefect_pipedeploy.exceptions import (
+    PipeDeployError,
+)
+from prefect_pipedeploy.sdk.client import PipeDeploy
+from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.stack import ChildProcess
+
+DEMO_DEPLOYMENT = "demo-score"
+
+
+@app.command()
+def up(
+    demo: bool = typer.Option(False, "--demo", help="Deploy and run the example pipeline."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
+    port: int = typer.Option(4200, "--port", help="Port of the embedded Prefect server."),
+    gateway_port: int = typer.Option(8080, "--gateway-port", help="Port of the endpoint gateway."),
+    pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to create and serve."),
+    home: Path = typer.Option(None, "--home", help="Where the local stack keeps its data."),
+    exit_after_demo: bool = typer.Option(
+        False, "--exit-after-demo", help="Stop everything once the demo has printed its outputs."
+    ),
+) -> None:
+    """Start the whole local stack: Prefect server (SQLite), the pool, a worker. Ctrl-C stops it."""
+    from prefect_pipedeploy.stack import (
+        free_port,
+        running,
+        start_child,
+        start_prefect_server,
+        wait_for_http,
+    )
+
+    home = (home or get_settings().home).resolve()
+    children: list[ChildProcess] = []
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with running(children):
+        api_url = os.environ.get("PREFECT_API_URL", "")
+        if api_url:
+            typer.echo(f"Using the Prefect API at {api_url}")
+        else:
+            if port == 0:
+                port = free_port(host)
+            try:
+                server, api_url = start_prefect_server(home, host=host, port=port)
+            except PipeDeployError as exc:
+                fail(f"{exc}\n(is port {port} in use? pass --port)")
+            children.append(server)
+            typer.echo(f"Prefect server:  {api_url}   (UI: {api_url.removesuffix('/api')})")
+        env = {**os.environ, "PREFECT_API_URL": api_url}
+        data_store = _ensure_data_store(api_url, home)
+        env["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
+        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
+        typer.echo(f"Data store:      {data_store}")
+        worker_child = start_child(
+            "worker",
+            [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool],
+            home / "logs" / "worker.log",
+            env=env,
+        )
+        children.append(worker_child)
+        typer.echo(f"Worker:          pool {pool!r}, log {worker_child.log_path}")
+        if gateway_port == 0:
+            gateway_port = free_port(host)
+        gateway_child = start_child(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "prefect_pipedeploy.cli",
+                "gateway",
+                "--pool",
+                pool,
+                "--host",
+                host,
+                "--port",
+                str(gateway_port),
+            ],
+            home / "logs" / "gateway.log",
+            env=env,
+        )
+        children.append(gateway_child)
+        gateway_url = f"http://{host}:{gateway_port}"
+        try:
+            wait_for_http(f"{gateway_url}/health", 60, gateway_child)
+        except PipeDeployError as exc:
+            fail(f"{exc}\n(is port {gateway_port} in use? pass --gateway-port)")
+        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"] = gateway_url
+        typer.echo(
+            f"Gateway:         {gateway_url}/endpoints/<path>   (API docs: {gateway_url}/docs)"
+        )
+        if demo:
+            _run_demo(api_url, pool)
+            if exit_after_demo:
+                return
+        typer.echo("Ready. Press Ctrl-C to stop.")
+        while not stop["requested"]:
+            for child in children:
+                if not child.alive():
+                    fail(f"{child.name} exited; see {child.log_path}:\n{child.log_tail()}")
+            time.sleep(0.5)
+        typer.echo("Stopping...")
+
+
+def _ensure_data_store(api_url: str, home: Path) -> str:
+    """The data store of the stack: the user's (if set), else a local directory under home."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_pipedeploy.datastore.configured import (
+        data_store_reference,
+        ensure_local_data_store,
+    )
+
+    configured = data_store_reference()
+    if configured:
+        return configured
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return ensure_local_data_store(home / "datastore")
+
+
+def _run_demo(api_url: str, pool: str) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_pipedeploy.examples import demo
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        sdk = PipeDeploy(work_pool_name=pool)
+        try:
+            sdk.delete_deployment(DEMO_DEPLOYMENT)
+        except PipeDeployError:
+            pass
+        created = sdk.create_deployment(
+            f"{demo.__file__}:score",
+            DEMO_DEPLOYMENT,
+            execution_rule="endpoint",
+            mode="elastic",
+            description="The demo pipeline: scores a text.",
+        )
+        typer.echo(f"Demo deployment: {created['name']} ({created['mode']}, {created['status']})")
+        path = created["endpoint_url_path"]
+        gateway_url = os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"]
+        typer.echo(
+            f"Demo endpoint:   curl -L -X POST {gateway_url}/endpoints/{path} "
+            f"-H 'Authorization: EndpointToken {created['endpoint_token']}' "
+            "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'"
+        )
+        result = sdk.trigger_endpoint(
+            DEMO_DEPLOYMENT, created["endpoint_token"], {"text": "hello from prefect pipedeploy"}
+        )
+        execution = sdk.get_pipeline_execution(result["execution_id"])
+        typer.echo(f"Demo execution:  {execution['execution_id']} -> {execution['status']}")
+        typer.echo("Demo outputs:    " + json.dumps(result.get("outputs")))

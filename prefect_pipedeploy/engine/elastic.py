@@ -1,0 +1,60 @@
+"""One elastic execution: this module as a fresh process, started by the worker per run.
+
+For: loading the pipeline of one flow run, running it through Prefect's engine with its io
+mapping, and reporting a pipeline that cannot load on the run. Not for: watching the process
+(`runtimes.process` and the worker do).
+
+    python -m prefect_pipedeploy.engine.elastic <flow-run-id>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from uuid import UUID
+
+# No public API registers a run's suspension request without Prefect's per-run observer (see
+# `_WithoutSuspensionObserver`); this private module is the registry the observer marks.
+from prefect.client.orchestration import get_client
+from prefect.logging import get_logger
+
+from prefect_pipedeploy.engine.flow_engine import execute_flow_run
+from prefect_pipedeploy.engine.runner import PipelineRunner, fail_run, load_pipeline
+from prefect_pipedeploy.exceptions import (
+    PipeDeployError,
+)
+from prefect_pipedeploy.spec import spec_from_job_variables
+
+logger = get_logger("prefect_pipedeploy.engine.elastic")
+
+
+async def _main(flow_run_id: UUID) -> int:
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        try:
+            flow = await load_pipeline(client, flow_run)
+        except Exception as exc:
+            message = f"Could not load the pipeline: {type(exc).__name__}: {exc}"
+            logger.error(message)
+            await fail_run(client, flow_run_id, message)
+            return 0
+        deployment = await client.read_deployment(flow_run.deployment_id)  # type: ignore[arg-type]
+        try:
+            spec = spec_from_job_variables(deployment.job_variables)
+        except PipeDeployError as exc:
+            await fail_run(client, flow_run_id, f"The deployment's settings are invalid: {exc}")
+            return 0
+        await execute_flow_run(client, PipelineRunner(flow, spec), flow_run)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m prefect_pipedeploy.engine.elastic <flow-run-id>", file=sys.stderr)
+        return 2
+    return asyncio.run(_main(UUID(args[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Run flow runs of one deployment's pipeline in this process, with its io mapping.
+
+For: loading a pipeline (from a flow run, or from its deployment in a pod), `PipelineRunner`
+(resolve inputs before a run, route and record outputs inside it) and `fail_run`. An elastic
+process makes one runner for its one run; a pod makes one for its lifetime. Not for: the flow
+engine itself (`flow_engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import functools
+import inspect
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+
+# No public API registers a run's suspension request without Prefect's per-run observer (see
+# `_WithoutSuspensionObserver`); this private module is the registry the observer marks.
+# No public API watches many flow runs for suspension with one connection; this is the observer
+# Prefect's engine starts per run (see `execution._WithoutSuspensionObserver`).
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.context import (
+    FlowRunContext,
+    get_settings_context,
+)
+from prefect.deployments.steps.core import run_steps
+from prefect.flows import (
+    load_flow_from_entrypoint,
+    load_flow_from_flow_run,
+    load_function_and_convert_to_flow,
+)
+from prefect.logging import get_logger
+from prefect.results import aget_default_result_storage, get_default_persist_setting
+from prefect.states import Failed
+from prefect.utilities.engine import propose_state
+
+from prefect_pipedeploy.datastore.base import DataStore
+from prefect_pipedeploy.datastore.configured import aload_data_store
+from prefect_pipedeploy.exceptions import (
+    PipeDeployError,
+)
+from prefect_pipedeploy.iomapping import (
+    cleanup_execution_files,
+    pipeline_inputs_of,
+    resolve_inputs,
+    route_outputs,
+    uses_data_store,
+)
+from prefect_pipedeploy.prefect_api.records import (
+    record_inputs,
+    record_outputs,
+    record_outputs_sync,
+)
+from prefect_pipedeploy.prefect_api.sealed import unseal_inputs
+from prefect_pipedeploy.spec import DeploymentSpec
+
+logger = get_logger("prefect_pipedeploy.engine.runner")
+
+
+async def load_pipeline(client: PrefectClient, flow_run: FlowRun) -> Flow[..., Any]:
+    """Import the pipeline of `flow_run`'s deployment; a plain function becomes a flow."""
+    del client  # Prefect's loader makes its own client
+    return await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)  # type: ignore[call-arg]
+
+
+async def load_deployment_pipeline(deployment: DeploymentResponse) -> Flow[..., Any]:
+    """Run the deployment's pull steps (they may change directory) and import its pipeline."""
+    if deployment.entrypoint is None:
+        raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
+    if deployment.pull_steps:
+        output = await run_steps(deployment.pull_steps, print_function=logger.info)
+        if output.get("directory"):
+            os.chdir(output["directory"])
+    elif deployment.path:
+        os.chdir(deployment.path)
+    sys.path.insert(0, os.getcwd())
+    try:
+        return await asyncio.to_thread(
+            load_flow_from_entrypoint, deployment.entrypoint, use_placeholder_flow=False
+        )
+    except Exception:
+        return await asyncio.to_thread(load_function_and_convert_to_flow, deployment.entrypoint)
+
+
+def outputs_of(value: Any) -> dict[str, Any]:
+    """A pipeline's outputs: its returned dict, or its single value under `result`."""
+    if value is None:
+        return {}
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return value
+    return {"result": value}
+
+
+async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> None:
+    """Mark a run Failed with `message` (before the engine took it over)."""
+    from prefect.exceptions import Abort
+
+    try:
+        await propose_state(client, Failed(message=message), flow_run_id=flow_run_id)
+    except Abort:
+        pass  # it reached a final state already
+
+
+class PipelineRunner:
+    """Runs flow runs of one deployment's pipeline in this process, with its io mapping.
+
+    Before a run: its inputs are resolved from the mapping (endpoint values, constants,
+    environment variables, data-store files) and recorded on the run. Inside the run, after the
+    pipeline returns: its outputs are routed (endpoint response, data store) and recorded, so a
+    Completed execution always has its outputs readable. An elastic process makes one runner for
+    its one run; a pod makes one for its lifetime.
+    """
+
+    def __init__(self, flow: Flow[..., Any], spec: DeploymentSpec) -> None:
+        self.spec = spec
+        self.inputs, self.required = pipeline_inputs_of(flow)
+        self.workdir = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
+        self._store: DataStore | None = None
+        self.flow = self._with_output_routing(flow)
+
+    async def resolve_result_defaults(self, client: PrefectClient) -> None:
+        """Pin the pipeline's default result storage and persistence, as Prefect resolves them.
+
+        Prefect's engine looks both up on every run (two `GET /admin/storage` per run); a pod
+        resolves them once, when it starts. A pipeline that sets its own keeps it. A change of
+        the server's default result storage reaches a pod when it is re-created.
+        """
+        if self.flow.result_storage is None:
+            self.flow.result_storage = await aget_default_result_storage()
+        if self.flow.persist_result is None:
+            settings = get_settings_context().settings.results
+            self.flow.persist_result = (
+                get_default_persist_setting()
+                or settings.default_storage_block is not None
+                or (
+                    await client.read_server_default_result_storage()
+                ).default_result_storage_block_id
+                is not None
+            )
+
+    async def store(self) -> DataStore | None:
+        """The data store, loaded once, when the mapping uses one."""
+        if self._store is None and uses_data_store(self.spec):
+            self._store = await aload_data_store()
+        return self._store
+
+    async def prepare(self, client: PrefectClient, flow_run: FlowRun) -> dict[str, Any] | None:
+        """The pipeline's keyword arguments for `flow_run`; None (and the run Failed) if they
+        cannot be resolved."""
+        try:
+            store = await self.store()
+            parameters = await unseal_inputs(client, self.spec, flow_run.parameters or {})
+            resolved = await asyncio.to_thread(
+                resolve_inputs,
+                self.spec,
+                parameters,
+                self.inputs,
+                self.required,
+                str(flow_run.id),
+                self.workdir,
+                store,
+                dict(os.environ),
+            )
+        except PipeDeployError as exc:
+            await fail_run(
+                client, flow_run.id, f"The execution's inputs could not be resolved: {exc}"
+            )
+            return None
+        for name in resolved.ignored:
+            logger.warning(
+                "Run %s: parameter %r is overridden by the input mapping", flow_run.id, name
+            )
+        if resolved.recorded:  # one API call fewer on the hot path when there is nothing to show
+            await record_inputs(client, flow_run.id, resolved.recorded)
+        return resolved.parameters
+
+    def cleanup(self, flow_run: FlowRun) -> None:
+        cleanup_execution_files(self.workdir, str(flow_run.id))
+
+    def _route(self, value: Any) -> tuple[UUID, Any, dict[str, Any], dict[str, str]]:
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None
+        routed = route_outputs(
+            self.spec,
+            outputs_of(value),
+            str(context.flow_run.id),
+            datetime.datetime.now(datetime.timezone.utc),
+            self._store,
+        )
+        return context.flow_run.id, context.client, routed.endpoint, routed.stored
+
+    def _with_output_routing(self, flow: Flow[..., Any]) -> Flow[..., Any]:
+        fn = flow.fn
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_and_route(*args: Any, **kwargs: Any) -> Any:
+                value = await fn(*args, **kwargs)
+                # to_thread carries this run's context along, so _route sees the run
+                run_id, client, endpoint, stored = await asyncio.to_thread(self._route, value)
+                await record_outputs(client, run_id, endpoint, stored=stored)
+                return value
+
+        else:
+
+            @functools.wraps(fn)
+            def run_and_route(*args: Any, **kwargs: Any) -> Any:
+                value = fn(*args, **kwargs)
+                run_id, client, endpoint, stored = self._route(value)
+                record_outputs_sync(client, run_id, endpoint, stored=stored)
+                return value
+
+        wrapped = copy.copy(flow)
+        wrapped.fn = run_and_route
+        return wrapped

@@ -1,0 +1,1 @@
+"""Example pipelines shipped with the package; `pipedeploy up --demo` deploys `demo.score`."""

@@ -1,0 +1,48 @@
+"""The endpoint gateway: token-protected HTTP endpoints that start executions and answer results.
+
+For: serving every `endpoint` deployment of some work pools (including ones created after the
+gateway started) at `POST /endpoints/{endpoint_url_path}`: checking the endpoint token,
+validating the body against the deployment's inputs mapping, creating the execution through the
+Prefect API (so it is tracked like any other run) and answering DESIGN.md's contract: 200 with
+the outputs within the wait budget, 303 to a long-poll `GET .../executions/{id}` after it, 202
+with `?wait_for_completion=false`, 500 when the execution fails. Also `GET /health`, and an
+OpenAPI description of every endpoint (`/openapi.json`, `/docs`). Every call that creates an
+execution emits the Prefect event `prefect-pipedeploy.endpoint.called`.
+Not for: running pipelines (worker, pods), resolving inputs at run time (`iomapping`), or
+starting endpoint deployments from Prefect events (`prefect_api.triggers`).
+
+    pipedeploy gateway --pool pipedeploy --host 127.0.0.1 --port 8080
+
+Where DESIGN.md is silent, this module decides:
+- Deployments are looked up by endpoint path at request time in a table of the pools'
+  endpoint deployments, re-read at most every `ENDPOINT_CACHE_TTL_S`, and at once when a path
+  is unknown. A rotated token works at once (a mismatch re-reads that deployment); the old one
+  keeps working for at most `ENDPOINT_CACHE_TTL_S`.
+- Inputs: a JSON object; or multipart/form-data (or a urlencoded form) whose text fields are
+  taken as they are for string inputs and parsed as JSON for the other types. Pipeline inputs
+  the mapping leaves out are accepted under their own name, checked against the pipeline's
+  parameter types. A null optional input counts as not given.
+- File inputs are stored in the data store under `uploads/<uuid>/<file name>` before the
+  execution is created (its id does not exist yet); the run's parameter is
+  {"datastore_path": key} and the execution downloads it and passes {"path": <local file>}.
+- A single file output: a succeeded execution that returned no outputs to the caller and wrote
+  exactly one output to the data store (an output mapped to a datastore_path). Its bytes are the
+  answer, as application/octet-stream with the file name in Content-Disposition, the execution
+  id in X-Execution-Id and the output name in X-Output-Name, unless the caller accepts only
+  application/json. A pipeline's {"path": ...} output sent to the caller stays JSON: that path is
+  on the machine that ran the execution, not this one.
+- A Failed or Crashed execution the worker will retry (attempts left under `max_retries`) is
+  not final: the gateway waits for the retry (up to `RETRY_GRACE_S` for it to be queued).
+- A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
+  (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
+
+Modules: `endpoints` (what a deployment serves), `inputs` (request bodies checked against an
+endpoint), `answers` (HTTP answers and error bodies), `waiting` (waiting for executions, wrong
+token limits), `service` (the effects: Prefect API, data store, events), `openapi`, `app`.
+"""
+
+from __future__ import annotations
+
+from prefect_pipedeploy.gateway.app import create_app, serve
+
+__all__ = ["create_app", "serve"]

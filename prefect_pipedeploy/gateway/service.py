@@ -1,0 +1,493 @@
+"""The gateway's effects: the one place that talks to the Prefect API, the data store and events.
+
+For: `Gateway`: the endpoint table (cached, re-read on a miss or a wrong token), token checks,
+storing uploads, creating executions (429 past the waiting limit), emitting the called event,
+and answering with the result, a 303, or an error. Not for: HTTP routing (`app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import math
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from fastapi import Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.events import emit_event
+from prefect.exceptions import EventTooLarge, ObjectNotFound, PrefectHTTPStatusError
+from prefect.logging import get_logger
+from starlette.background import BackgroundTask
+
+from prefect_pipedeploy.datastore.base import DataStore
+from prefect_pipedeploy.datastore.configured import aload_data_store
+from prefect_pipedeploy.exceptions import (
+    DataStoreError,
+    DataStoreObjectNotFound,
+    PipeDeployError,
+)
+from prefect_pipedeploy.gateway.answers import (
+    WAITING_RETRY_AFTER_S,
+    GatewayError,
+    _detail_of,
+    _unlink,
+    execution_location,
+    public_message,
+    wants_json_only,
+)
+from prefect_pipedeploy.gateway.endpoints import Endpoint, endpoint_of, endpoint_table
+from prefect_pipedeploy.gateway.inputs import (
+    CheckedInputs,
+    check_inputs,
+    invalid_inputs_message,
+    parse_body,
+    read_body,
+    safe_filename,
+)
+from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
+from prefect_pipedeploy.iomapping import file_input_marker
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
+from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
+from prefect_pipedeploy.prefect_api.runs import create_run
+from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.prefect_api.triggers import (
+    CALLED_EVENT,
+    deployment_resource_id,
+    endpoint_resource_id,
+)
+from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.status import execution_status, settled
+from prefect_pipedeploy.tokens import token_matches
+
+logger = get_logger("prefect_pipedeploy.gateway.service")
+
+#: Tags of the executions the gateway creates.
+RUN_TAGS = ["pipedeploy", "endpoint"]
+
+
+#: How old the table of endpoints may be before a request re-reads it.
+ENDPOINT_CACHE_TTL_S = 1.5
+
+
+#: Where uploaded files go in the data store: `uploads/<uuid>/<file name>`.
+UPLOADS_PREFIX = "uploads"
+
+
+TOKEN_HEADER_HELP = "send the header 'Authorization: EndpointToken <token>'"
+
+
+NO_TOKEN_YET = (
+    "this endpoint has no token yet; its owner creates one with "
+    "`pipedeploy endpoint token <deployment>`"
+)
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _token_of(request: Request, allow_query: bool) -> tuple[str | None, bool]:
+    """The token a request shows, and whether it came from `?token=`."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "endpointtoken" and value.strip():
+            return value.strip(), False
+        return None, False
+    if allow_query and request.query_params.get("token"):
+        return request.query_params["token"], True
+    return None, False
+
+
+class Gateway:
+    """Serves the endpoint deployments of `pools` through one Prefect client."""
+
+    def __init__(self, pools: Sequence[str], client: PrefectClient) -> None:
+        self.pools = list(pools)
+        self.client = client
+        self.limiter = BadTokenLimiter()
+        self.watcher = RunWatcher(client)
+        self.create_lock = asyncio.Lock()
+        self._table: dict[str, Endpoint] = {}
+        self._loaded_at = -math.inf
+        self._refresh_lock = asyncio.Lock()
+        self._reported: set[str] = set()
+
+    async def close(self) -> None:
+        await self.watcher.close()
+
+    # ---- endpoints ----------------------------------------------------------------------------
+
+    async def endpoints(self, not_before: float | None = None) -> dict[str, Endpoint]:
+        """The endpoint table, re-read when older than the cache TTL or loaded before
+        `not_before` (a monotonic time)."""
+        now = time.monotonic()
+        threshold = max(
+            now - ENDPOINT_CACHE_TTL_S, not_before if not_before is not None else -math.inf
+        )
+        if self._loaded_at >= threshold:
+            return self._table
+        async with self._refresh_lock:
+            if self._loaded_at >= threshold:  # another request refreshed it meanwhile
+                return self._table
+            started = time.monotonic()
+            table, problems = endpoint_table(await self._read_deployments())
+            for problem in problems:
+                if problem not in self._reported:
+                    self._reported.add(problem)
+                    logger.warning(problem, extra={"action": "endpoint_not_served"})
+            self._table, self._loaded_at = table, started
+        return self._table
+
+    async def _read_deployments(self) -> list[DeploymentResponse]:
+        return await read_all_deployments(
+            self.client, work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=self.pools))
+        )
+
+    async def endpoint(self, path: str, arrived: float) -> Endpoint:
+        """The endpoint at `path`; a deployment created before the request arrived is seen."""
+        endpoint = (await self.endpoints()).get(path)
+        if endpoint is None:
+            endpoint = (await self.endpoints(not_before=arrived)).get(path)
+        if endpoint is None:
+            raise GatewayError(404, f"no endpoint at {path!r}")
+        return endpoint
+
+    async def authenticate(self, endpoint: Endpoint, token: str | None, client: str) -> Endpoint:
+        """The endpoint if `token` is its token (re-read on a mismatch: it may just have been
+        rotated); 401 otherwise, and a wrong token counts against the client."""
+        if token is None:
+            needs = (
+                f"this endpoint needs its token; {TOKEN_HEADER_HELP}"
+                if endpoint.spec.endpoint_token_hash
+                else NO_TOKEN_YET  # e.g. made by `prefect deploy`
+            )
+            raise GatewayError(401, needs, headers={"WWW-Authenticate": "EndpointToken"})
+        if token_matches(token, endpoint.spec.endpoint_token_hash):
+            return endpoint
+        fresh = await self._reread(endpoint)
+        if fresh is not None and token_matches(token, fresh.spec.endpoint_token_hash):
+            return fresh
+        self.limiter.record(client, time.monotonic())
+        logger.info(
+            "Wrong token for endpoint %r from %s",
+            endpoint.path,
+            client,
+            extra={"action": "bad_token"},
+        )
+        if fresh is not None and not fresh.spec.endpoint_token_hash:
+            message = NO_TOKEN_YET
+        else:
+            message = (
+                "the endpoint token is wrong; use the token shown when the deployment was "
+                "created or last rotated (`pipedeploy endpoint token <deployment>` makes a new one)"
+            )
+        raise GatewayError(401, message, headers={"WWW-Authenticate": "EndpointToken"})
+
+    async def _reread(self, endpoint: Endpoint) -> Endpoint | None:
+        try:
+            deployment = await self.client.read_deployment(endpoint.deployment_id)
+            fresh = endpoint_of(deployment)
+        except (ObjectNotFound, PipeDeployError):
+            return None
+        if fresh is not None and fresh.path == endpoint.path:
+            self._table = {**self._table, fresh.path: fresh}
+            return fresh
+        return None
+
+    def refuse_blocked(self, client: str) -> None:
+        retry = self.limiter.retry_after(
+            client, time.monotonic(), get_settings().gateway_bad_token_limit
+        )
+        if retry is not None:
+            raise GatewayError(
+                429,
+                f"too many wrong endpoint tokens from this client; try again in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+
+    # ---- executions ---------------------------------------------------------------------------
+
+    async def data_store(self) -> DataStore:
+        try:
+            return await aload_data_store(None, self.client)
+        except DataStoreError as exc:
+            logger.error("No usable data store: %s", exc, extra={"action": "no_data_store"})
+            raise GatewayError(
+                503,
+                "the gateway cannot reach its data store, which keeps endpoint files; "
+                "ask its operator to configure one",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            ) from exc
+
+    async def store_uploads(self, checked: CheckedInputs) -> list[str]:
+        """Store the uploaded files and put their markers into the parameters; their keys."""
+        if not checked.files:
+            return []
+        store = await self.data_store()
+        keys: list[str] = []
+        try:
+            for pipeline_input, upload in checked.files.items():
+                key = f"{UPLOADS_PREFIX}/{uuid.uuid4().hex}/{safe_filename(upload.filename)}"
+                await store.aupload(io.BytesIO(upload.data), key)
+                keys.append(key)
+                checked.parameters[pipeline_input] = file_input_marker(key)
+        except DataStoreError as exc:
+            logger.error("Could not store an upload: %s", exc, extra={"action": "upload_failed"})
+            await self.delete_uploads(keys)
+            raise GatewayError(
+                503,
+                "the data store did not take the uploaded file; try again later",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            ) from exc
+        return keys
+
+    async def delete_uploads(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        with contextlib.suppress(Exception):
+            store = await aload_data_store(None, self.client)
+            for key in keys:
+                await store.adelete_object(key, missing_ok=True)
+
+    async def create_execution(self, endpoint: Endpoint, parameters: dict[str, Any]) -> FlowRun:
+        """Create the execution, unless too many of the deployment's wait already (429).
+
+        Creates are serialised, and a 503 from a busy SQLite server is retried within
+        milliseconds (`prefect_api.runs.create_run`) instead of Prefect's seconds.
+        """
+        limit = get_settings().gateway_max_waiting
+        async with self.create_lock:
+            waiting = await self.client.count_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[endpoint.deployment_id])
+                ),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                    )
+                ),
+            )
+            if waiting >= limit:
+                raise GatewayError(
+                    429,
+                    f"this endpoint has {waiting} executions waiting, its limit; try again later",
+                    headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+                )
+            try:
+                return await create_run(
+                    self.client, endpoint.deployment_id, parameters=parameters, tags=RUN_TAGS
+                )
+            except ObjectNotFound:
+                self._loaded_at = -math.inf
+                raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code in (409, 422):
+                    detail = _detail_of(exc.response)
+                    raise GatewayError(
+                        400, f"the pipeline refused the inputs: {public_message(detail)}"
+                    ) from None
+                raise
+
+    def emit_called(self, endpoint: Endpoint, run_id: UUID, public: dict[str, Any]) -> None:
+        """Emit `prefect-pipedeploy.endpoint.called` (never fails the call)."""
+        resource = {
+            "prefect.resource.id": endpoint_resource_id(endpoint.path),
+            "prefect.resource.name": endpoint.path,
+        }
+        related = [
+            {
+                "prefect.resource.id": deployment_resource_id(endpoint.deployment_id),
+                "prefect.resource.role": "deployment",
+                "prefect.resource.name": endpoint.deployment_name,
+            },
+            {
+                "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                "prefect.resource.role": "flow-run",
+            },
+        ]
+        payload: dict[str, Any] = {"inputs": public, "execution_id": str(run_id)}
+        try:
+            try:
+                emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
+            except EventTooLarge:
+                payload["inputs"] = "(omitted: too large for an event)"
+                emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
+        except Exception as exc:
+            logger.warning(
+                "Could not emit %s: %s", CALLED_EVENT, exc, extra={"action": "event_failed"}
+            )
+
+    async def read_run(self, endpoint: Endpoint, execution_id: str) -> FlowRun:
+        try:
+            run = await self.client.read_flow_run(UUID(execution_id))
+        except (ValueError, ObjectNotFound):
+            run = None
+        if run is None or run.deployment_id != endpoint.deployment_id:
+            raise GatewayError(404, f"endpoint {endpoint.path!r} has no execution {execution_id!r}")
+        return run
+
+    # ---- answers ------------------------------------------------------------------------------
+
+    async def answer(
+        self, request: Request, endpoint: Endpoint, run: FlowRun, wait_s: float, location: str
+    ) -> Response:
+        """The result if the execution settles within `wait_s`, else a 303 to `location`."""
+        max_retries = endpoint.spec.max_retries
+        if not settled(run, max_retries, datetime.now(timezone.utc)):
+            latest, done = await self.watcher.wait(run.id, max_retries, wait_s)
+            if not done:
+                return JSONResponse(
+                    {
+                        "message": "the execution is still running; follow Location (GET, "
+                        "same token) to wait for its result",
+                        "execution_id": str(run.id),
+                        "status": execution_status(latest or run),
+                    },
+                    status_code=303,
+                    headers={"Location": location, "X-Execution-Id": str(run.id)},
+                )
+            assert latest is not None
+            run = latest
+        return await self.final_answer(request, run)
+
+    async def final_answer(self, request: Request, run: FlowRun) -> Response:
+        state = run.state
+        assert state is not None
+        headers = {"X-Execution-Id": str(run.id)}
+        if state.type != StateType.COMPLETED:
+            message = public_message(state.message) or f"the execution ended {state.name}"
+            return JSONResponse(
+                {"message": message, "execution_id": str(run.id), "status": execution_status(run)},
+                status_code=500,
+                headers=headers,
+            )
+        outputs = await read_outputs(self.client, run.id) or {}
+        if not outputs and not wants_json_only(request.headers.get("accept")):
+            stored = await read_stored_outputs(self.client, run.id) or {}
+            if len(stored) == 1:
+                name, key = next(iter(stored.items()))
+                return await self.file_answer(run.id, name, key)
+        return JSONResponse({"execution_id": str(run.id), "outputs": outputs}, headers=headers)
+
+    async def file_answer(self, run_id: UUID, output_name: str, key: str) -> Response:
+        """The bytes of the execution's single file output, streamed from a temporary copy."""
+        store = await self.data_store()
+        handle, local = tempfile.mkstemp(prefix="pipedeploy-gateway-")
+        os.close(handle)
+        try:
+            await store.adownload(key, local)
+        except DataStoreObjectNotFound:
+            _unlink(local)
+            raise GatewayError(
+                500,
+                f"output {output_name!r} was stored at {key!r} but is no longer in the data store",
+                execution_id=str(run_id),
+                status="Succeeded",
+            ) from None
+        except DataStoreError as exc:
+            _unlink(local)
+            logger.error(
+                "Could not fetch output %r: %s", key, exc, extra={"action": "output_failed"}
+            )
+            raise GatewayError(
+                503,
+                f"the data store did not return output {output_name!r}; try again",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+                execution_id=str(run_id),
+            ) from exc
+        return FileResponse(
+            local,
+            media_type="application/octet-stream",
+            filename=key.rsplit("/", 1)[-1],
+            headers={"X-Execution-Id": str(run_id), "X-Output-Name": output_name},
+            background=BackgroundTask(_unlink, local),
+        )
+
+    # ---- the two calls ------------------------------------------------------------------------
+
+    async def authorized_endpoint(
+        self, request: Request, path: str, arrived: float, allow_query: bool
+    ) -> tuple[Any, str | None, bool]:
+        """The endpoint at `path` if the caller's token opens it (else 401/404/429)."""
+        client = _client_address(request)
+        self.refuse_blocked(client)
+        endpoint = await self.endpoint(path, arrived)
+        token, in_query = _token_of(request, allow_query=allow_query)
+        return await self.authenticate(endpoint, token, client), token, in_query
+
+    async def call(self, request: Request, path: str, wait_for_completion: bool) -> Response:
+        """POST /endpoints/{path}: check, create the execution, answer."""
+        arrived = time.monotonic()
+        endpoint, _, _ = await self.authorized_endpoint(request, path, arrived, allow_query=False)
+        if endpoint.paused:
+            raise GatewayError(
+                409,
+                f"endpoint {path!r} is disabled; its owner enables it with "
+                "update_deployment(..., disabled=False)",
+            )
+        settings = get_settings()
+        body = await read_body(request, settings.gateway_max_body_bytes)
+        items, form = parse_body(request.headers.get("content-type"), body)
+        checked = check_inputs(endpoint, items, form=form)
+        if checked.errors:
+            raise GatewayError(
+                400,
+                invalid_inputs_message(checked.errors),
+                errors=[asdict(error) for error in checked.errors],
+            )
+        keys = await self.store_uploads(checked)
+        parameters: dict[str, Any] = {}
+        try:
+            parameters = await seal_inputs(self.client, endpoint.spec, checked.parameters)
+            run = await self.create_execution(endpoint, parameters)
+        except BaseException:
+            await self.delete_uploads(keys)
+            await discard(self.client, sealed_keys(parameters))
+            raise
+        self.emit_called(endpoint, run.id, checked.public)
+        logger.info(
+            "Endpoint %r: execution %s created for %s",
+            path,
+            run.id,
+            _client_address(request),
+            extra={"action": "endpoint_called"},
+        )
+        location = execution_location(request, path, run.id, None)
+        if not wait_for_completion:
+            return JSONResponse(
+                {"execution_id": str(run.id)},
+                status_code=202,
+                headers={"Location": location, "X-Execution-Id": str(run.id)},
+            )
+        return await self.answer(request, endpoint, run, settings.gateway_wait_s, location)
+
+    async def results(self, request: Request, path: str, execution_id: str) -> Response:
+        """GET /endpoints/{path}/executions/{id}: long-poll an execution's result."""
+        endpoint, token, in_query = await self.authorized_endpoint(
+            request, path, time.monotonic(), allow_query=True
+        )
+        run = await self.read_run(endpoint, execution_id)
+        location = execution_location(request, path, run.id, token if in_query else None)
+        return await self.answer(request, endpoint, run, get_settings().gateway_wait_s, location)

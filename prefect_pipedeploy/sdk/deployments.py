@@ -1,0 +1,353 @@
+"""The SDK's deployment verbs: create, get, list, update, delete, and a pod's own logs.
+
+For: `DeploymentVerbs`, mixed into `PipeDeploy`; each verb has an async core and a sync twin.
+Not for: executions (`executions`), endpoint calls and tokens (`endpoints`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import ObjectNotFound
+from prefect.flows import load_function_and_convert_to_flow
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.utilities.callables import parameter_schema
+
+from prefect_pipedeploy.exceptions import (
+    DeploymentExists,
+    PipelineLoadError,
+    SpecError,
+)
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
+from prefect_pipedeploy.prefect_api.poolcap import (
+    check_fits_cap,
+    read_pool_ram_cap,
+)
+from prefect_pipedeploy.prefect_api.published import (
+    delete_pod_statuses,
+    read_capacities,
+    read_pod_status,
+)
+from prefect_pipedeploy.prefect_api.triggers import (
+    delete_endpoint_trigger,
+    ensure_endpoint_trigger,
+)
+from prefect_pipedeploy.sdk.base import TAG, WORKER_TYPE, Verbs, pipedeploy_pools
+from prefect_pipedeploy.sdk.views import deployment_view
+from prefect_pipedeploy.spec import (
+    DeploymentSpec,
+    ExecutionRule,
+    InputSource,
+    Mode,
+    OutputDestination,
+    build_spec,
+    format_mib,
+    spec_from_job_variables,
+)
+from prefect_pipedeploy.tokens import hash_token, new_token
+from prefect_pipedeploy.worker.models import base_job_template
+
+
+def load_pipeline(pipeline: Any) -> tuple[Flow[..., Any], Path, str]:
+    """A pipeline as (flow, directory of its file, entrypoint relative to that directory).
+
+    `pipeline` is a flow, a plain function (wrapped into a flow whose returned dict is the
+    outputs), or an entrypoint "path/to/file.py:function".
+    """
+    if isinstance(pipeline, str):
+        if ":" not in pipeline:
+            raise PipelineLoadError(
+                f"pipeline {pipeline!r} is not an entrypoint; write it as 'path/to/file.py:function'"
+            )
+        file_part, func_name = pipeline.rsplit(":", 1)
+        path = Path(file_part).expanduser().resolve()
+        if not path.is_file():
+            raise PipelineLoadError(f"pipeline {pipeline!r}: no file at {path}")
+        try:
+            flow: Flow[..., Any] = load_function_and_convert_to_flow(f"{path}:{func_name}")
+        except Exception as exc:
+            raise PipelineLoadError(
+                f"pipeline {pipeline!r} could not be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        return flow, path.parent, f"{path.name}:{func_name}"
+    if isinstance(pipeline, Flow):
+        flow, fn = pipeline, pipeline.fn
+    elif callable(pipeline):
+        fn = pipeline
+        flow = Flow(pipeline, log_prints=True)
+    else:
+        raise PipelineLoadError(
+            f"pipeline must be a flow, a function or 'file.py:function', not {type(pipeline).__name__}"
+        )
+    source = inspect.getsourcefile(fn)
+    qualname = getattr(fn, "__qualname__", "")
+    if source is None or "<" in qualname:
+        raise PipelineLoadError(
+            f"pipeline {getattr(fn, '__name__', fn)!r} must be defined at the top level of a "
+            "Python file so that workers can import it"
+        )
+    path = Path(source).resolve()
+    return flow, path.parent, f"{path.name}:{fn.__name__}"
+
+
+def _pipeline_parameters(flow: Flow[..., Any]) -> tuple[list[str], list[str]]:
+    signature = inspect.signature(flow.fn)
+    names = [name for name in signature.parameters if name not in ("self", "cls")]
+    required = [
+        name
+        for name, parameter in signature.parameters.items()
+        if name in names
+        and parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+    return names, required
+
+
+class DeploymentVerbs(Verbs):
+    """Deployment verbs; mixed into `PipeDeploy`."""
+
+    async def acreate_deployment(
+        self,
+        pipeline: Any,
+        deployment_name: str,
+        execution_rule: str = "endpoint",
+        mode: str = "elastic",
+        schedule: Any = None,
+        endpoint_url_path: str | None = None,
+        inputs_mapping: list[InputSource | dict[str, Any]] | None = None,
+        outputs_mapping: list[OutputDestination | dict[str, Any]] | None = None,
+        description: str | None = None,
+        enable_parallel_executions: bool = False,
+        max_parallel_executions_per_pod: int = 6,
+        ram_request: str = "512MiB",
+        execution_timeout_s: float | None = None,
+        endpoint_token: str | None = None,
+        max_retries: int = 1,
+        work_pool_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a deployment of `pipeline`; returns what get_deployment returns, plus the
+        endpoint token of an endpoint deployment (shown here and nowhere else)."""
+        _check_name(deployment_name)
+        values: dict[str, Any] = {
+            "execution_rule": execution_rule,
+            "mode": mode,
+            "enable_parallel_executions": enable_parallel_executions,
+            "max_parallel_executions_per_pod": max_parallel_executions_per_pod,
+            "max_retries": max_retries,
+            "ram_request": ram_request,
+            "execution_timeout_s": execution_timeout_s,
+            "schedule": schedule,
+            "endpoint_url_path": endpoint_url_path,
+            "inputs_mapping": [_as_dict(m) for m in inputs_mapping or []],
+            "outputs_mapping": [_as_dict(m) for m in outputs_mapping or []],
+        }
+        spec = build_spec(**values)
+        flow, directory, entrypoint = load_pipeline(pipeline)
+        spec.check_pipeline_inputs(*_pipeline_parameters(flow))
+        token = None
+        if spec.execution_rule == ExecutionRule.endpoint.value:
+            token = endpoint_token or new_token()
+            spec.endpoint_token_hash = hash_token(token)
+        elif endpoint_token is not None:
+            raise SpecError("endpoint_token is only for endpoint deployments; remove it")
+        pool = work_pool_name or self.work_pool_name
+        async with self._client() as client:
+            if await self._find_deployment(client, deployment_name) is not None:
+                raise DeploymentExists(
+                    f"a deployment named {deployment_name!r} exists already; choose another "
+                    "name, or change it with update_deployment"
+                )
+            await _ensure_pool(client, pool)
+            await _check_ram_fits(client, pool, spec, deployment_name)
+            flow_id = await client.create_flow_from_name(flow.name)
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id,
+                name=deployment_name,
+                work_pool_name=pool,
+                entrypoint=entrypoint,
+                path=str(directory),
+                pull_steps=[_working_directory_step(directory)],
+                job_variables=spec.job_variables(),
+                schedules=spec.prefect_schedules(),
+                description=description,
+                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                enforce_parameter_schema=False,
+                tags=[TAG],
+            )
+            await ensure_endpoint_trigger(client, await client.read_deployment(deployment_id))
+        view = await self.aget_deployment(deployment_name)
+        if token is not None:
+            view["endpoint_token"] = token
+            self._remember_endpoint_token(deployment_name, view["endpoint_url_path"], token)
+        return view
+
+    async def aget_deployment(self, deployment_name: str) -> dict[str, Any]:
+        """A deployment, with the RAM capacity of each live worker of its pool."""
+
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            view = deployment_view(deployment, await read_pod_status(client, deployment.id))
+            capacities = await read_capacities(client, deployment.work_pool_name or "")
+        view["worker_ram_capacity"] = {w: format_mib(mib) for w, mib in sorted(capacities.items())}
+        return view
+
+    async def alist_deployments(self) -> list[dict[str, Any]]:
+        async with self._client() as client:
+            deployments = await read_all_deployments(client, work_pool_filter=pipedeploy_pools())
+            pods = {
+                d.id: await read_pod_status(client, d.id)
+                for d in deployments
+                if (d.job_variables or {}).get("mode") == Mode.low_latency.value
+            }
+        return [
+            deployment_view(d, pods.get(d.id)) for d in sorted(deployments, key=lambda d: d.name)
+        ]
+
+    async def aget_deployment_logs(self, deployment_name: str) -> list[str]:
+        """The pod's own output (start-up, import errors, crashes): the last lines its worker
+        published. Empty for elastic deployments, whose output belongs to each execution."""
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            pod = await read_pod_status(client, deployment.id)
+        return (pod or {}).get("log_tail", "").splitlines()
+
+    async def aupdate_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
+        """Change settings of a deployment: any create_deployment setting, or `disabled`."""
+        allowed = set(DeploymentSpec.model_fields) - {"endpoint_token_hash"}
+        allowed |= {"description", "disabled"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise SpecError(
+                f"update_deployment: unknown setting {', '.join(map(repr, unknown))}; "
+                f"settings are {', '.join(sorted(allowed))}"
+            )
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            current = spec_from_job_variables(deployment.job_variables)
+            values = current.model_dump(exclude_none=True)
+            spec_changes = {k: v for k, v in changes.items() if k in DeploymentSpec.model_fields}
+            for key in ("inputs_mapping", "outputs_mapping"):
+                if key in spec_changes:
+                    spec_changes[key] = [_as_dict(m) for m in spec_changes[key] or []]
+            values.update(spec_changes)
+            if values.get("execution_rule") == ExecutionRule.periodic.value:
+                values.pop("endpoint_token_hash", None)
+            spec = build_spec(**values)
+            if "ram_request" in changes and deployment.work_pool_name:
+                await _check_ram_fits(client, deployment.work_pool_name, spec, deployment_name)
+            if spec.execution_rule == ExecutionRule.endpoint.value and not spec.endpoint_token_hash:
+                raise SpecError(
+                    "execution_rule: turning a deployment into an endpoint needs a token; "
+                    "create a new endpoint deployment instead"
+                )
+            update: dict[str, Any] = {"job_variables": spec.job_variables()}
+            if "description" in changes:
+                update["description"] = changes["description"]
+            if "disabled" in changes:
+                update["paused"] = bool(changes["disabled"])
+            await client.update_deployment(deployment.id, DeploymentUpdate(**update))
+            if "schedule" in changes or "execution_rule" in changes:
+                await _replace_schedules(client, deployment, spec)
+            await ensure_endpoint_trigger(client, await client.read_deployment(deployment.id))
+        return await self.aget_deployment(deployment_name)
+
+    async def adelete_deployment(self, deployment_name: str) -> None:
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            await delete_endpoint_trigger(client, deployment)  # Prefect would leave it behind
+            await client.delete_deployment(deployment.id)
+            await delete_pod_statuses(client, deployment.id)
+
+    def create_deployment(
+        self, pipeline: Any, deployment_name: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(self.acreate_deployment(pipeline, deployment_name, **kwargs))
+
+    def get_deployment(self, deployment_name: str) -> dict[str, Any]:
+        return run_coro_as_sync(self.aget_deployment(deployment_name))
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        return run_coro_as_sync(self.alist_deployments())
+
+    def get_deployment_logs(self, deployment_name: str) -> list[str]:
+        return run_coro_as_sync(self.aget_deployment_logs(deployment_name))
+
+    def update_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
+        return run_coro_as_sync(self.aupdate_deployment(deployment_name, **changes))
+
+    def delete_deployment(self, deployment_name: str) -> None:
+        run_coro_as_sync(self.adelete_deployment(deployment_name))
+
+
+def _as_dict(mapping: Any) -> dict[str, Any]:
+    if isinstance(mapping, (InputSource, OutputDestination)):
+        return mapping.model_dump(exclude_unset=True)
+    return dict(mapping)
+
+
+def _check_name(name: str) -> None:
+    if not name or not isinstance(name, str) or any(c in name for c in "/%&><"):
+        raise SpecError(
+            f"deployment_name {name!r} is not valid; use letters, digits, '-', '_' and '.'"
+        )
+
+
+def _working_directory_step(directory: Path) -> dict[str, Any]:
+    return {"prefect.deployments.steps.set_working_directory": {"directory": str(directory)}}
+
+
+async def _ensure_pool(client: PrefectClient, name: str) -> None:
+    """Create the work pool with the pipedeploy template when it does not exist."""
+    if name.lower().startswith("prefect"):
+        raise SpecError(
+            f"work_pool_name: {name!r} starts with 'prefect', which Prefect reserves; "
+            "choose another pool name"
+        )
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type=WORKER_TYPE,
+                base_job_template=base_job_template(),
+            ),
+            overwrite=False,
+        )
+        return
+    if pool.type != WORKER_TYPE:
+        raise SpecError(
+            f"work_pool_name: pool {name!r} has type {pool.type!r}; pipedeploy deployments "
+            f"need a pool of type {WORKER_TYPE!r}"
+        )
+
+
+async def _check_ram_fits(
+    client: PrefectClient, pool: str, spec: DeploymentSpec, deployment_name: str
+) -> None:
+    """Refuse a RAM request larger than the pool's RAM cap, or than every known worker's."""
+    from prefect_pipedeploy.admission import check_fits_capacity
+
+    what = f"deployment {deployment_name!r}"
+    check_fits_cap(spec.ram_request_mib, await read_pool_ram_cap(client, pool), what)
+    capacities = await read_capacities(client, pool)
+    if capacities:
+        check_fits_capacity(spec.ram_request_mib, max(capacities.values()), what)
+
+
+async def _replace_schedules(
+    client: PrefectClient, deployment: DeploymentResponse, spec: DeploymentSpec
+) -> None:
+    for schedule in deployment.schedules or []:
+        await client.delete_deployment_schedule(deployment.id, schedule.id)
+    new = spec.prefect_schedules()
+    if new:
+        await client.create_deployment_schedules(
+            deployment.id, [(s.schedule, s.active) for s in new]
+        )

@@ -1,0 +1,186 @@
+"""The SDK's execution verbs: run a deployment, list, read and wait for executions, read their logs.
+
+For: `ExecutionVerbs`, mixed into `PipeDeploy`; each verb has an async core and a sync twin.
+Not for: endpoint calls through the gateway (`endpoints`), recorded inputs and outputs
+(`datastore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from prefect_pipedeploy.prefect_api.records import read_outputs
+from prefect_pipedeploy.prefect_api.runs import create_run
+from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
+from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view
+from prefect_pipedeploy.spec import (
+    spec_from_job_variables,
+)
+from prefect_pipedeploy.status import RETRY_GRACE_S
+
+
+class ExecutionVerbs(Verbs):
+    """Execution verbs; mixed into `PipeDeploy`."""
+
+    async def alist_pipeline_executions(
+        self, deployment_name: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Executions, newest first; of one deployment when `deployment_name` is given."""
+        async with self._client() as client:
+            names: dict[UUID, str] = {}
+            if deployment_name is not None:
+                deployment = await self._deployment(client, deployment_name)
+                names[deployment.id] = deployment.name
+                deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            else:
+                deployment_filter = None
+            flow_runs = await client.read_flow_runs(
+                deployment_filter=deployment_filter,
+                work_pool_filter=pipedeploy_pools(),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=limit,
+            )
+            for run in flow_runs:
+                if run.deployment_id and run.deployment_id not in names:
+                    try:
+                        names[run.deployment_id] = (
+                            await client.read_deployment(run.deployment_id)
+                        ).name
+                    except ObjectNotFound:
+                        names[run.deployment_id] = None  # type: ignore[assignment]
+        return [
+            execution_view(run, names.get(run.deployment_id) if run.deployment_id else None)
+            for run in flow_runs
+        ]
+
+    async def arun_deployment(
+        self,
+        deployment_name: str,
+        inputs: dict[str, Any] | None = None,
+        wait_for_completion: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Start an execution of a deployment now (through Prefect, not the HTTP gateway).
+
+        Waits for its final state unless `wait_for_completion` is False; returns what
+        get_pipeline_execution returns.
+        """
+        async with self._client() as client:
+            deployment = await self._deployment(client, deployment_name)
+            spec = spec_from_job_variables(deployment.job_variables)
+            parameters = await seal_inputs(client, spec, inputs or {})
+            try:
+                flow_run = await create_run(
+                    client, deployment.id, parameters=parameters, tags=[TAG]
+                )
+            except BaseException:
+                await discard(client, sealed_keys(parameters))
+                raise
+        if wait_for_completion:
+            await self.await_execution(flow_run.id, timeout_s)
+        return await self.aget_pipeline_execution(flow_run.id)
+
+    async def await_execution(self, execution_id: str | UUID, timeout_s: float = 300.0) -> None:
+        """Wait until an execution is settled: final, and not about to be retried.
+
+        A failed execution with retries left is re-queued by its worker within moments, so a
+        Failed state counts as final only once it has lasted RETRY_GRACE_S.
+        """
+        import anyio
+
+        max_retries: int | None = None
+        failed_since: float | None = None
+        with anyio.fail_after(timeout_s):
+            async with self._client() as client:
+                while True:
+                    flow_run = await self._flow_run(client, execution_id)
+                    state = flow_run.state
+                    if state is not None and state.is_final():
+                        retriable = state.type in (StateType.FAILED, StateType.CRASHED)
+                        if retriable and max_retries is None and flow_run.deployment_id:
+                            deployment = await client.read_deployment(flow_run.deployment_id)
+                            max_retries = spec_from_job_variables(
+                                deployment.job_variables
+                            ).max_retries
+                        if not retriable or not 1 <= flow_run.run_count <= (max_retries or 0):
+                            return
+                        failed_since = failed_since or time.monotonic()
+                        if time.monotonic() - failed_since > RETRY_GRACE_S:
+                            return
+                    else:
+                        failed_since = None
+                    await anyio.sleep(0.1)
+
+    async def aget_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
+        async with self._client() as client:
+            flow_run = await self._flow_run(client, execution_id)
+            name = None
+            if flow_run.deployment_id:
+                with contextlib.suppress(ObjectNotFound):
+                    name = (await client.read_deployment(flow_run.deployment_id)).name
+            view = execution_view(flow_run, name)
+            view["outputs"] = await read_outputs(client, flow_run.id)
+        return view
+
+    async def aget_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
+        """The log lines of one execution, oldest first."""
+        async with self._client() as client:
+            flow_run = await self._flow_run(client, execution_id)
+            logs = []
+            offset = 0
+            while True:
+                page = await client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])),
+                    sort=LogSort.TIMESTAMP_ASC,
+                    limit=200,
+                    offset=offset,
+                )
+                logs.extend(page)
+                if len(page) < 200:
+                    break
+                offset += len(page)
+        return [
+            {
+                "timestamp": _iso(log.timestamp),
+                "level": _level_name(log.level),
+                "message": log.message,
+            }
+            for log in logs
+        ]
+
+    def list_pipeline_executions(
+        self, deployment_name: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return run_coro_as_sync(self.alist_pipeline_executions(deployment_name, limit))
+
+    def run_deployment(
+        self,
+        deployment_name: str,
+        inputs: dict[str, Any] | None = None,
+        wait_for_completion: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(
+            self.arun_deployment(deployment_name, inputs, wait_for_completion, timeout_s)
+        )
+
+    def get_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
+        return run_coro_as_sync(self.aget_pipeline_execution(execution_id))
+
+    def get_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
+        return run_coro_as_sync(self.aget_pipeline_execution_logs(execution_id))

@@ -1,0 +1,102 @@
+"""Statuses: of an execution, of a pod, of a deployment; and when an execution is settled.
+
+For: the platform's words for Prefect states (`EXECUTION_STATUS`), the pod statuses workers
+publish and how several workers' statuses merge into one, a deployment's status, and
+`settled`: whether an execution has its final answer (one retry grace for every caller).
+Not for: reading or writing any of it (`prefect_api`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
+
+from prefect_pipedeploy.spec import (
+    DeploymentSpec,
+    Mode,
+)
+
+# Prefect state type -> the platform's execution status
+EXECUTION_STATUS = {
+    StateType.SCHEDULED: "Pending",
+    StateType.PENDING: "Pending",
+    StateType.RUNNING: "Running",
+    StateType.PAUSED: "Running",
+    StateType.CANCELLING: "Running",
+    StateType.COMPLETED: "Succeeded",
+    StateType.FAILED: "Failed",
+    StateType.CANCELLED: "Failed",
+    StateType.CRASHED: "Error",
+}
+
+
+POD_STATUSES = ("creation_pending", "up", "creation_failed", "down_retrying")
+
+
+def deployment_status(
+    deployment: DeploymentResponse, spec: DeploymentSpec, pod: dict[str, Any] | None
+) -> str:
+    """creation_pending | up | standby | creation_failed | down_retrying | disabled.
+
+    A low-latency deployment's status is what its worker last published for its pod.
+    """
+    if deployment.paused:
+        return "disabled"
+    if spec.mode == Mode.elastic.value:
+        return "standby"
+    status = (pod or {}).get("status")
+    return status if status in POD_STATUSES else "creation_pending"
+
+
+#: When workers disagree about a deployment's pods, the deployment shows the best of them.
+_STATUS_RANK = {"up": 0, "down_retrying": 1, "creation_failed": 2, "creation_pending": 3}
+
+
+def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One status for a deployment whose pods several workers run: the best one ("up" if any
+    pod is up), with its message; `pods` lists each worker's; `log_tail` is every worker's
+    output, each under a `[worker NAME]` line when there are several."""
+    if not published:
+        return None
+    pods = sorted(published, key=lambda p: str(p.get("worker")))
+    best = min(pods, key=lambda p: _STATUS_RANK.get(str(p.get("status")), len(_STATUS_RANK)))
+    if len(pods) == 1:
+        log_tail = str(best.get("log_tail") or "")
+    else:
+        log_tail = "\n".join(f"[worker {p.get('worker')}]\n{p.get('log_tail') or ''}" for p in pods)
+    summary = [
+        {k: p.get(k) for k in ("worker", "status", "message", "pid", "updated")} for p in pods
+    ]
+    return {**best, "log_tail": log_tail, "pods": summary}
+
+
+#: How long a Failed run with retries left may stay Failed before the gateway stops waiting
+#: for the worker to queue its retry.
+RETRY_GRACE_S = 10.0
+
+
+def execution_status(run: FlowRun | None) -> str:
+    """Pending | Running | Succeeded | Failed | Error, as the SDK reports an execution."""
+    if run is None or run.state is None:
+        return "Pending"
+    return EXECUTION_STATUS.get(run.state.type, "Pending")
+
+
+def settled(run: FlowRun, max_retries: int, now: datetime) -> bool:
+    """Whether an execution has its final answer.
+
+    A Failed or Crashed run that started and has attempts left (`max_retries`) is about to be
+    retried by the worker (the same run, Scheduled again): it is settled only if it stays
+    failed for `RETRY_GRACE_S`.
+    """
+    state = run.state
+    if state is None or not state.is_final():
+        return False
+    if state.type not in (StateType.FAILED, StateType.CRASHED):
+        return True
+    if run.run_count == 0 or run.run_count > max_retries:
+        return True
+    return now - state.timestamp >= timedelta(seconds=RETRY_GRACE_S)

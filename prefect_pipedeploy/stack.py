@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 
 from prefect_pipedeploy.exceptions import ServerUnavailable
+from prefect_pipedeploy.runtimes.process import ChildProcess, start_child
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,63 +29,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-@dataclass
-class ChildProcess:
-    """A process the stack started, with its log file; stop() ends it and its children."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, grace_s: float = 10.0) -> int | None:
-        """Terminate, wait up to `grace_s`, then kill; returns the exit code."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def start_child(
-    name: str,
-    args: list[str],
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> ChildProcess:
-    """Start `args` in its own process group, output appended to `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - closed by ChildProcess.stop
-    popen = subprocess.Popen(
-        args,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        start_new_session=True,
-    )
-    return ChildProcess(name=name, popen=popen, log_path=log_path, _log=log)
 
 
 def server_environment(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -9,6 +9,7 @@ Not for: reading or writing any of it (`prefect_api`).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from prefect.client.schemas.objects import FlowRun, StateType
@@ -33,26 +34,56 @@ EXECUTION_STATUS = {
 }
 
 
-POD_STATUSES = ("creation_pending", "up", "creation_failed", "down_retrying")
+class PodStatus(str, Enum):
+    """What a worker publishes about its pod of a low-latency deployment."""
+
+    creation_pending = "creation_pending"
+    """Waiting for RAM, or importing the pipeline."""
+    up = "up"
+    """Imported and taking executions."""
+    creation_failed = "creation_failed"
+    """The pipeline failed to load; the worker tries again with a back-off."""
+    down_retrying = "down_retrying"
+    """The pod died; the worker re-creates it with a back-off."""
+    down = "down"
+    """The worker stopped the pod (it stopped, or the deployment was disabled)."""
+
+
+#: When workers disagree about a deployment's pods, the deployment shows the best of them.
+_POD_STATUS_RANK = {
+    PodStatus.up: 0,
+    PodStatus.down_retrying: 1,
+    PodStatus.creation_failed: 2,
+    PodStatus.creation_pending: 3,
+    PodStatus.down: 4,
+}
+
+_POD_STATUS_OF = {status.value: status for status in PodStatus}
+
+#: Every status a deployment can have: a low-latency one has its best pod's.
+DEPLOYMENT_STATUSES = (*(status.value for status in PodStatus), "standby", "disabled")
 
 
 def deployment_status(
     deployment: DeploymentResponse, spec: DeploymentSpec, pod: dict[str, Any] | None
 ) -> str:
-    """creation_pending | up | standby | creation_failed | down_retrying | disabled.
+    """creation_pending | up | creation_failed | down_retrying | down | standby | disabled.
 
-    A low-latency deployment's status is what its worker last published for its pod.
+    An elastic deployment is `standby` (nothing resident while idle); a low-latency one has the
+    status its workers last published for their pods (`merge_pod_statuses`), `creation_pending`
+    before any did.
     """
     if deployment.paused:
         return "disabled"
     if spec.mode == Mode.elastic.value:
         return "standby"
     status = (pod or {}).get("status")
-    return status if status in POD_STATUSES else "creation_pending"
+    return status if status in _POD_STATUS_OF else PodStatus.creation_pending.value
 
 
-#: When workers disagree about a deployment's pods, the deployment shows the best of them.
-_STATUS_RANK = {"up": 0, "down_retrying": 1, "creation_failed": 2, "creation_pending": 3}
+def _pod_rank(published: dict[str, Any]) -> int:
+    status = _POD_STATUS_OF.get(str(published.get("status")))
+    return _POD_STATUS_RANK[status] if status is not None else len(_POD_STATUS_RANK)
 
 
 def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -62,7 +93,7 @@ def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None
     if not published:
         return None
     pods = sorted(published, key=lambda p: str(p.get("worker")))
-    best = min(pods, key=lambda p: _STATUS_RANK.get(str(p.get("status")), len(_STATUS_RANK)))
+    best = min(pods, key=_pod_rank)
     if len(pods) == 1:
         log_tail = str(best.get("log_tail") or "")
     else:

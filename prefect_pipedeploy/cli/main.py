@@ -8,8 +8,6 @@ pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
 
 from __future__ import annotations
 
-import os
-
 import typer
 
 from prefect_pipedeploy.cli.app import app, call, make_sdk, print_json
@@ -36,18 +34,32 @@ def worker(
         None, "--ram-capacity", help="RAM this worker may hand out, like '8GiB'."
     ),
     name: str = typer.Option(None, "--name", help="Worker name (default: a generated one)."),
+    with_healthcheck: bool = typer.Option(
+        False,
+        "--with-healthcheck",
+        help="Serve Prefect's worker health check: GET /health answers 200 while the worker "
+        "polls (port: --healthcheck-port, else PREFECT_WORKER_WEBSERVER_PORT).",
+    ),
+    healthcheck_port: int = typer.Option(
+        None, "--healthcheck-port", help="Port of the health check (127.0.0.1 by default)."
+    ),
+    run_once: bool = typer.Option(
+        False, "--run-once", help="Start what is ready now, wait for it to end, and stop."
+    ),
 ) -> None:
     """Start a pipedeploy worker (same as `prefect worker start --type pipedeploy`)."""
     import asyncio
 
-    if ram_capacity:
-        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_RAM_CAPACITY"] = ram_capacity
+    from prefect.settings import PREFECT_WORKER_WEBSERVER_PORT, temporary_settings
 
     async def serve() -> None:
-        await PipeDeployWorker(work_pool_name=pool, name=name).start()
+        worker = PipeDeployWorker(work_pool_name=pool, name=name, ram_capacity=ram_capacity)
+        await worker.start(run_once=run_once, with_healthcheck=with_healthcheck)
 
+    port = {PREFECT_WORKER_WEBSERVER_PORT: healthcheck_port} if healthcheck_port else {}
     try:
-        asyncio.run(serve())
+        with temporary_settings(updates=port):
+            call(asyncio.run, serve())
     except KeyboardInterrupt:
         pass
 

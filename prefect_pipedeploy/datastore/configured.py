@@ -18,6 +18,7 @@ from prefect_pipedeploy.settings import get_settings
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
+from prefect_pipedeploy._compat import load_block_sync, register_block_type_sync, save_block_sync
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.local import LocalDataStore
 from prefect_pipedeploy.datastore.s3 import S3DataStore
@@ -35,8 +36,7 @@ async def aregister_datastore_blocks(client: PrefectClient | None = None) -> Non
 def register_datastore_blocks() -> None:
     """Sync twin of `aregister_datastore_blocks`."""
     for block_type in DATASTORE_BLOCK_TYPES:
-        # `_sync=True` keeps Prefect's dispatching method synchronous even inside an event loop.
-        block_type.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+        register_block_type_sync(block_type)
 
 
 DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
@@ -92,8 +92,7 @@ def load_data_store(reference: str | None = None) -> DataStore:
     PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE names; raises `DataStoreNotConfigured`."""
     reference = _check_reference(reference)
     try:
-        # `_sync=True`: stay synchronous even when called from a thread of an event loop.
-        block = Block.load(reference, _sync=True)  # type: ignore[call-arg]
+        block = load_block_sync(reference)
     except (ValueError, PrefectException) as exc:
         raise _missing_block(reference, exc) from exc
     return _checked_store(reference, block)
@@ -117,7 +116,7 @@ def ensure_local_data_store(root: Path, name: str = "default") -> str:
     """Save a local data store block on `root` as `name` (replacing one of that name) and return
     its reference, for PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE. What `pipedeploy up` runs."""
     register_datastore_blocks()
-    _local_store(root).save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+    save_block_sync(_local_store(root), name)
     return f"{LocalDataStore.get_block_type_slug()}/{name}"
 
 

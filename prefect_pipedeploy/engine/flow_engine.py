@@ -9,54 +9,17 @@ Not for: loading the pipeline or its io mapping (`runner`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
-from contextlib import contextmanager
 from typing import Any
 
-# No public API registers a run's suspension request without Prefect's per-run observer (see
-# `_WithoutSuspensionObserver`); this private module is the registry the observer marks.
-from prefect._flow_run_suspension import (
-    FlowRunSuspensionRequest,
-    register_flow_run_suspension_request,
-)
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
-from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine, run_flow
+from prefect.flow_engine import run_flow
 from prefect.flows import Flow
 from prefect.states import State
 from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
 
+from prefect_pipedeploy._compat import run_in_pod_engine_async, run_in_pod_engine_sync
 from prefect_pipedeploy.engine.runner import PipelineRunner
-
-
-class _WithoutSuspensionObserver:
-    """Flow engines for a pod: a run's suspension request is registered, but no observer is
-    started for it.
-
-    Prefect's engine starts, for every run of a deployment, a thread with its own event loop,
-    client and `/events/out` websocket that watches for the run being suspended from outside,
-    and waits for its first read of the run (about 45 ms per run on 2 cores). A pod watches
-    all its runs with one observer instead (`engine.pod`), which marks the request registered here.
-    """
-
-    flow_run: FlowRun | None
-    _get_flow_run_suspension_request: Any
-
-    @contextmanager
-    def setup_flow_run_suspension_request(self) -> Generator[FlowRunSuspensionRequest, None, None]:
-        assert self.flow_run is not None
-        request: FlowRunSuspensionRequest = self._get_flow_run_suspension_request()
-        with register_flow_run_suspension_request(self.flow_run.id, request):
-            request.raise_if_requested()
-            yield request
-
-
-class _PodFlowRunEngine(_WithoutSuspensionObserver, FlowRunEngine[Any, Any]):
-    pass
-
-
-class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, AsyncFlowRunEngine[Any, Any]):
-    pass
 
 
 def _call_parameters(
@@ -82,14 +45,7 @@ def run_pipeline_sync(
     no per-run observer.
     """
     if shared_observer and not flow.isgenerator:
-        engine = _PodFlowRunEngine(
-            flow=flow, flow_run=flow_run, parameters=_call_parameters(flow, flow_run, parameters)
-        )
-        with engine.start():
-            while engine.is_running():
-                with engine.run_context():
-                    _ = engine.call_flow_fn()  # the result is kept on the engine
-        return engine.state
+        return run_in_pod_engine_sync(flow, flow_run, _call_parameters(flow, flow_run, parameters))
     state = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
     assert isinstance(state, State)
     return state
@@ -105,14 +61,9 @@ async def run_pipeline_async(
     """Run an `async def` pipeline's flow run on the current event loop (`shared_observer`:
     see `run_pipeline_sync`)."""
     if shared_observer and not flow.isgenerator:
-        engine = _PodAsyncFlowRunEngine(
-            flow=flow, flow_run=flow_run, parameters=_call_parameters(flow, flow_run, parameters)
+        return await run_in_pod_engine_async(
+            flow, flow_run, _call_parameters(flow, flow_run, parameters)
         )
-        async with engine.start():
-            while engine.is_running():
-                async with engine.run_context():
-                    _ = await engine.call_flow_fn()  # the result is kept on the engine
-        return engine.state
     state = await run_flow(  # type: ignore[misc]
         flow, flow_run=flow_run, parameters=parameters, return_type="state"
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import builtins
+import contextlib
 import contextvars
 import json
 import os
@@ -33,11 +34,6 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Flow
-
-# No public API watches many flow runs for suspension with one connection; this is the observer
-# Prefect's engine starts per run (see `execution._WithoutSuspensionObserver`).
-from prefect._flow_run_suspension import mark_flow_run_suspension_requested
-from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
@@ -46,9 +42,10 @@ from prefect.exceptions import Abort
 from prefect.logging import get_logger
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Failed, State
+from prefect.states import Failed
 from prefect.utilities.engine import propose_state
 
+from prefect_pipedeploy._compat import shared_suspension_observer, watch_suspension
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.engine.runner import PipelineRunner, load_deployment_pipeline
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
@@ -103,7 +100,7 @@ class Pod:
         flow: Flow[..., Any],
         client: PrefectClient,
         writer: asyncio.StreamWriter,
-        suspensions: FlowRunSuspendingObserver | None = None,
+        suspensions: Any = None,
     ) -> None:
         self.deployment = deployment
         self.spec = spec
@@ -164,9 +161,12 @@ class Pod:
         timeout = self.spec.execution_timeout_s
         flow = self.runner.flow
         shared = self.suspensions is not None
-        if self.suspensions is not None:
-            self.suspensions.add_in_flight_flow_run_id(flow_run.id)
-        try:
+        watching = (
+            watch_suspension(self.suspensions, flow_run.id)
+            if self.suspensions is not None
+            else contextlib.nullcontext()
+        )
+        with watching:
             if flow.isasync:
                 run = run_pipeline_async(flow, flow_run, parameters, shared_observer=shared)
                 return await asyncio.wait_for(run, timeout)
@@ -179,9 +179,6 @@ class Pod:
             except TimeoutError:
                 self.abandoned_threads += 1
                 raise
-        finally:
-            if self.suspensions is not None:
-                self.suspensions.remove_in_flight_flow_run_id(flow_run.id)
 
     async def _fail(self, flow_run_id: UUID, message: str) -> None:
         try:
@@ -223,7 +220,7 @@ async def _serve(
         return 3
     # One suspension observer (one websocket) for all the pod's runs; Prefect's engine would
     # start one per run.
-    async with FlowRunSuspendingObserver(on_suspended=_mark_suspended) as suspensions:
+    async with shared_suspension_observer() as suspensions:
         pod = Pod(deployment, spec, flow, client, writer, suspensions)
         await pod.runner.resolve_result_defaults(client)
         logger.info("Pod of %s ready (pid %d)", deployment.name, os.getpid())
@@ -239,11 +236,6 @@ async def _serve(
         if pod.runs:
             await asyncio.gather(*pod.runs.values(), return_exceptions=True)
     return 0
-
-
-def _mark_suspended(flow_run_id: UUID, state: State[Any]) -> None:
-    """Tell the run's engine it was suspended; it pauses at its next orchestration step."""
-    mark_flow_run_suspension_requested(flow_run_id, state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,13 @@ import hashlib
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import Variable
 from prefect.exceptions import ObjectNotFound
 
+from prefect_pipedeploy._compat import read_variables_by_prefix
 from prefect_pipedeploy.spec import (
     format_mib,
 )
@@ -33,21 +35,28 @@ def status_variable_name(deployment_id: UUID, worker_name: str) -> str:
     return f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}_{worker}"
 
 
-async def read_status_variables(client: PrefectClient, deployment_id: UUID) -> list[Any]:
+async def read_status_variables(client: PrefectClient, deployment_id: UUID) -> list[Variable]:
     """Every worker's status variable of the deployment's pods."""
-    response = await client.request(
-        "POST",
-        "/variables/filter",
-        json={
-            "variables": {"name": {"like_": f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}%"}},
-            "limit": 100,
-        },
-    )
-    return [
-        Variable.model_validate(v)
-        for v in response.json()
-        if v["name"].startswith(f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}")
-    ]
+    return await read_variables_by_prefix(client, f"{STATUS_VARIABLE_PREFIX}{deployment_id.hex}")
+
+
+async def publish_pod_status(
+    client: PrefectClient, deployment_id: UUID, worker_name: str, value: dict[str, Any]
+) -> None:
+    """Write one worker's status of its pod of a deployment (created on first use)."""
+    name = status_variable_name(deployment_id, worker_name)
+    try:
+        await client.update_variable(VariableUpdate(name=name, value=value))
+    except (ObjectNotFound, httpx.HTTPStatusError) as exc:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code != 404:
+            raise
+        await client.create_variable(VariableCreate(name=name, value=value))
+
+
+async def forget_pod_status(client: PrefectClient, deployment_id: UUID, worker_name: str) -> None:
+    """Delete one worker's status of a deployment's pod (gone already is fine)."""
+    with contextlib.suppress(ObjectNotFound):
+        await client.delete_variable_by_name(status_variable_name(deployment_id, worker_name))
 
 
 async def read_pod_status(client: PrefectClient, deployment_id: UUID) -> dict[str, Any] | None:

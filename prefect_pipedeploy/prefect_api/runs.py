@@ -17,8 +17,10 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import SettingsContext, get_settings_context
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
+from prefect.states import Crashed, Failed, State
+from prefect.utilities.engine import propose_state
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
 QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
@@ -59,3 +61,22 @@ async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) 
         if exc.response.status_code == 404:
             raise ObjectNotFound(http_exc=exc) from exc
         raise
+
+
+async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+    """Mark a run Failed with `message`; False when it was final already (left as it is)."""
+    return await _end_run(client, flow_run_id, Failed(message=message))
+
+
+async def crash_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+    """Mark a run Crashed (its infrastructure died) with `message`; False when it was final
+    already or is gone (left as it is)."""
+    return await _end_run(client, flow_run_id, Crashed(message=message))
+
+
+async def _end_run(client: PrefectClient, flow_run_id: UUID, state: State[Any]) -> bool:
+    try:
+        await propose_state(client, state, flow_run_id=flow_run_id)
+    except (Abort, ObjectNotFound):
+        return False
+    return True

@@ -1,11 +1,18 @@
-"""The worker's side of low-latency pods: start, watch, feed, re-create and stop them.
+"""The low-latency runtime: the worker's side of pods (start, watch, feed, re-create, stop).
 
-For: one `PodHandle` per low-latency deployment of the worker's pool: its process
-(`python -m prefect_pipedeploy.engine.pod`), its control channel, its runs in flight, its status as
-the SDK sees it (a Prefect variable) and its state changes as Prefect events
-(`prefect-pipedeploy.pod.ready`, `.crashed`, `.restarted`, `.stopped`, `.load-failed`).
-Not for: choosing which run starts (`ordering` decides, the worker applies), or executing
-runs (the pod does).
+For: `PodSupervisor`, which keeps one pod per low-latency deployment of the worker's pool: its
+process (`python -m prefect_pipedeploy.engine.pod`, started by a `Runtime`), its control
+channel, its runs in flight, its status as the SDK sees it (a Prefect variable, see
+`prefect_api.published`) and its state changes as Prefect events (`prefect-pipedeploy.pod.ready`,
+`.crashed`, `.restarted`, `.stopped`, `.load-failed`); and `plan_pods`, the pure decision of
+which pods to start and stop for the pool's deployments.
+Not for: choosing which run starts (`ordering` decides, the worker applies), or executing runs
+(the pod does, `engine.pod`).
+
+The channel is a socket pair with JSON lines: the worker sends {"op": "run", "flow_run": {...}};
+the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
+{"event": "started", "flow_run_id": ...} and {"event": "finished", "flow_run_id": ...,
+"state": ..., "message": ...}.
 """
 
 from __future__ import annotations
@@ -15,44 +22,127 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
-from prefect.exceptions import Abort, ObjectNotFound
 from prefect.logging import get_logger
-from prefect.states import Crashed
-from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy.admission import Request, pod_key
-from prefect_pipedeploy.prefect_api.published import status_variable_name
-from prefect_pipedeploy.runtimes.process import explain_exit, kill_process_tree, tree_rss_mib
-from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
-from prefect_pipedeploy.worker.ram import RamAdmission, ram_exceeded
+from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
+from prefect_pipedeploy.prefect_api.runs import crash_run
+from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
+from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
+from prefect_pipedeploy.status import PodStatus
+from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher
 
 logger = get_logger("prefect_pipedeploy.runtimes.low_latency")
 
-
 LOG_TAIL_CHARS = 3500  # a Prefect variable holds at most 5000 characters
-
-
-EXIT_RECYCLE = 75  # see pod.py
+EXIT_RECYCLE = 75  # a pod that exits with this code asks to be re-created at once (engine.pod)
+STOP_GRACE_S = 10.0  # how long a stopped pod may take to finish before it is killed
 
 
 def backoff_s(failures: int) -> float:
     """Seconds to wait before re-creating a pod after `failures` failures in a row."""
     return float(min(30, 2 ** max(0, failures - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which pods to start and stop (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+class DeploymentLike(Protocol):
+    """What `plan_pods` reads of a deployment (a Prefect `DeploymentResponse` fits)."""
+
+    @property
+    def id(self) -> UUID: ...
+
+    @property
+    def job_variables(self) -> dict[str, Any] | None: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def updated(self) -> Any: ...
+
+    @property
+    def created(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PodStop:
+    """A pod to stop: why, and whether its deployment is gone (its status is then forgotten
+    rather than published as `down`) or will get a new pod at once."""
+
+    deployment_id: UUID
+    reason: str
+    deleted: bool = False
+    replaced: bool = False
+
+
+D = TypeVar("D", bound=DeploymentLike)
+
+
+@dataclass(frozen=True)
+class PodPlan(Generic[D]):
+    """What the supervisor does for the pool's deployments, in this order."""
+
+    stop: list[PodStop]
+    """Pods of deployments that are gone, disabled, no longer low latency, or updated."""
+    start: list[D]
+    """Low-latency deployments without a pod, oldest first (RAM admission decides which)."""
+
+
+def wants_pod(deployment: DeploymentLike) -> bool:
+    """Whether a deployment should have a pod: low latency, enabled, with valid settings (an
+    invalid spec gets no pod; its runs fail with the reason)."""
+    if deployment.paused:
+        return False
+    try:
+        spec = spec_from_job_variables(deployment.job_variables)
+    except PipeDeployError:
+        return False
+    return spec.mode == Mode.low_latency.value
+
+
+def plan_pods(running: Mapping[UUID, Any], deployments: Sequence[D]) -> PodPlan[D]:
+    """Which pods to stop and start, given the pods running now (deployment id -> the
+    deployment's `updated` time when its pod started) and the pool's deployments."""
+    by_id = {deployment.id: deployment for deployment in deployments}
+    wanted = {d.id: d for d in deployments if wants_pod(d)}
+    stop = []
+    for deployment_id, started_for in running.items():
+        if deployment_id not in by_id:
+            stop.append(PodStop(deployment_id, "its deployment was deleted", deleted=True))
+        elif deployment_id not in wanted:
+            stop.append(PodStop(deployment_id, "its deployment was disabled or changed mode"))
+        elif wanted[deployment_id].updated != started_for:
+            stop.append(PodStop(deployment_id, "its deployment was updated", replaced=True))
+    stopped = {s.deployment_id for s in stop}
+    start = sorted(
+        (d for d in wanted.values() if d.id not in running or d.id in stopped),
+        key=lambda d: (d.created is None, d.created or 0),
+    )
+    return PodPlan(stop=stop, start=start)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pods of one worker
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -62,14 +152,12 @@ class PodHandle:
     deployment: DeploymentResponse
     spec: DeploymentSpec
     log_path: Path
-    status: str = "creation_pending"
+    status: PodStatus = PodStatus.creation_pending
     message: str | None = None
-    pid: int | None = None
+    process: RuntimeHandle | None = None
     in_flight: set[UUID] = field(default_factory=set)
     failures: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
     kill_reason: str | None = None  # set when the worker kills the pod on purpose
-    peak_rss_mib: float = 0.0
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task[None] | None = None
     stopping: bool = False
@@ -82,14 +170,17 @@ class PodHandle:
         return self.deployment.name
 
     @property
-    def free_slots(self) -> int:
-        return self.spec.parallelism - len(self.in_flight) if self.status == "up" else 0
+    def is_up(self) -> bool:
+        return self.status == PodStatus.up and self.writer is not None
 
-    def send_run(self, flow_run: FlowRun) -> None:
-        assert self.writer is not None
+    def send_run(self, flow_run: FlowRun) -> bool:
+        """Hand a claimed run to the pod; False when its channel is closed (it is going down)."""
+        if self.writer is None or self.writer.is_closing():
+            return False
         self.in_flight.add(flow_run.id)
         message = {"op": "run", "flow_run": flow_run.model_dump(mode="json")}
         self.writer.write(json.dumps(message).encode() + b"\n")
+        return True
 
 
 class PodSupervisor:
@@ -97,6 +188,8 @@ class PodSupervisor:
 
     def __init__(
         self,
+        runtime: Runtime,
+        rss: RssWatcher,
         client: Callable[[], PrefectClient],
         worker_name: str,
         state_dir: Path,
@@ -104,9 +197,11 @@ class PodSupervisor:
         on_finished: Callable[[UUID, UUID, str], Awaitable[None]],
         admission: RamAdmission,
     ) -> None:
+        self.runtime = runtime
+        self.rss = rss
         self.admission = admission  # a pod holds its ram_request from start to stop
         self._waiting_for_ram: dict[UUID, str] = {}
-        self._client = client
+        self._client = client  # makes a new client (a pod's events come from its own task)
         self.worker_name = worker_name
         self.state_dir = state_dir
         self.on_change = on_change  # wakes the worker: a slot freed, a pod came up
@@ -118,28 +213,14 @@ class PodSupervisor:
 
     async def reconcile(self, deployments: list[DeploymentResponse]) -> None:
         """Start pods for new low-latency deployments, stop those gone, restart changed ones."""
-        wanted: dict[UUID, DeploymentResponse] = {}
-        for deployment in deployments:
-            try:
-                spec = spec_from_job_variables(deployment.job_variables)
-            except Exception:
-                continue  # an invalid spec: its runs fail with the reason (see worker)
-            if spec.mode == "low_latency" and not deployment.paused:
-                wanted[deployment.id] = deployment
-        existing = {deployment.id for deployment in deployments}
-        for deployment_id in list(self.pods):
-            pod = self.pods[deployment_id]
-            current = wanted.get(deployment_id)
-            if deployment_id not in existing:
-                await self.stop(deployment_id, "its deployment was deleted", publish=False)
-                await self._forget(deployment_id)
-            elif current is None:
-                await self.stop(deployment_id, "its deployment was disabled or changed mode")
-            elif current.updated != pod.deployment.updated:
-                await self.stop(deployment_id, "its deployment was updated", publish=False)
-        new = sorted(
-            (d for d in wanted.values() if d.id not in self.pods), key=lambda d: d.created or 0
-        )
+        plan = plan_pods({i: p.deployment.updated for i, p in self.pods.items()}, deployments)
+        for stop in plan.stop:
+            await self.stop(
+                stop.deployment_id, stop.reason, publish=not (stop.deleted or stop.replaced)
+            )
+            if stop.deleted:
+                await self._forget(stop.deployment_id)
+        new = plan.start
         requests = [
             Request(
                 key=pod_key(d.id),
@@ -167,7 +248,7 @@ class PodSupervisor:
                     decision.reason,
                     extra={"action": "pod_waiting_for_ram"},
                 )
-                await self._publish(waiting, "creation_pending", decision.reason)
+                await self._publish(waiting, PodStatus.creation_pending, decision.reason)
 
     def _start(self, deployment: DeploymentResponse) -> None:
         pod = PodHandle(
@@ -175,27 +256,27 @@ class PodSupervisor:
             spec=spec_from_job_variables(deployment.job_variables),
             log_path=self.state_dir / "pods" / f"{deployment.name}-{deployment.id.hex[:8]}.log",
         )
-        pod.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pods[deployment.id] = pod
         pod.task = asyncio.create_task(self._supervise(pod), name=f"pod-{deployment.name}")
 
     async def stop(self, deployment_id: UUID, reason: str, publish: bool = True) -> None:
+        """Stop a pod (SIGTERM, then SIGKILL after `STOP_GRACE_S`) and free its RAM."""
         pod = self.pods.pop(deployment_id, None)
         if pod is None:
             return
         pod.stopping = True
-        if pod.pid is not None:
-            kill_process_tree(pod.pid, 15)
+        if pod.process is not None:
+            pod.process.signal(signal.SIGTERM)
         if pod.task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(pod.task), 10)
+                await asyncio.wait_for(asyncio.shield(pod.task), STOP_GRACE_S)
             pod.task.cancel()
-        if pod.pid is not None:
-            kill_process_tree(pod.pid, 9)
+        if pod.process is not None:
+            pod.process.signal(signal.SIGKILL)
         await self.admission.release(pod_key(deployment_id))  # its RAM is free once it is gone
         self._event(pod, "stopped", reason=reason)
         if publish:
-            await self._publish(pod, "down", f"stopped: {reason}")
+            await self._publish(pod, PodStatus.down, f"stopped: {reason}")
 
     async def stop_all(self) -> None:
         for deployment_id in list(self.pods):
@@ -213,14 +294,14 @@ class PodSupervisor:
             if load_error is not None:
                 pod.failures += 1
                 await self._publish(
-                    pod, "creation_failed", f"the pipeline failed to load: {load_error}"
+                    pod, PodStatus.creation_failed, f"the pipeline failed to load: {load_error}"
                 )
                 self._event(pod, "load-failed", error=load_error)
             else:
                 if time.monotonic() - started > 60:
                     pod.failures = 0
                 pod.failures += 1
-                await self._publish(pod, "down_retrying", f"the pod {exit_explanation}")
+                await self._publish(pod, PodStatus.down_retrying, f"the pod {exit_explanation}")
                 self._event(pod, "crashed", reason=exit_explanation)
             await asyncio.sleep(0 if exit_explanation == "recycled" else backoff_s(pod.failures))
             if not pod.stopping:
@@ -237,29 +318,28 @@ class PodSupervisor:
                 if v is not None
             },
         }
-        log = open(pod.log_path, "ab")  # noqa: SIM115 - the child keeps its own descriptor
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "prefect_pipedeploy.engine.pod",
-                "--deployment-id",
-                str(pod.deployment.id),
-                "--control-fd",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
+            pod.process = await self.runtime.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect_pipedeploy.engine.pod",
+                    "--deployment-id",
+                    str(pod.deployment.id),
+                    "--control-fd",
+                    str(theirs.fileno()),
+                ],
                 env=env,
-                start_new_session=True,
+                log_path=pod.log_path,
+                pass_fds=(theirs.fileno(),),
             )
         finally:
-            log.close()
             theirs.close()
-        pod.pid = process.pid
-        pod.ready.clear()
-        await self._publish(pod, "creation_pending", "importing the pipeline")
+        key = pod_key(pod.deployment.id)
+        self.rss.watch(
+            key, pod.process, pod.spec.ram_request_mib, pod.spec.ram_request, self._over_ram(pod)
+        )
+        await self._publish(pod, PodStatus.creation_pending, "importing the pipeline")
         reader, pod.writer = await asyncio.open_connection(sock=ours)
         load_error: str | None = None
         try:
@@ -269,21 +349,27 @@ class PodSupervisor:
         finally:
             pod.writer.close()
             pod.writer = None
-            pod.ready.clear()
-        code = await process.wait()
-        pod.pid = None
-        if code == EXIT_RECYCLE:
+        ended = await pod.process.wait()
+        self.rss.unwatch(key)
+        pod.process = None
+        if ended.exit_code == EXIT_RECYCLE:
             return "recycled", None
         if pod.kill_reason is not None:
             reason, pod.kill_reason = pod.kill_reason, None
             return reason, load_error
-        return explain_exit(code), load_error
+        return ended.explanation, load_error
+
+    def _over_ram(self, pod: PodHandle) -> Callable[[str], None]:
+        def exceeded(message: str) -> None:
+            pod.kill_reason = message
+            logger.warning("pod %s %s", pod.name, message, extra={"action": "pod_oom_killed"})
+
+        return exceeded
 
     async def _on_message(self, pod: PodHandle, message: dict[str, Any]) -> str | None:
         event = message.get("event")
         if event == "ready":
-            pod.ready.set()
-            await self._publish(pod, "up", None)
+            await self._publish(pod, PodStatus.up, None)
             self._event(pod, "ready", pid=message.get("pid"))
             self.on_change()
         elif event == "finished":
@@ -305,51 +391,28 @@ class PodSupervisor:
         crashed = list(pod.in_flight)
         async with self._client() as client:
             for flow_run_id in crashed:
-                with contextlib.suppress(Abort, ObjectNotFound):
-                    await propose_state(client, Crashed(message=message), flow_run_id=flow_run_id)
+                await crash_run(client, flow_run_id, message)
         pod.in_flight.clear()
         self.on_change()
         for flow_run_id in crashed:
             await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED")
 
-    async def watch_memory(self, interval_s: float = 0.5) -> None:
-        """Stop any pod whose process tree goes over its ram_request, like an OOM kill."""
-        while True:
-            for pod in list(self.pods.values()):
-                if pod.pid is None:
-                    continue
-                rss = tree_rss_mib(pod.pid)
-                pod.peak_rss_mib = max(pod.peak_rss_mib, rss)
-                if rss > pod.spec.ram_request_mib and pod.kill_reason is None:
-                    pod.kill_reason = ram_exceeded(pod.spec.ram_request, rss)
-                    logger.warning(
-                        "pod %s %s", pod.name, pod.kill_reason, extra={"action": "pod_oom_killed"}
-                    )
-                    kill_process_tree(pod.pid, 9)
-            await asyncio.sleep(interval_s)
-
     # ---- reporting ------------------------------------------------------------------------
 
-    async def _publish(self, pod: PodHandle, status: str, message: str | None) -> None:
+    async def _publish(self, pod: PodHandle, status: PodStatus, message: str | None) -> None:
         """Write the pod's status (and the tail of its output) where the SDK reads it."""
         pod.status, pod.message = status, message
         value = {
-            "status": status,
+            "status": status.value,
             "message": message,
-            "pid": pod.pid,
+            "pid": pod.process.pid if pod.process is not None else None,
             "worker": self.worker_name,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "log_tail": _tail(pod.log_path, LOG_TAIL_CHARS),
         }
-        name = status_variable_name(pod.deployment.id, self.worker_name)
         try:
             async with self._client() as client:
-                try:
-                    await client.update_variable(VariableUpdate(name=name, value=value))
-                except (ObjectNotFound, httpx.HTTPStatusError) as exc:
-                    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code != 404:
-                        raise
-                    await client.create_variable(VariableCreate(name=name, value=value))
+                await publish_pod_status(client, pod.deployment.id, self.worker_name, value)
         except Exception as exc:  # status is informative; the pod keeps running
             logger.warning("Could not publish the status of pod %s: %s", pod.name, exc)
 
@@ -357,10 +420,8 @@ class PodSupervisor:
         """Delete this worker's status of a deleted deployment's pod."""
         try:
             async with self._client() as client:
-                await client.delete_variable_by_name(
-                    status_variable_name(deployment_id, self.worker_name)
-                )
-        except Exception as exc:  # ObjectNotFound: the SDK deleted it already
+                await forget_pod_status(client, deployment_id, self.worker_name)
+        except Exception as exc:  # the next worker start finds nothing to show for it
             logger.debug("Status of the pod of deleted deployment %s: %s", deployment_id, exc)
 
     def _event(self, pod: PodHandle, what: str, **payload: Any) -> None:

@@ -1,8 +1,12 @@
-"""The process runtime: one child Python process, watched until it exits.
+"""The process runtime: the one place that starts, measures and kills child processes.
 
-For: starting an elastic execution (`python -m prefect_pipedeploy.engine.elastic <flow-run-id>`) or a
-pod, in its own process group, and explaining its exit in words (killed, out of memory,
-exit code N). Not for: choosing what to run, or Prefect states (the worker reports them).
+For: `ProcessRuntime`, the `Runtime` that runs an elastic execution
+(`python -m prefect_pipedeploy.engine.elastic <flow-run-id>`) or a pod
+(`python -m prefect_pipedeploy.engine.pod ...`) as a child process in its own process group;
+`start_child` / `ChildProcess`, the same for the processes of the local stack (server, worker,
+gateway), which run under synchronous code; `kill_process_tree`, the one way a process group is
+signalled; and `explain_exit`, a process's end in words (killed, out of memory, exit code N).
+Not for: choosing what to run, or Prefect states (the worker reports them).
 """
 
 from __future__ import annotations
@@ -11,23 +15,15 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import psutil
 
-
-@dataclass(frozen=True)
-class ProcessExit:
-    """How a child process ended."""
-
-    exit_code: int
-    explanation: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
+from prefect_pipedeploy.runtimes.base import ProcessExit
 
 
 def explain_exit(code: int) -> str:
@@ -48,36 +44,8 @@ def explain_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def start_process(
-    args: list[str],
-    env: Mapping[str, str],
-    cwd: Path | None = None,
-    log_path: Path | None = None,
-) -> asyncio.subprocess.Process:
-    """Start `args` in a new session; output goes to `log_path` or to this process's output."""
-    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
-    try:
-        return await asyncio.create_subprocess_exec(
-            *args,
-            env=dict(env),
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT if log else None,
-            start_new_session=True,
-        )
-    finally:
-        if log is not None:
-            log.close()  # the child holds its own descriptor
-
-
-async def wait_process(process: asyncio.subprocess.Process) -> ProcessExit:
-    code = await process.wait()
-    return ProcessExit(exit_code=code, explanation=explain_exit(code))
-
-
 def kill_process_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to the process group of `pid` (each runtime child leads its own group)."""
+    """Send `sig` to the process group of `pid` (each child started here leads its own group)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
@@ -94,3 +62,113 @@ def tree_rss_mib(pid: int) -> float:
         with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
     return total / 1024**2
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path | None) -> Iterator[dict[str, Any]]:
+    """The options every child gets: its own session (so its whole tree can be signalled), no
+    stdin, output appended to `log_path` (or this process's output). The child keeps its own
+    descriptor of the log; ours is closed once it has started."""
+    log: IO[bytes] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, the child has its own
+    try:
+        yield {
+            "stdin": subprocess.DEVNULL,
+            "stdout": log,
+            "stderr": subprocess.STDOUT if log is not None else None,
+            "start_new_session": True,
+        }
+    finally:
+        if log is not None:
+            log.close()
+
+
+@dataclass
+class ProcessHandle:
+    """A child process started by `ProcessRuntime`."""
+
+    process: asyncio.subprocess.Process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def identifier(self) -> str:
+        return str(self.process.pid)
+
+    async def wait(self) -> ProcessExit:
+        code = await self.process.wait()
+        return ProcessExit(exit_code=code, explanation=explain_exit(code))
+
+    def signal(self, sig: int) -> None:
+        kill_process_tree(self.process.pid, sig)
+
+    def rss_mib(self) -> float:
+        return tree_rss_mib(self.process.pid)
+
+
+class ProcessRuntime:
+    """Runs executions and pods as child processes of the worker, in their own process group."""
+
+    name = "process"
+
+    async def start(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> ProcessHandle:
+        with _output_to(log_path) as options:
+            process = await asyncio.create_subprocess_exec(
+                *args, env=dict(env), cwd=cwd, pass_fds=tuple(pass_fds), **options
+            )
+        return ProcessHandle(process)
+
+
+@dataclass
+class ChildProcess:
+    """A process of the local stack, with its log file; `stop()` ends it and its children."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Terminate, wait up to `grace_s`, then kill; returns the exit code."""
+        if self.alive():
+            kill_process_tree(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                kill_process_tree(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_child(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ChildProcess:
+    """Start `args` in its own process group, output appended to `log_path`."""
+    with _output_to(log_path) as options:
+        popen = subprocess.Popen(
+            args, env=dict(env) if env is not None else None, cwd=cwd, **options
+        )
+    return ChildProcess(name=name, popen=popen, log_path=log_path)

@@ -5,9 +5,10 @@ capacity, `admission.RamLedger`, then, when the pool has a cap, by taking a leas
 `ram_request` slots on the pool's global concurrency limit, one slot per MiB; the worker renews
 its leases while the pod or run lives and releases them when it ends), the worker's capacity,
 and the one loop that stops a process tree going over its RAM request.
-Not for: who goes first among waiting requests (`admission`), the cap's API (`prefect_api.poolcap`).
+Not for: who goes first among waiting requests (`admission`), the cap's API
+(`prefect_api.poolcap`).
 
-in the Prefect server. `pipedeploy up` and the tests start the server with
+Leases live in the Prefect server. `pipedeploy up` and the tests start the server with
 Prefect's file-based lease storage, so leases survive a server restart and the cap holds across
 it. With Prefect's default in-memory lease storage a restarted server forgets the leases while
 the limit keeps counting their slots: the worker re-takes what it holds under new leases when it
@@ -23,19 +24,19 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-import anyio
-import anyio.abc
 import httpx
 import psutil
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.logging import get_logger
 
+from prefect_pipedeploy._compat import lease_lost, lease_refused
 from prefect_pipedeploy.admission import (
     AdmissionDecision,
     RamLedger,
@@ -51,10 +52,7 @@ from prefect_pipedeploy.prefect_api.poolcap import (
     limit_name,
     read_pool_ram_cap,
 )
-from prefect_pipedeploy.runtimes.process import (
-    kill_process_tree,
-    tree_rss_mib,
-)
+from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     format_mib,
@@ -166,7 +164,7 @@ class RamAdmission:
                 holder=holder_of(lease.key),
             )
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code in (423, 422):  # 422: the cap was lowered meanwhile
+            if lease_refused(exc):
                 return False
             raise
         body = response.json()
@@ -234,7 +232,7 @@ class RamAdmission:
                     await self._client().renew_concurrency_lease(lease.lease_id, LEASE_S)
                     continue
                 except httpx.HTTPStatusError as exc:
-                    if exc.response.status_code not in (404, 410):
+                    if not lease_lost(exc):
                         raise
                     logger.warning(
                         "The Prefect server lost the RAM cap lease of %s (it expired, or the "
@@ -302,23 +300,65 @@ def ram_exceeded(ram_request: str, peak_mib: float) -> str:
     )
 
 
-async def _watch_rss(pid: int, limit_mib: int, ram_request: str, exceeded: list[str]) -> None:
-    """Kill the process tree of `pid` once it holds more than `limit_mib` (an OOM-like stop)."""
-    peak = 0.0
-    while True:
-        rss = tree_rss_mib(pid)
-        peak = max(peak, rss)
-        if rss > limit_mib:
-            exceeded.append(ram_exceeded(ram_request, peak))
-            kill_process_tree(pid, 9)
-            return
-        await anyio.sleep(0.25)
+@dataclass
+class _Watched:
+    handle: RuntimeHandle
+    limit_mib: int
+    ram_request: str
+    on_exceeded: Callable[[str], None]
+    peak_mib: float = 0.0
 
 
-def worker_ram_capacity_mib() -> int:
-    """The RAM this worker hands out: the setting, or total memory minus the reserve."""
+class RssWatcher:
+    """The one loop that stops a process going over its RAM request, like an OOM kill.
+
+    Every `interval_s` it measures each watched process with everything it started; one over
+    its limit is killed (SIGKILL) and `on_exceeded` gets the words for it (`ram_exceeded`).
+    Elastic runs and pods are watched the same way. A spike shorter than the interval can pass.
+    """
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self._watched: dict[str, _Watched] = {}
+
+    def watch(
+        self,
+        key: str,
+        handle: RuntimeHandle,
+        limit_mib: int,
+        ram_request: str,
+        on_exceeded: Callable[[str], None],
+    ) -> None:
+        """Watch `handle` under `key` (a holding key) until `unwatch(key)`."""
+        self._watched[key] = _Watched(handle, limit_mib, ram_request, on_exceeded)
+
+    def unwatch(self, key: str) -> float:
+        """Stop watching `key`; returns the peak RSS seen, in MiB."""
+        watched = self._watched.pop(key, None)
+        return watched.peak_mib if watched is not None else 0.0
+
+    def check_once(self) -> None:
+        for key, watched in list(self._watched.items()):
+            rss = watched.handle.rss_mib()
+            watched.peak_mib = max(watched.peak_mib, rss)
+            if rss > watched.limit_mib:
+                self._watched.pop(key, None)
+                watched.handle.signal(signal.SIGKILL)
+                watched.on_exceeded(ram_exceeded(watched.ram_request, watched.peak_mib))
+
+    async def run(self) -> None:
+        """Watch for the worker's whole life."""
+        while True:
+            self.check_once()
+            await asyncio.sleep(self.interval_s)
+
+
+def worker_ram_capacity_mib(ram_capacity: str | None = None) -> int:
+    """The RAM this worker hands out: `ram_capacity` ("8GiB"), else the setting, else the
+    machine's total memory minus the reserve."""
     settings = get_settings()
-    if settings.ram_capacity:
-        return parse_ram(settings.ram_capacity, "ram_capacity")
+    ram_capacity = ram_capacity or settings.ram_capacity
+    if ram_capacity:
+        return parse_ram(ram_capacity, "ram_capacity")
     total_mib = psutil.virtual_memory().total // 1024**2
     return default_capacity_mib(total_mib, parse_ram(settings.ram_reserve, "ram_reserve"))

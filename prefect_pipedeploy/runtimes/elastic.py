@@ -1,0 +1,76 @@
+"""The elastic runtime: one fresh process per execution, nothing resident while idle.
+
+For: `run_elastic`, which runs one flow run as `python -m prefect_pipedeploy.engine.elastic
+<flow-run-id>` through a `Runtime`, in the deployment's working directory (or a fresh temporary
+one, removed afterwards), watched against its RAM request, and says how it ended: normally (the
+run reported its own state), or with the reason the worker must record (killed, out of memory,
+exit code N). Not for: admission or retries (the worker), the execution itself (`engine`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from prefect_pipedeploy.admission import run_key
+from prefect_pipedeploy.runtimes.base import Runtime
+from prefect_pipedeploy.worker.ram import RssWatcher
+
+
+@dataclass(frozen=True)
+class ElasticOutcome:
+    """How an elastic execution's process ended."""
+
+    identifier: str
+    exit_code: int
+    crash: str | None
+    """Why the run must be marked Crashed ("The execution's process was killed ..."), or None
+    when the process reported the run's state itself."""
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="pipedeploy-run-") as tmp:
+        yield Path(tmp)
+
+
+async def run_elastic(
+    runtime: Runtime,
+    rss: RssWatcher,
+    flow_run_id: UUID,
+    env: Mapping[str, str],
+    working_dir: Path | None,
+    ram_request: str,
+    ram_request_mib: int,
+    started: Callable[[str], None],
+) -> ElasticOutcome:
+    """Run one execution's process to its end; `started(identifier)` is called once it runs."""
+    exceeded: list[str] = []
+    key = run_key(flow_run_id)
+    with _working_dir(working_dir) as cwd:
+        process = await runtime.start(
+            [sys.executable, "-m", "prefect_pipedeploy.engine.elastic", str(flow_run_id)],
+            env=env,
+            cwd=cwd,
+        )
+        started(process.identifier)
+        rss.watch(key, process, ram_request_mib, ram_request, exceeded.append)
+        try:
+            ended = await process.wait()
+        finally:
+            rss.unwatch(key)
+    if exceeded:
+        crash: str | None = f"The execution's process {exceeded[0]}."
+    elif not ended.ok:
+        crash = f"The execution's process {ended.explanation}."
+    else:
+        crash = None
+    return ElasticOutcome(identifier=process.identifier, exit_code=ended.exit_code, crash=crash)

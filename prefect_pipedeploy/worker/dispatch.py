@@ -1,0 +1,252 @@
+"""Dispatch: which ready runs go where, which start now, and how a failed run is retried.
+
+For: the worker's decisions as values (`split_ready_runs`: elastic runs, runs for a pod, runs
+whose pod is not known yet; `pod_heads`: the runs a pod starts now within its parallelism;
+`ram_requests`: elastic runs as FIFO RAM requests) and the API calls they lead to (`claim` a run,
+`count_active` runs of a queue-mode deployment, `queue_retry` a failed run, `say_waiting` why a
+run waits). Not for: the order rules themselves (`ordering`), RAM (`admission`, `worker.ram`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import Abort
+from prefect.states import Pending, Scheduled
+from prefect.utilities.engine import propose_state
+
+from prefect_pipedeploy.admission import Request, run_key
+from prefect_pipedeploy.ordering import RetryDecision, WaitingRun, decide_retry, runs_to_start
+from prefect_pipedeploy.spec import Mode, spec_from_job_variables
+
+#: Active states: a run in one of these holds its deployment's queue slot.
+ACTIVE = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+
+
+def plain_utc(moment: datetime.datetime) -> datetime.datetime:
+    """A standard-library UTC datetime (Prefect's own type does not mix with timedelta)."""
+    return datetime.datetime.fromisoformat(moment.isoformat()).astimezone(datetime.timezone.utc)
+
+
+def waiting_run(flow_run: FlowRun) -> WaitingRun:
+    """A Scheduled run as the ordering sees it: its place is its scheduled time."""
+    details = flow_run.state.state_details if flow_run.state else None
+    expected = (
+        (details.scheduled_time if details else None)
+        or flow_run.next_scheduled_start_time
+        or flow_run.expected_start_time
+        or flow_run.created
+    )
+    if flow_run.created is None or expected is None:
+        raise ValueError(f"flow run {flow_run.id} has no creation time; it cannot be ordered")
+    return WaitingRun(
+        id=str(flow_run.id),
+        expected_start=plain_utc(expected),
+        created=plain_utc(flow_run.created),
+        attempt=flow_run.run_count + 1,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadyRuns:
+    """The ready runs of a pool, by where they go."""
+
+    elastic: list[FlowRun] = field(default_factory=list)
+    """Runs of elastic deployments: each gets a fresh process, once its RAM is admitted."""
+    to_pods: dict[UUID, list[FlowRun]] = field(default_factory=dict)
+    """Runs of low-latency deployments whose pod this worker runs, by deployment."""
+    waiting_for_pod: list[FlowRun] = field(default_factory=list)
+    """Runs of low-latency deployments whose pod is not started yet (the pod loop starts it)."""
+    unknown: list[FlowRun] = field(default_factory=list)
+    """Runs of deployments that are gone or have invalid settings (left to fail elsewhere)."""
+
+
+def split_ready_runs(
+    flow_runs: Sequence[FlowRun],
+    pods: Container[UUID],
+    modes: Mapping[UUID, str | None],
+    submitting: Container[UUID],
+) -> ReadyRuns:
+    """Sort ready runs by where they go. `pods`: deployments this worker has a pod for;
+    `modes`: each deployment's mode (None when it is gone or invalid); `submitting`: runs this
+    worker is submitting already (skipped)."""
+    ready = ReadyRuns()
+    for flow_run in flow_runs:
+        if flow_run.id in submitting or flow_run.deployment_id is None:
+            continue
+        deployment_id = flow_run.deployment_id
+        if deployment_id in pods:
+            ready.to_pods.setdefault(deployment_id, []).append(flow_run)
+        elif modes.get(deployment_id) == Mode.elastic.value:
+            ready.elastic.append(flow_run)
+        elif modes.get(deployment_id) == Mode.low_latency.value:
+            ready.waiting_for_pod.append(flow_run)
+        else:
+            ready.unknown.append(flow_run)
+    return ready
+
+
+def pod_heads(
+    flow_runs: Sequence[FlowRun], running: int, parallelism: int, now: datetime.datetime
+) -> tuple[list[FlowRun], bool]:
+    """The runs a pod starts now (FIFO, within `parallelism` with `running` already running),
+    and whether some ready runs are held back."""
+    by_id = {str(run.id): run for run in flow_runs}
+    waiting = [waiting_run(run) for run in flow_runs if run.created is not None]
+    heads = runs_to_start(waiting, running, parallelism, now=now)
+    return [by_id[head.id] for head in heads], len(heads) < len(waiting)
+
+
+def ram_requests(candidates: Sequence[tuple[FlowRun, str, int]]) -> list[Request]:
+    """Elastic runs (run, deployment name, MiB) as RAM requests, in FIFO order."""
+    ordered = sorted(candidates, key=lambda c: waiting_run(c[0]).sort_key())
+    return [
+        Request(
+            key=run_key(flow_run.id),
+            mib=mib,
+            label=f"execution {str(flow_run.id)[:8]} of {name}",
+            requested_at=waiting_run(flow_run).expected_start,
+        )
+        for flow_run, name, mib in ordered
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects
+# ---------------------------------------------------------------------------------------------
+
+
+def _of_deployment(deployment_id: UUID) -> DeploymentFilter:
+    return DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+
+
+def _in_states(*types: StateType) -> FlowRunFilterState:
+    return FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
+
+
+async def claim(client: PrefectClient, flow_run: FlowRun) -> bool:
+    """Move a run to Pending; only one claimant succeeds, so no run executes twice."""
+    try:
+        state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
+    except Abort:
+        return False
+    return state.is_pending()
+
+
+async def count_active(client: PrefectClient, deployment_id: UUID) -> int:
+    """How many runs of the deployment hold a queue slot, across every worker of the pool."""
+    return await client.count_flow_runs(
+        deployment_filter=_of_deployment(deployment_id),
+        flow_run_filter=FlowRunFilter(state=_in_states(*ACTIVE)),
+    )
+
+
+async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> None:
+    """Show in the run's state why it waits: a Scheduled state named `name` at its own time."""
+    scheduled = flow_run.state.state_details.scheduled_time if flow_run.state else None
+    await client.set_flow_run_state(
+        flow_run.id, Scheduled(name=name, scheduled_time=scheduled, message=reason), force=True
+    )
+
+
+def may_retry(flow_run: FlowRun) -> bool:
+    """Whether a run is a retry candidate: it failed or crashed after it started (a run whose
+    inputs could not be resolved never started, and is not retried)."""
+    state = flow_run.state
+    return (
+        state is not None
+        and state.type in (StateType.FAILED, StateType.CRASHED)
+        and flow_run.run_count > 0
+        and flow_run.deployment_id is not None
+    )
+
+
+async def retry_decision(
+    client: PrefectClient, flow_run: FlowRun, max_retries: int
+) -> RetryDecision:
+    """Whether a retry candidate (`may_retry`) is retried, and where it goes in its deployment's
+    queue, from the runs waiting and started around it."""
+    state, deployment_id = flow_run.state, flow_run.deployment_id
+    assert state is not None and deployment_id is not None
+    waiting = await client.read_flow_runs(
+        deployment_filter=_of_deployment(deployment_id),
+        flow_run_filter=FlowRunFilter(state=_in_states(StateType.SCHEDULED)),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=50,
+    )
+    # the next run may have started already (a slot freed as the run failed):
+    # it is active now (Pending, Running), or it started and ended since
+    not_this = FlowRunFilterId(not_any_=[flow_run.id])
+    started = await client.read_flow_runs(
+        deployment_filter=_of_deployment(deployment_id),
+        flow_run_filter=FlowRunFilter(
+            id=not_this, state=_in_states(StateType.PENDING, StateType.RUNNING)
+        ),
+        limit=1,
+    ) or await client.read_flow_runs(
+        deployment_filter=_of_deployment(deployment_id),
+        flow_run_filter=FlowRunFilter(
+            id=not_this,
+            start_time=FlowRunFilterStartTime(after_=state.timestamp),  # type: ignore[arg-type]
+        ),
+        limit=1,
+    )
+    return decide_retry(
+        str(flow_run.id),
+        max(flow_run.run_count, 1),
+        max_retries,
+        [waiting_run(run) for run in waiting if run.created is not None],
+        datetime.datetime.now(datetime.timezone.utc),
+        failed_created=plain_utc(flow_run.created) if flow_run.created else None,
+        next_started=str(started[0].id) if started else None,
+    )
+
+
+async def queue_retry(client: PrefectClient, flow_run: FlowRun, logger: Any) -> bool:
+    """Re-queue a failed or crashed run right after the next waiting one, if retries remain.
+
+    The retry is the same flow run, put back in a Scheduled state ("AwaitingRetry") whose time
+    places it right after the head of the queue: the order lives in the API.
+    """
+    if not may_retry(flow_run):
+        return False
+    assert flow_run.deployment_id is not None and flow_run.state is not None
+    deployment = await client.read_deployment(flow_run.deployment_id)
+    max_retries = spec_from_job_variables(deployment.job_variables).max_retries
+    decision = await retry_decision(client, flow_run, max_retries)
+    if not decision.retry:
+        logger.info("Not retried: %s", decision.reason, extra={"action": "run_failed"})
+        return False
+    cause = flow_run.state.message or flow_run.state.name
+    await client.set_flow_run_state(
+        flow_run.id,
+        Scheduled(
+            name="AwaitingRetry",
+            scheduled_time=decision.expected_start,
+            message=f"{decision.reason}; attempt {flow_run.run_count} failed: {cause}",
+        ),
+        force=True,
+    )
+    logger.info(decision.reason, extra={"action": "run_retry_queued"})
+    return True

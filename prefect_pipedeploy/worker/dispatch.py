@@ -208,7 +208,9 @@ async def retry_decision(
         deployment_filter=_of_deployment(deployment_id),
         flow_run_filter=FlowRunFilter(
             id=not_this,
-            start_time=FlowRunFilterStartTime(after_=state.timestamp),  # type: ignore[arg-type]
+            # is_null_=False: the server compares coalesce(start_time, expected_start_time),
+            # so a run still waiting for a later time would otherwise count as started
+            start_time=FlowRunFilterStartTime(after_=state.timestamp, is_null_=False),  # type: ignore[arg-type]
         ),
         limit=1,
     )

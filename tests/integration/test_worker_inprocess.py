@@ -1,0 +1,201 @@
+"""The worker in this process against the real Prefect server: dispatch, waiting, retries.
+
+No worker process and no execution process: a pod is stood in for by a socket pair whose far
+end the test reads, and the runs here are never started, only dispatched, held or re-queued,
+so each decision the worker takes is seen in the API exactly as a user would see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.states import Failed, Pending, Running, Scheduled
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.admission import Holding
+from prefect_pipedeploy.examples import demo
+from prefect_pipedeploy.runtimes.low_latency import PodHandle
+from prefect_pipedeploy.spec import spec_from_job_variables
+from prefect_pipedeploy.status import PodStatus
+from prefect_pipedeploy.worker import PipeDeployWorker
+from prefect_pipedeploy.worker.dispatch import queue_retry
+from prefect_pipedeploy.worker.recovery import RECOVERED_MESSAGE, recover_abandoned
+
+pytestmark = pytest.mark.anyio
+LOGGER = logging.getLogger("test_worker_inprocess")
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+async def client(prefect_api: str) -> AsyncIterator[PrefectClient]:
+    async with get_client() as client:
+        yield client
+
+
+async def deploy(sdk: PipeDeploy, client: PrefectClient, **settings: Any) -> DeploymentResponse:
+    created = await sdk.acreate_deployment(f"{demo.__file__}:score", name("inproc"), **settings)
+    return await client.read_deployment(uuid.UUID(created["id"]))
+
+
+async def new_run(
+    client: PrefectClient, deployment: DeploymentResponse, at_s: float = 0
+) -> FlowRun:
+    when = datetime.now(timezone.utc) + timedelta(seconds=at_s)
+    return await client.create_flow_run_from_deployment(
+        deployment.id, state=Scheduled(scheduled_time=when)
+    )
+
+
+@pytest.fixture
+async def worker(
+    pool: str, sdk: PipeDeploy, client: PrefectClient
+) -> AsyncIterator[PipeDeployWorker]:
+    await deploy(sdk, client)  # makes the pool with the pipedeploy template
+    worker = PipeDeployWorker(work_pool_name=pool, ram_capacity="1GiB")
+    async with worker:
+        await worker.sync_with_api()
+        yield worker
+
+
+async def test_a_run_that_does_not_fit_waits_and_says_why(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, ram_request="600MiB")
+    worker.ledger.holdings["pod:other"] = Holding("pod:other", 512, "pod of other")
+    flow_run = await new_run(client, deployment)
+    assert await worker.get_and_submit_flow_runs() == []
+    state = (await client.read_flow_run(flow_run.id)).state
+    assert state is not None and state.name == "AwaitingRAM"
+    assert state.message == (
+        "waiting for 600MiB of RAM: 512MiB of 1GiB held by pod of other (512MiB)"
+    )
+    assert worker.ledger.held == 512  # nothing was reserved for the waiting run
+
+
+async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, mode="low_latency")
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    reader = theirs.makefile("r")
+    pod = PodHandle(
+        deployment, spec_from_job_variables(deployment.job_variables), Path("unused.log")
+    )
+    pod.status, pod.writer = PodStatus.up, writer
+    worker.pods.pods[deployment.id] = pod
+    try:
+        first, second = await new_run(client, deployment), await new_run(client, deployment, 0.01)
+        await worker.get_and_submit_flow_runs()
+        await writer.drain()
+        sent = json.loads(await asyncio.to_thread(reader.readline))
+        assert sent["op"] == "run" and sent["flow_run"]["id"] == str(first.id)
+        assert pod.in_flight == {first.id}
+        assert pod.runs_held_back  # the second waits for the first
+        claimed = (await client.read_flow_run(first.id)).state
+        assert claimed is not None and claimed.is_pending()
+        await worker.get_and_submit_flow_runs()  # still one active: nothing more is sent
+        waiting = (await client.read_flow_run(second.id)).state
+        assert waiting is not None and waiting.is_scheduled()
+        assert pod.in_flight == {first.id}
+    finally:
+        worker.pods.pods.pop(deployment.id, None)
+        writer.close()
+        reader.close()
+        theirs.close()
+
+
+async def test_a_pod_gone_down_at_hand_off_crashes_the_run_with_a_reason(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, mode="low_latency", max_retries=0)
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    pod = PodHandle(
+        deployment, spec_from_job_variables(deployment.job_variables), Path("unused.log")
+    )
+    pod.status, pod.writer = PodStatus.up, writer
+    worker.pods.pods[deployment.id] = pod
+    writer.close()  # the pod's channel closed between the check and the hand-off
+    theirs.close()
+    try:
+        flow_run = await new_run(client, deployment)
+        await worker.get_and_submit_flow_runs()
+        state = (await client.read_flow_run(flow_run.id)).state
+        assert state is not None and state.is_crashed(), state
+        assert "went down as this execution was handed to it" in (state.message or "")
+    finally:
+        worker.pods.pods.pop(deployment.id, None)
+
+
+async def test_a_failed_run_is_requeued_right_after_the_next_one(
+    sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, max_retries=1)
+    failed = await new_run(client, deployment)
+    next_one = await new_run(client, deployment, at_s=0.01)
+    await client.set_flow_run_state(failed.id, Pending(), force=True)
+    await client.set_flow_run_state(failed.id, Running(), force=True)
+    await client.set_flow_run_state(failed.id, Failed(message="boom"), force=True)
+    failed = await client.read_flow_run(failed.id)
+    assert await queue_retry(client, failed, LOGGER)
+    retried = await client.read_flow_run(failed.id)
+    assert retried.state is not None and retried.state.name == "AwaitingRetry"
+    assert "attempt 1 failed: boom" in (retried.state.message or "")
+    assert f"queued right after run {next_one.id}" in (retried.state.message or "")
+    scheduled = retried.state.state_details.scheduled_time
+    assert next_one.state is not None
+    head = next_one.state.state_details.scheduled_time
+    assert scheduled is not None and head is not None
+    assert head < scheduled <= head + timedelta(milliseconds=1)
+    # a run due later does not delay a retry, and is not taken for one that started
+    later = await deploy(sdk, client, max_retries=1)
+    failed_again = await new_run(client, later)
+    tomorrow = await new_run(client, later, at_s=86400)
+    for state in (Pending(), Running(), Failed(message="boom")):
+        await client.set_flow_run_state(failed_again.id, state, force=True)
+    assert await queue_retry(client, await client.read_flow_run(failed_again.id), LOGGER)
+    at_once = (await client.read_flow_run(failed_again.id)).state
+    assert at_once is not None and "no other run is waiting" in (at_once.message or "")
+    assert str(tomorrow.id) not in (at_once.message or "")
+    # the second failure uses up the one retry
+    await client.set_flow_run_state(failed.id, Running(), force=True)
+    await client.set_flow_run_state(failed.id, Failed(message="again"), force=True)
+    assert not await queue_retry(client, await client.read_flow_run(failed.id), LOGGER)
+
+
+async def test_a_run_that_never_started_is_not_retried(
+    sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, max_retries=3)
+    flow_run = await new_run(client, deployment)
+    await client.set_flow_run_state(flow_run.id, Failed(message="inputs"), force=True)
+    assert not await queue_retry(client, await client.read_flow_run(flow_run.id), LOGGER)
+
+
+async def test_runs_left_pending_by_a_dead_worker_are_recovered(
+    pool: str, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client)
+    abandoned = await new_run(client, deployment)
+    await client.set_flow_run_state(abandoned.id, Pending(), force=True)
+    assert await recover_abandoned(client, pool, 3600, LOGGER) == 0  # too recent
+    assert await recover_abandoned(client, pool, 0, LOGGER) >= 1
+    state = (await client.read_flow_run(abandoned.id)).state
+    assert state is not None and state.name == "Recovered"
+    assert state.message == RECOVERED_MESSAGE

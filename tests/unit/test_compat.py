@@ -1,0 +1,154 @@
+"""The shapes of Prefect's private API that prefect_pipedeploy/_compat.py relies on.
+
+When Prefect is upgraded, these fail first, each naming what changed and the `_compat` function
+to update (it was checked against `_compat.CHECKED_AGAINST`). The behaviour of the raw endpoints
+(`/variables/filter`, lease status codes) is pinned against a real server in
+tests/integration/test_compat_api.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import prefect
+import pytest
+from prefect.blocks.core import Block
+from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
+from prefect.workers.base import BaseWorker
+
+from prefect_pipedeploy import _compat
+from prefect_pipedeploy.worker import PipeDeployWorker
+
+
+def changed(what: str, where: str) -> str:
+    return (
+        f"Prefect {prefect.__version__} changed {what}, which prefect_pipedeploy/_compat.py "
+        f"relies on (checked against Prefect {_compat.CHECKED_AGAINST}); update _compat.{where}"
+    )
+
+
+def parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_the_checked_version_is_a_release_of_the_installed_line() -> None:
+    installed = prefect.__version__.split(".")[:2]
+    assert _compat.CHECKED_AGAINST.split(".")[:2] == installed, changed(
+        f"its release line (installed {prefect.__version__})", "CHECKED_AGAINST"
+    )
+
+
+def test_suspension_registry_and_observer() -> None:
+    from prefect import _flow_run_suspension as registry
+    from prefect._internal.observers import FlowRunSuspendingObserver
+
+    assert parameters(registry.register_flow_run_suspension_request) == [
+        "flow_run_id",
+        "suspension_request",
+    ], changed("register_flow_run_suspension_request", "_WithoutSuspensionObserver")
+    assert parameters(registry.mark_flow_run_suspension_requested) == ["flow_run_id", "state"], (
+        changed("mark_flow_run_suspension_requested", "shared_suspension_observer")
+    )
+    request = registry.FlowRunSuspensionRequest()
+    assert callable(request.raise_if_requested), changed(
+        "FlowRunSuspensionRequest", "_WithoutSuspensionObserver"
+    )
+    assert "on_suspended" in parameters(FlowRunSuspendingObserver), changed(
+        "FlowRunSuspendingObserver(on_suspended=...)", "shared_suspension_observer"
+    )
+    for method in ("add_in_flight_flow_run_id", "remove_in_flight_flow_run_id", "__aenter__"):
+        assert hasattr(FlowRunSuspendingObserver, method), changed(
+            f"FlowRunSuspendingObserver.{method}", "watch_suspension"
+        )
+
+
+@pytest.mark.parametrize("engine", [FlowRunEngine, AsyncFlowRunEngine])
+def test_flow_engines_can_swap_their_suspension_observer(engine: type) -> None:
+    for name in (
+        "setup_flow_run_suspension_request",
+        "_get_flow_run_suspension_request",
+        "start",
+        "run_context",
+        "call_flow_fn",
+        "is_running",
+    ):
+        assert hasattr(engine, name), changed(f"{engine.__name__}.{name}", "run_in_pod_engine_*")
+    fields = engine.__dataclass_fields__  # type: ignore[attr-defined]
+    for name in ("flow", "flow_run", "parameters"):
+        assert name in fields, changed(f"{engine.__name__}({name}=...)", "run_in_pod_engine_*")
+    # our override must still be what the engine calls
+    assert "setup_flow_run_suspension_request" in inspect.getsource(engine), changed(
+        f"where {engine.__name__} sets up its suspension request", "_WithoutSuspensionObserver"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "where"),
+    [
+        (Block.load, "load_block_sync"),
+        (Block.save, "save_block_sync"),
+        (Block.register_type_and_schema, "register_block_type_sync"),
+    ],
+)
+def test_block_methods_take_the_sync_switch(method: Callable[..., Any], where: str) -> None:
+    # Prefect's dual sync/async methods take `_sync` in the wrapper that dispatches them.
+    wrapper = getattr(method, "__func__", method)
+    assert hasattr(wrapper, "aio"), changed(f"{method.__qualname__} (no async twin)", where)
+    assert 'kwargs.pop("_sync"' in inspect.getsource(wrapper.__code__), changed(
+        f"the `_sync` switch of {method.__qualname__}", where
+    )
+
+
+def test_base_worker_private_hooks() -> None:
+    for name in (
+        "_sync_and_initialize",
+        "_get_scheduled_flow_runs",
+        "_submit_scheduled_flow_runs",
+        "_emit_worker_started_event",
+        "_release_limit_slot",
+        "is_worker_still_polling",
+    ):
+        assert callable(getattr(BaseWorker, name, None)), changed(
+            f"BaseWorker.{name}", "WorkerBase"
+        )
+    assert parameters(BaseWorker._submit_scheduled_flow_runs) == ["self", "flow_run_response"], (
+        changed("BaseWorker._submit_scheduled_flow_runs", "WorkerBase.submit_runs")
+    )
+    assert parameters(BaseWorker._release_limit_slot) == ["self", "flow_run_id"], changed(
+        "BaseWorker._release_limit_slot", "WorkerBase._release_limit_slot"
+    )
+
+
+def test_base_worker_private_attributes() -> None:
+    worker = PipeDeployWorker(work_pool_name="compat-check")
+    for name in (
+        "_work_pool_name",
+        "_work_pool",
+        "_logger",
+        "_has_successfully_synced",
+        "_submitting_flow_run_ids",
+        "_last_polled_time",
+    ):
+        assert hasattr(worker, name), changed(f"BaseWorker().{name}", "WorkerBase")
+    assert worker.pool_name == "compat-check"
+    assert worker.pool_id is None and worker.has_synced is False
+    assert isinstance(worker._submitting_flow_run_ids, set), changed(
+        "BaseWorker()._submitting_flow_run_ids", "WorkerBase.is_submitting"
+    )
+
+
+def test_the_abstract_base_is_not_a_worker_type() -> None:
+    assert BaseWorker.get_worker_class_from_type("pipedeploy") is PipeDeployWorker
+    registered = BaseWorker.get_all_available_worker_types()
+    assert "pipedeploy" in registered
+    assert not any(getattr(cls, "__name__", "") == "WorkerBase" for cls in registered), changed(
+        "how abstract worker classes are kept out of the registry", "WorkerBase"
+    )
+
+
+def test_healthcheck_server_builder_is_public() -> None:
+    from prefect.workers.server import build_healthcheck_server
+
+    assert parameters(build_healthcheck_server)[:2] == ["worker", "query_interval_seconds"]

@@ -144,6 +144,8 @@ class RamAdmission:
             )
         lease = Lease(request.key, request.mib)
         if not await self._lease(lease):
+            # the cap as it is now: what this and other workers took since it was read
+            cap = await read_pool_ram_cap(self._client(), self.pool) or cap
             held = format_mib(cap.active_slots)
             return (
                 f"waiting for {format_mib(request.mib)} of RAM: {held} of the pool's RAM cap of "

@@ -74,6 +74,9 @@ def up(
         env["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
         os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
         typer.echo(f"Data store:      {data_store}")
+        # --home reaches the worker too: its pod state and RAM leases belong to the stack's home,
+        # not to a `.pipedeploy` in whatever directory `up` was started from
+        env["PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME"] = str(home)
         worker_child = start_child(
             "worker",
             [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool],
@@ -136,8 +139,10 @@ def _ensure_data_store(api_url: str, home: Path) -> str:
     configured = data_store_reference()
     if configured:
         return configured
+    root = home / "datastore"
+    root.mkdir(parents=True, exist_ok=True)  # there from the start, not at the first upload
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        return ensure_local_data_store(home / "datastore")
+        return ensure_local_data_store(root)
 
 
 def _run_demo(api_url: str, pool: str) -> None:

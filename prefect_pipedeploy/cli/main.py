@@ -8,6 +8,9 @@ pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import typer
 
 from prefect_pipedeploy.cli.app import app, call, make_sdk, print_json
@@ -54,7 +57,15 @@ def worker(
 
     async def serve() -> None:
         worker = PipeDeployWorker(work_pool_name=pool, name=name, ram_capacity=ram_capacity)
-        await worker.start(run_once=run_once, with_healthcheck=with_healthcheck)
+        # SIGTERM (a service manager's stop) ends the worker like Ctrl-C: its teardown stops
+        # the pods and publishes them as `down`.
+        main = asyncio.current_task()
+        assert main is not None
+        loop = asyncio.get_running_loop()
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, main.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.start(run_once=run_once, with_healthcheck=with_healthcheck)
 
     port = {PREFECT_WORKER_WEBSERVER_PORT: healthcheck_port} if healthcheck_port else {}
     try:

@@ -40,8 +40,9 @@ Where DESIGN.md is silent, this module decides:
   (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
 
 Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
-limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP answers and error bodies), `waiting` (waiting for executions, wrong
-token limits), `service` (the effects: Prefect API, data store, events), `openapi`, `app`.
+limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP
+answers and error bodies), `waiting` (waiting for executions, wrong token limits), `service`
+(the effects: Prefect API, data store, events), `openapi`, `app`.
 """
 
 from __future__ import annotations

@@ -80,6 +80,25 @@ class PipeDeploySettings(BaseSettings):
         gt=0,
         description="Wrong tokens a client may send per minute before it is refused (429).",
     )
+    gateway_max_fields: int = Field(
+        default=1000,
+        gt=0,
+        description=(
+            "Most fields in one request body: text fields of a form, or keys of a JSON object "
+            "(400 past it)."
+        ),
+    )
+    gateway_max_files: int = Field(
+        default=100, gt=0, description="Most file parts in one multipart request body (400)."
+    )
+    gateway_max_part_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description=(
+            "Largest text field of a form body, held in memory (413); file parts are spooled "
+            "to temporary files and bounded by gateway_max_body_bytes only."
+        ),
+    )
 
 
 def get_settings() -> PipeDeploySettings:

@@ -24,14 +24,12 @@ from prefect_pipedeploy.gateway.answers import (
     public_message,
     wants_json_only,
 )
+from prefect_pipedeploy.gateway.bodies import UploadedFile, parse_body
 from prefect_pipedeploy.gateway.endpoints import Endpoint, input_fields
 from prefect_pipedeploy.gateway.inputs import (
     FieldError,
-    UploadedFile,
     check_inputs,
     invalid_inputs_message,
-    parse_body,
-    parse_multipart,
     safe_filename,
 )
 from prefect_pipedeploy.gateway.openapi import endpoint_operation
@@ -269,17 +267,18 @@ def _multipart(files: dict[str, Any], data: dict[str, str]) -> tuple[bytes, str]
     return request.read(), request.headers["content-type"]
 
 
-def test_multipart_round_trip_keeps_binary_content() -> None:
+@pytest.mark.anyio
+async def test_multipart_round_trip_keeps_binary_content() -> None:
     blob = bytes(range(256)) * 4 + b"\r\n--not-a-boundary\r\n\r\n"
     body, content_type = _multipart(
         {"doc": ("report final.bin", blob, "application/octet-stream")},
         {"text": "héllo", "times": "2"},
     )
-    items = dict(parse_multipart(body, content_type))
+    items = dict((await parse_body(content_type, body))[0])
     assert items["text"] == "héllo"
     assert items["times"] == "2"
     assert isinstance(items["doc"], UploadedFile)
-    assert items["doc"].data == blob
+    assert items["doc"].read() == blob
     assert items["doc"].filename == "report final.bin"
 
 
@@ -299,9 +298,10 @@ def test_multipart_round_trip_keeps_binary_content() -> None:
         ),
     ],
 )
-def test_bad_multipart_bodies(body: bytes, content_type: str, phrase: str) -> None:
+@pytest.mark.anyio
+async def test_bad_multipart_bodies(body: bytes, content_type: str, phrase: str) -> None:
     with pytest.raises(GatewayError) as caught:
-        parse_multipart(body, content_type)
+        await parse_body(content_type, body)
     assert caught.value.status_code == 400
     assert phrase in caught.value.message
 
@@ -315,17 +315,19 @@ def test_bad_multipart_bodies(body: bytes, content_type: str, phrase: str) -> No
         ("text/plain", b"hello", 415, "is not accepted"),
     ],
 )
-def test_bad_bodies(content_type: str, body: bytes, status: int, phrase: str) -> None:
+@pytest.mark.anyio
+async def test_bad_bodies(content_type: str, body: bytes, status: int, phrase: str) -> None:
     with pytest.raises(GatewayError) as caught:
-        parse_body(content_type, body)
+        await parse_body(content_type, body)
     assert caught.value.status_code == status
     assert phrase in caught.value.message
 
 
-def test_bodies_of_each_kind() -> None:
-    assert parse_body(None, b"") == ([], False)
-    assert parse_body("application/json; charset=utf-8", b'{"a": 1}') == ([("a", 1)], False)
-    assert parse_body("application/x-www-form-urlencoded", b"a=1&b=x+y") == (
+@pytest.mark.anyio
+async def test_bodies_of_each_kind() -> None:
+    assert await parse_body(None, b"") == ([], False)
+    assert await parse_body("application/json; charset=utf-8", b'{"a": 1}') == ([("a", 1)], False)
+    assert await parse_body("application/x-www-form-urlencoded", b"a=1&b=x+y") == (
         [("a", "1"), ("b", "x y")],
         True,
     )

@@ -22,6 +22,9 @@ Where DESIGN.md is silent, this module decides:
   taken as they are for string inputs and parsed as JSON for the other types. Pipeline inputs
   the mapping leaves out are accepted under their own name, checked against the pipeline's
   parameter types. A null optional input counts as not given.
+- Bodies are read as they stream, within `GATEWAY_MAX_BODY_BYTES` (413), `GATEWAY_MAX_FIELDS`
+  and `GATEWAY_MAX_FILES` (400) and `GATEWAY_MAX_PART_BYTES` for one text field of a form (413).
+  File parts are spooled to temporary files (Starlette's parser), closed once stored.
 - File inputs are stored in the data store under `uploads/<uuid>/<file name>` before the
   execution is created (its id does not exist yet); the run's parameter is
   {"datastore_path": key} and the execution downloads it and passes {"path": <local file>}.
@@ -36,9 +39,10 @@ Where DESIGN.md is silent, this module decides:
 - A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
   (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
 
-Modules: `endpoints` (what a deployment serves), `inputs` (request bodies checked against an
-endpoint), `answers` (HTTP answers and error bodies), `waiting` (waiting for executions, wrong
-token limits), `service` (the effects: Prefect API, data store, events), `openapi`, `app`.
+Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
+limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP
+answers and error bodies), `waiting` (waiting for executions, wrong token limits), `service`
+(the effects: Prefect API, data store, events), `openapi`, `app`.
 """
 
 from __future__ import annotations

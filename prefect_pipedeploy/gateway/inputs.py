@@ -1,36 +1,23 @@
-"""Request bodies of endpoint calls: read within limits, parsed, checked against an endpoint.
+"""Endpoint inputs: the fields of a body checked against an endpoint's input fields.
 
-For: the body (JSON, multipart/form-data, a urlencoded form), each field checked against the
-endpoint's input fields, every problem named by its field. Not for: storing uploads or creating
-executions (`service`).
+For: each field's value checked by the input's type (text fields of a form read by type), every
+problem named by its field, defaults applied, pipeline input names and the public view (secrets
+masked); file names fit for a data-store key. Not for: reading or parsing the body (`bodies`),
+storing uploads or creating executions (`service`).
 """
 
 from __future__ import annotations
 
 import copy
-import email.message
-import email.utils
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
-from fastapi import Request
-
-from prefect_pipedeploy.gateway.answers import GatewayError
+from prefect_pipedeploy.gateway.bodies import UploadedFile, json_type, refuse_json_constant
 from prefect_pipedeploy.gateway.endpoints import Endpoint, InputField
 from prefect_pipedeploy.iomapping import SECRET_MASK
-
-
-@dataclass(frozen=True)
-class UploadedFile:
-    """A file part of a multipart body."""
-
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -79,23 +66,6 @@ _SCHEMA_TYPES = {
 }
 
 
-def json_type(value: Any) -> str:
-    """The JSON type name of a value: string, number, boolean, array, object, null (or file)."""
-    if isinstance(value, UploadedFile):
-        return "a file"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _schema_types(schema: Mapping[str, Any]) -> list[str]:
     kind = schema.get("type")
     if isinstance(kind, str):
@@ -124,10 +94,6 @@ def _preview(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _from_form_text(field_: InputField, text: str) -> tuple[Any, str | None]:
     """The value of a form's text field: as is for strings, else parsed as JSON."""
     if field_.data_type == "string" or (
@@ -135,7 +101,7 @@ def _from_form_text(field_: InputField, text: str) -> tuple[Any, str | None]:
     ):
         return text, None
     try:
-        return json.loads(text, parse_constant=_refuse_constant), None
+        return json.loads(text, parse_constant=refuse_json_constant), None
     except ValueError:
         if field_.data_type is None or field_.data_type == "json":
             return text, None  # not JSON: the text itself
@@ -147,7 +113,7 @@ def _check_value(field_: InputField, raw: Any, form: bool) -> tuple[Any, str | N
     if isinstance(raw, UploadedFile):
         if field_.data_type != "file":
             return _ABSENT, "is a file part, but this input is not a file; send it as a text field"
-        if not raw.filename and not raw.data:
+        if not raw.filename and not raw.size:
             return _ABSENT, None  # a form's empty file input
         return raw, None
     if field_.data_type == "file":
@@ -221,7 +187,7 @@ def check_inputs(
             continue
         if isinstance(value, UploadedFile):
             files[field_.pipeline_input] = value
-            public[field_.name] = {"filename": value.filename, "size": len(value.data)}
+            public[field_.name] = {"filename": value.filename, "size": value.size}
         else:
             parameters[field_.pipeline_input] = value
             public[field_.name] = SECRET_MASK if field_.secret else value
@@ -241,110 +207,4 @@ def safe_filename(name: str | None) -> str:
     return base[:100] or "upload"
 
 
-def _header_param(value: str, header: str, param: str) -> str | None:
-    message = email.message.Message()
-    message[header] = value
-    found = message.get_param(param, header=header)
-    if isinstance(found, tuple):  # RFC 2231 (charset, language, value)
-        found = email.utils.collapse_rfc2231_value(found)
-    return str(found) if found is not None else None
-
-
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | UploadedFile]]:
-    """The fields of a multipart/form-data body: text fields as str, file parts as
-    `UploadedFile`. Raises `GatewayError` (400) for a body that is not well formed."""
-    boundary = _header_param(content_type, "content-type", "boundary")
-    if not boundary:
-        raise GatewayError(400, "the multipart/form-data body has no boundary in its Content-Type")
-    delimiter = b"\r\n--" + boundary.encode("latin-1")
-    chunks = (b"\r\n" + body).split(delimiter)
-    if len(chunks) < 2:
-        raise GatewayError(400, "the multipart/form-data body has no parts")
-    items: list[tuple[str, str | UploadedFile]] = []
-    for chunk in chunks[1:]:
-        if chunk.startswith(b"--"):
-            return items  # the closing delimiter
-        head, separator, content = chunk.partition(b"\r\n\r\n")
-        if not separator:
-            raise GatewayError(400, "a part of the multipart/form-data body has no headers")
-        headers: dict[str, str] = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            name, colon, value = line.partition(":")
-            if colon:
-                headers[name.strip().lower()] = value.strip()
-        disposition = headers.get("content-disposition", "")
-        field_name = _header_param(disposition, "content-disposition", "name")
-        if not field_name:
-            raise GatewayError(400, "a part of the multipart/form-data body has no field name")
-        filename = _header_param(disposition, "content-disposition", "filename")
-        if filename is not None:
-            items.append(
-                (
-                    field_name,
-                    UploadedFile(
-                        filename=filename,
-                        content_type=headers.get("content-type", "application/octet-stream"),
-                        data=content,
-                    ),
-                )
-            )
-        else:
-            items.append((field_name, content.decode("utf-8", "replace")))
-    raise GatewayError(400, "the multipart/form-data body is cut short: it has no closing boundary")
-
-
-def parse_body(content_type: str | None, body: bytes) -> tuple[list[tuple[str, Any]], bool]:
-    """The fields of a request body, and whether they came from a form (text values)."""
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media in ("", "application/json") or media.endswith("+json"):
-        if not body.strip():
-            return [], False
-        try:
-            data = json.loads(body, parse_constant=_refuse_constant)
-        except UnicodeDecodeError:
-            raise GatewayError(400, "the body is not UTF-8 JSON") from None
-        except ValueError as exc:
-            raise GatewayError(
-                400, f"the body is not valid JSON ({exc}); send a JSON object of the inputs"
-            ) from None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                400, f"the body must be a JSON object of the inputs, not {json_type(data)}"
-            )
-        return list(data.items()), False
-    if media == "multipart/form-data":
-        return list(parse_multipart(body, content_type or "")), True
-    if media == "application/x-www-form-urlencoded":
-        text = body.decode("utf-8", "replace")
-        return list(parse_qsl(text, keep_blank_values=True)), True
-    raise GatewayError(
-        415,
-        f"content type {media!r} is not accepted; send application/json, or "
-        "multipart/form-data when the endpoint takes a file",
-    )
-
-
-def _format_bytes(size: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is over `limit` bytes (whether it
-    declares a Content-Length or comes chunked)."""
-    too_large = GatewayError(
-        413, f"the body is larger than this gateway's limit of {_format_bytes(limit)}"
-    )
-    declared = request.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+# ---- bodies --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ _SCHEMAS: dict[str, Any] = {
                 },
             },
         },
-        "required": ["message", "errors"],
+        "required": ["message"],  # `errors` when the inputs are the problem, not the body
     },
     "ExecutionResult": {
         "type": "object",
@@ -100,9 +100,13 @@ CALL_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": _ref("ExecutionAccepted")}},
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
-    400: _error("Invalid inputs; each invalid field is named.", "InvalidInputs"),
+    400: _error(
+        "Invalid inputs, each invalid field named in `errors`; or a malformed body, or more "
+        "fields or file parts than the gateway's limits.",
+        "InvalidInputs",
+    ),
     409: _error("The endpoint's deployment is disabled."),
-    413: _error("The body is over the gateway's limit."),
+    413: _error("The body, or one text field of a form, is over the gateway's limit."),
     415: _error("The body is neither JSON nor a form."),
     429: _error(
         "Too many waiting executions of this deployment, or too many wrong tokens from this "

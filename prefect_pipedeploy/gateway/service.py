@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import math
 import os
 import tempfile
@@ -56,13 +55,12 @@ from prefect_pipedeploy.gateway.answers import (
     public_message,
     wants_json_only,
 )
+from prefect_pipedeploy.gateway.bodies import close_files, read_body
 from prefect_pipedeploy.gateway.endpoints import Endpoint, endpoint_of, endpoint_table
 from prefect_pipedeploy.gateway.inputs import (
     CheckedInputs,
     check_inputs,
     invalid_inputs_message,
-    parse_body,
-    read_body,
     safe_filename,
 )
 from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
@@ -250,7 +248,7 @@ class Gateway:
         try:
             for pipeline_input, upload in checked.files.items():
                 key = f"{UPLOADS_PREFIX}/{uuid.uuid4().hex}/{safe_filename(upload.filename)}"
-                await store.aupload(io.BytesIO(upload.data), key)
+                await store.aupload(upload.stream(), key)
                 keys.append(key)
                 checked.parameters[pipeline_input] = file_input_marker(key)
         except DataStoreError as exc:
@@ -447,17 +445,18 @@ class Gateway:
                 f"endpoint {path!r} is disabled; its owner enables it with "
                 "update_deployment(..., disabled=False)",
             )
-        settings = get_settings()
-        body = await read_body(request, settings.gateway_max_body_bytes)
-        items, form = parse_body(request.headers.get("content-type"), body)
-        checked = check_inputs(endpoint, items, form=form)
-        if checked.errors:
-            raise GatewayError(
-                400,
-                invalid_inputs_message(checked.errors),
-                errors=[asdict(error) for error in checked.errors],
-            )
-        keys = await self.store_uploads(checked)
+        items, form = await read_body(request)
+        try:  # uploaded files live in temporary files until they are stored
+            checked = check_inputs(endpoint, items, form=form)
+            if checked.errors:
+                raise GatewayError(
+                    400,
+                    invalid_inputs_message(checked.errors),
+                    errors=[asdict(error) for error in checked.errors],
+                )
+            keys = await self.store_uploads(checked)
+        finally:
+            close_files(items)
         parameters: dict[str, Any] = {}
         try:
             parameters = await seal_inputs(self.client, endpoint.spec, checked.parameters)
@@ -481,7 +480,7 @@ class Gateway:
                 status_code=202,
                 headers={"Location": location, "X-Execution-Id": str(run.id)},
             )
-        return await self.answer(request, endpoint, run, settings.gateway_wait_s, location)
+        return await self.answer(request, endpoint, run, get_settings().gateway_wait_s, location)
 
     async def results(self, request: Request, path: str, execution_id: str) -> Response:
         """GET /endpoints/{path}/executions/{id}: long-poll an execution's result."""

@@ -3,18 +3,20 @@
     prefect worker start --type pipedeploy --pool pipedeploy
     pipedeploy worker --pool pipedeploy --ram-capacity 8GiB
 
-Modules: `models` (the three models and the pool's base job template), `worker` (the worker class), `ram` (RAM admission against the
-worker's capacity and the pool's cap, and the RSS watcher).
+Modules: `models` (the three models and the pool's base job template), `worker` (the worker
+class: its loops and `run`), `dispatch` (where ready runs go, which start, retries), `ram` (RAM
+admission against the worker's capacity and the pool's cap, and the RSS watcher), `recovery`
+(runs a dead worker claimed and never started).
 """
 
 from __future__ import annotations
 
-from prefect_pipedeploy.worker.worker import (
+from prefect_pipedeploy.worker.models import (
     PipeDeployJobConfiguration,
     PipeDeployVariables,
-    PipeDeployWorker,
     PipeDeployWorkerResult,
 )
+from prefect_pipedeploy.worker.worker import PipeDeployWorker
 
 __all__ = [
     "PipeDeployJobConfiguration",

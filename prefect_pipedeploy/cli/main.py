@@ -8,8 +8,6 @@ pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
 
 from __future__ import annotations
 
-import os
-
 import typer
 
 from prefect_pipedeploy.cli.app import app, call, make_sdk, print_json
@@ -31,23 +29,28 @@ app.add_typer(pool_app, name="pool")
 
 @app.command()
 def worker(
-    pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to serve."),
+    pool: str = typer.Option(
+        None, "--pool", help="Work pool to serve (default: the default_pool setting)."
+    ),
     ram_capacity: str = typer.Option(
-        None, "--ram-capacity", help="RAM this worker may hand out, like '8GiB'."
+        None,
+        "--ram-capacity",
+        help="RAM this worker may hand out, like '8GiB' (default: the ram_capacity setting).",
     ),
     name: str = typer.Option(None, "--name", help="Worker name (default: a generated one)."),
 ) -> None:
     """Start a pipedeploy worker (same as `prefect worker start --type pipedeploy`)."""
     import asyncio
 
-    if ram_capacity:
-        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_RAM_CAPACITY"] = ram_capacity
-
     async def serve() -> None:
-        await PipeDeployWorker(work_pool_name=pool, name=name).start()
+        work_pool = pool or get_settings().default_pool
+        await PipeDeployWorker(
+            work_pool_name=work_pool, name=name, ram_capacity=ram_capacity
+        ).start()
 
     try:
-        asyncio.run(serve())
+        # A bad setting or --ram-capacity is one line `error: ...`, like every command's.
+        call(asyncio.run, serve())
     except KeyboardInterrupt:
         pass
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from prefect.exceptions import PrefectException
 
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import env_name, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -39,11 +39,8 @@ def register_datastore_blocks() -> None:
         block_type.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
 
 
-DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
-
-
 _CONFIGURE_FIX = (
-    f"set {DATA_STORE_VARIABLE} to a saved data store block as '<block-type-slug>/<name>': "
+    f"set {env_name('data_store')} to a saved data store block as '<block-type-slug>/<name>': "
     "`pipedeploy up` creates 'pipedeploy-local-data-store/default'; for S3, save an "
     "S3DataStore block (in the Prefect UI or with `.save(name)`) and set the variable to "
     "'pipedeploy-s3-data-store/<name>'"

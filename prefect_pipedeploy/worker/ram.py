@@ -315,10 +315,12 @@ async def _watch_rss(pid: int, limit_mib: int, ram_request: str, exceeded: list[
         await anyio.sleep(0.25)
 
 
-def worker_ram_capacity_mib() -> int:
-    """The RAM this worker hands out: the setting, or total memory minus the reserve."""
+def worker_ram_capacity_mib(ram_capacity: str | None = None) -> int:
+    """The RAM this worker hands out: `ram_capacity` (the worker's `--ram-capacity`), else the
+    `ram_capacity` setting, else total memory minus the `ram_reserve` setting."""
     settings = get_settings()
-    if settings.ram_capacity:
-        return parse_ram(settings.ram_capacity, "ram_capacity")
+    ram_capacity = ram_capacity or settings.ram_capacity
+    if ram_capacity:
+        return parse_ram(ram_capacity, "ram_capacity")
     total_mib = psutil.virtual_memory().total // 1024**2
     return default_capacity_mib(total_mib, parse_ram(settings.ram_reserve, "ram_reserve"))

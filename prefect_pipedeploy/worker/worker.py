@@ -54,7 +54,7 @@ from prefect_pipedeploy.runtimes.process import (
     start_process,
     wait_process,
 )
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import (
     Mode,
     spec_from_job_variables,
@@ -86,7 +86,7 @@ WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
 class PipeDeployWorker(
     BaseWorker[PipeDeployJobConfiguration, PipeDeployVariables, PipeDeployWorkerResult]
 ):
-    type = "pipedeploy"
+    type = WORKER_TYPE
     job_configuration = PipeDeployJobConfiguration
     job_configuration_variables = PipeDeployVariables
     _description = (
@@ -96,10 +96,12 @@ class PipeDeployWorker(
     _display_name = "PipeDeploy"
     _documentation_url = "https://github.com/prefect-pipedeploy/prefect-pipedeploy"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ram_capacity: str | None = None, **kwargs: Any) -> None:
+        """`ram_capacity` ("8GiB") is the RAM this worker hands out; default: the
+        `ram_capacity` setting, else total memory minus `ram_reserve`."""
         super().__init__(*args, **kwargs)
         self._wake = anyio.Event()
-        self.ledger = RamLedger(worker_ram_capacity_mib())
+        self.ledger = RamLedger(worker_ram_capacity_mib(ram_capacity))
         self.admission = RamAdmission(
             self.ledger,
             self._work_pool_name,

@@ -39,8 +39,11 @@ def register_datastore_blocks() -> None:
         block_type.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
 
 
+DATA_STORE_VARIABLE = env_name("data_store")  # the variable naming the store, for messages
+
+
 _CONFIGURE_FIX = (
-    f"set {env_name('data_store')} to a saved data store block as '<block-type-slug>/<name>': "
+    f"set {DATA_STORE_VARIABLE} to a saved data store block as '<block-type-slug>/<name>': "
     "`pipedeploy up` creates 'pipedeploy-local-data-store/default'; for S3, save an "
     "S3DataStore block (in the Prefect UI or with `.save(name)`) and set the variable to "
     "'pipedeploy-s3-data-store/<name>'"

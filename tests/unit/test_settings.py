@@ -291,3 +291,23 @@ def test_environment_variables_carry_the_settings_to_a_child(
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert get_settings() == parent
+
+
+# -- the worker's RAM capacity: argument, then setting -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "variable", "expected_mib"),
+    [("1GiB", "2GiB", 1024), (None, "2GiB", 2048), ("512MiB", None, 512)],
+)
+def test_ram_capacity_argument_wins_over_the_setting(
+    monkeypatch: pytest.MonkeyPatch, argument: str | None, variable: str | None, expected_mib: int
+) -> None:
+    """`pipedeploy worker --ram-capacity` hands its value over without touching os.environ."""
+    from prefect_pipedeploy.worker.ram import worker_ram_capacity_mib
+
+    if variable:
+        monkeypatch.setenv(env_name("ram_capacity"), variable)
+    environ = dict(os.environ)
+    assert worker_ram_capacity_mib(argument) == expected_mib
+    assert dict(os.environ) == environ

@@ -39,6 +39,11 @@ class ServerUnavailable(PipeDeployError):
     """The Prefect API cannot be reached; start it with `pipedeploy up` or set PREFECT_API_URL."""
 
 
+class InvalidSettings(PipeDeployError, ValueError):
+    """A prefect-pipedeploy setting has a value it cannot take; the message names each setting,
+    its environment variable, the value and the rule, and where settings are read from."""
+
+
 # -- the data store ----------------------------------------------------------------------------
 
 

@@ -1,25 +1,58 @@
-"""Settings of prefect-pipedeploy, read from `PREFECT_INTEGRATIONS_PIPEDEPLOY_*` variables.
+"""Settings of prefect-pipedeploy: one Prefect-native settings class, the worker type, and the
+one way to name a setting's environment variable.
 
-For: every tunable of the worker, the pods, the gateway and the SDK, in one Prefect-style
-settings class. Not for: per-deployment settings (those are the deployment spec's job
-variables, see `spec`).
+For: every tunable of the worker, the pods, the gateway and the SDK, read the way Prefect reads
+its own settings, highest priority first:
+
+1. values given in code (`PipeDeploySettings(poll_seconds=1)`, `temporary_settings(...)`);
+2. environment variables, `PREFECT_INTEGRATIONS_PIPEDEPLOY_<NAME>`;
+3. a `.env` file in the working directory, same names;
+4. `prefect.toml` in the working directory, table `[integrations.pipedeploy]`;
+5. `pyproject.toml` in the working directory, table `[tool.prefect.integrations.pipedeploy]`;
+6. the active Prefect profile (`profiles.toml`), same names as the environment variables;
+7. the defaults below.
+
+    # prefect.toml                         # ~/.prefect/profiles.toml
+    [integrations.pipedeploy]              [profiles.local]
+    poll_seconds = 1                       PREFECT_INTEGRATIONS_PIPEDEPLOY_POLL_SECONDS = "1"
 
 Read them where they are used with `get_settings()`: nothing is frozen at import time, so a
-test or a process can change the environment and see the change.
+test or a process can change the environment (or enter `temporary_settings`) and see the
+change. Name a setting's variable with `env_name("data_store")`, never by spelling it out; hand
+settings to a child process with `settings.to_environment_variables()`.
+
+Not for: per-deployment settings (those are the deployment spec's job variables, see `spec`),
+or Prefect's own settings (`prefect.settings`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from prefect.settings.base import PrefectBaseSettings, build_settings_config
+from pydantic import Field, ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from prefect_pipedeploy.exceptions import InvalidSettings
+
+WORKER_TYPE = "pipedeploy"
+"""The type of the pipedeploy worker and of its work pools (`prefect worker start --type ...`)."""
 
 
-class PipeDeploySettings(BaseSettings):
-    """Settings for prefect-pipedeploy (`PREFECT_INTEGRATIONS_PIPEDEPLOY_<NAME>`)."""
+SETTINGS_PATH = ("integrations", "pipedeploy")
+"""Where the settings live in Prefect's tree: the TOML tables and the variables' prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="PREFECT_INTEGRATIONS_PIPEDEPLOY_", extra="ignore")
+
+class PipeDeploySettings(PrefectBaseSettings):
+    """Settings for prefect-pipedeploy (`PREFECT_INTEGRATIONS_PIPEDEPLOY_<NAME>`, or
+    `[integrations.pipedeploy]` in prefect.toml); see the module docstring for the sources."""
+
+    model_config: ClassVar[SettingsConfigDict] = build_settings_config(SETTINGS_PATH)
 
     default_pool: str = Field(
         default="pipedeploy", description="Work pool the SDK uses when none is named."
@@ -101,6 +134,74 @@ class PipeDeploySettings(BaseSettings):
     )
 
 
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: `env_name("data_store")` is
+    "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE". Raises `ValueError` for an unknown setting."""
+    _check_names([setting])
+    return f"{PipeDeploySettings.model_config.get('env_prefix', '')}{setting.upper()}"
+
+
+# Values `temporary_settings` puts above every other source, for this context only.
+_overrides: ContextVar[Mapping[str, Any]] = ContextVar(
+    "pipedeploy_settings", default=MappingProxyType({})
+)
+
+
 def get_settings() -> PipeDeploySettings:
-    """The settings as the environment says now."""
-    return PipeDeploySettings()
+    """The settings as their sources say now (read anew at each call, nothing cached).
+
+    Raises `InvalidSettings` naming each bad setting, its variable and the rule it breaks.
+    """
+    return _build(_overrides.get())
+
+
+@contextmanager
+def temporary_settings(**values: Any) -> Iterator[PipeDeploySettings]:
+    """Override settings by name for the block (`temporary_settings(poll_seconds=0.5)`).
+
+    Like `prefect.settings.temporary_settings`: the values win over every other source for
+    `get_settings()` in this context (the current thread or task, and the tasks it starts),
+    nested blocks add to the outer ones, and leaving the block restores them. Child processes
+    do not see them: hand them over with `get_settings().to_environment_variables()`. A value
+    of None sets an optional setting to None whatever the environment says. Unknown names and
+    invalid values raise at once, before the block runs. Yields the settings now in force.
+    """
+    _check_names(values)
+    merged = {**_overrides.get(), **values}
+    settings = _build(merged)
+    token = _overrides.set(merged)
+    try:
+        yield settings
+    finally:
+        _overrides.reset(token)
+
+
+def _build(values: Mapping[str, Any]) -> PipeDeploySettings:
+    try:
+        return PipeDeploySettings(**values)
+    except ValidationError as exc:
+        raise InvalidSettings(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """'poll_seconds (PREFECT_INTEGRATIONS_PIPEDEPLOY_POLL_SECONDS) is '0': ...' per error."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        variable = f" ({env_name(name)})" if name in PipeDeploySettings.model_fields else ""
+        problems.append(f"{name}{variable} is {error.get('input')!r}: {error['msg']}")
+    table = ".".join(SETTINGS_PATH)
+    return (
+        f"invalid prefect-pipedeploy setting: {'; '.join(problems)}; fix it where it is set "
+        f"(in code, the environment, .env, prefect.toml [{table}], pyproject.toml "
+        f"[tool.prefect.{table}] or the active Prefect profile)"
+    )
+
+
+def _check_names(names: Any) -> None:
+    unknown = [name for name in names if name not in PipeDeploySettings.model_fields]
+    if unknown:
+        raise ValueError(
+            f"no prefect-pipedeploy setting {', '.join(map(repr, unknown))}; the settings are "
+            f"{', '.join(PipeDeploySettings.model_fields)}"
+        )

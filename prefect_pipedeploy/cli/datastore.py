@@ -25,6 +25,7 @@ import typer
 
 from prefect_pipedeploy.cli.app import app, call, make_sdk
 from prefect_pipedeploy.sdk import PipeDeploy
+from prefect_pipedeploy.settings import env_name
 
 datastore_app = typer.Typer(
     no_args_is_help=True,
@@ -40,7 +41,7 @@ def _choose_store(
         None,
         "--store",
         help="Saved data store block '<block-type-slug>/<name>' (default: "
-        "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE).",
+        f"{env_name('data_store')}).",
     ),
 ) -> None:
     ctx.obj = store

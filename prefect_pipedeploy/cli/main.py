@@ -32,9 +32,13 @@ app.add_typer(pool_app, name="pool")
 
 @app.command()
 def worker(
-    pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to serve."),
+    pool: str = typer.Option(
+        None, "--pool", help="Work pool to serve (default: the default_pool setting)."
+    ),
     ram_capacity: str = typer.Option(
-        None, "--ram-capacity", help="RAM this worker may hand out, like '8GiB'."
+        None,
+        "--ram-capacity",
+        help="RAM this worker may hand out, like '8GiB' (default: the ram_capacity setting).",
     ),
     name: str = typer.Option(None, "--name", help="Worker name (default: a generated one)."),
     with_healthcheck: bool = typer.Option(
@@ -56,7 +60,8 @@ def worker(
     from prefect.settings import PREFECT_WORKER_WEBSERVER_PORT, temporary_settings
 
     async def serve() -> None:
-        worker = PipeDeployWorker(work_pool_name=pool, name=name, ram_capacity=ram_capacity)
+        work_pool = pool or get_settings().default_pool
+        worker = PipeDeployWorker(work_pool_name=work_pool, name=name, ram_capacity=ram_capacity)
         # SIGTERM (a service manager's stop) ends the worker like Ctrl-C: its teardown stops
         # the pods and publishes them as `down`.
         main = asyncio.current_task()
@@ -69,6 +74,7 @@ def worker(
 
     port = {PREFECT_WORKER_WEBSERVER_PORT: healthcheck_port} if healthcheck_port else {}
     try:
+        # A bad setting or --ram-capacity is one line `error: ...`, like every command's.
         with temporary_settings(updates=port):
             call(asyncio.run, serve())
     except KeyboardInterrupt:

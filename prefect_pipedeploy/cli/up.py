@@ -32,7 +32,9 @@ def up(
     host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
     port: int = typer.Option(4200, "--port", help="Port of the embedded Prefect server."),
     gateway_port: int = typer.Option(8080, "--gateway-port", help="Port of the endpoint gateway."),
-    pool: str = typer.Option("pipedeploy", "--pool", help="Work pool to create and serve."),
+    pool: str = typer.Option(
+        None, "--pool", help="Work pool to create and serve (default: the default_pool setting)."
+    ),
     home: Path = typer.Option(None, "--home", help="Where the local stack keeps its data."),
     exit_after_demo: bool = typer.Option(
         False, "--exit-after-demo", help="Stop everything once the demo has printed its outputs."
@@ -47,7 +49,9 @@ def up(
         wait_for_http,
     )
 
-    home = (home or get_settings().home).resolve()
+    settings = get_settings()
+    home = (home or settings.home).resolve()
+    pool = pool or settings.default_pool
     children: list[ChildProcess] = []
     stop = {"requested": False}
 
@@ -69,10 +73,14 @@ def up(
                 fail(f"{exc}\n(is port {port} in use? pass --port)")
             children.append(server)
             typer.echo(f"Prefect server:  {api_url}   (UI: {api_url.removesuffix('/api')})")
-        env = {**os.environ, "PREFECT_API_URL": api_url}
         data_store = _ensure_data_store(api_url, home)
-        env["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
-        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = data_store
+        # The children get this process's settings, with the stack's data store, by variable.
+        stack_settings = settings.model_copy(update={"data_store": data_store})
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            **stack_settings.to_environment_variables(exclude_unset=True),
+        }
         typer.echo(f"Data store:      {data_store}")
         # --home reaches the worker too: its pod state and RAM leases belong to the stack's home,
         # not to a `.pipedeploy` in whatever directory `up` was started from
@@ -110,12 +118,11 @@ def up(
             wait_for_http(f"{gateway_url}/health", 60, gateway_child)
         except PipeDeployError as exc:
             fail(f"{exc}\n(is port {gateway_port} in use? pass --gateway-port)")
-        os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"] = gateway_url
         typer.echo(
             f"Gateway:         {gateway_url}/endpoints/<path>   (API docs: {gateway_url}/docs)"
         )
         if demo:
-            _run_demo(api_url, pool)
+            _run_demo(api_url, pool, data_store, gateway_url)
             if exit_after_demo:
                 return
         typer.echo("Ready. Press Ctrl-C to stop.")
@@ -145,13 +152,15 @@ def _ensure_data_store(api_url: str, home: Path) -> str:
         return ensure_local_data_store(root)
 
 
-def _run_demo(api_url: str, pool: str) -> None:
+def _run_demo(api_url: str, pool: str, data_store: str, gateway_url: str) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from prefect_pipedeploy.examples import demo
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        sdk = PipeDeploy(work_pool_name=pool)
+        sdk = PipeDeploy(
+            api_url=api_url, work_pool_name=pool, data_store=data_store, gateway_url=gateway_url
+        )
         try:
             sdk.delete_deployment(DEMO_DEPLOYMENT)
         except PipeDeployError:
@@ -165,7 +174,6 @@ def _run_demo(api_url: str, pool: str) -> None:
         )
         typer.echo(f"Demo deployment: {created['name']} ({created['mode']}, {created['status']})")
         path = created["endpoint_url_path"]
-        gateway_url = os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"]
         typer.echo(
             f"Demo endpoint:   curl -L -X POST {gateway_url}/endpoints/{path} "
             f"-H 'Authorization: EndpointToken {created['endpoint_token']}' "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from prefect.exceptions import PrefectException
 
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import env_name, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -39,7 +39,7 @@ def register_datastore_blocks() -> None:
         register_block_type_sync(block_type)
 
 
-DATA_STORE_VARIABLE = "PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"
+DATA_STORE_VARIABLE = env_name("data_store")  # the variable naming the store, for messages
 
 
 _CONFIGURE_FIX = (

@@ -25,9 +25,7 @@ from prefect_pipedeploy.exceptions import (
     DeploymentNotFound,
     ExecutionNotFound,
 )
-
-WORKER_TYPE = "pipedeploy"
-
+from prefect_pipedeploy.settings import WORKER_TYPE
 
 TAG = "pipedeploy"
 

@@ -38,8 +38,9 @@ from prefect_pipedeploy.prefect_api.triggers import (
     delete_endpoint_trigger,
     ensure_endpoint_trigger,
 )
-from prefect_pipedeploy.sdk.base import TAG, WORKER_TYPE, Verbs, pipedeploy_pools
+from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
 from prefect_pipedeploy.sdk.views import deployment_view
+from prefect_pipedeploy.settings import WORKER_TYPE
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
     ExecutionRule,

@@ -35,8 +35,6 @@ from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
-    WorkPoolFilter,
-    WorkPoolFilterType,
 )
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.logging import get_logger
@@ -55,8 +53,8 @@ from prefect_pipedeploy.prefect_api.triggers import (
     endpoint_path_of,
     ensure_endpoint_trigger,
 )
-from prefect_pipedeploy.sdk.base import Verbs
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.sdk.base import Verbs, pipedeploy_pools
+from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.spec import (
     spec_from_job_variables,
 )
@@ -124,7 +122,7 @@ def _auth(token: str | None) -> dict[str, str]:
 
 async def _endpoint_deployment(client: PrefectClient, name: str) -> DeploymentResponse:
     """The pipedeploy deployment named `name`, else the one whose endpoint path is `name`."""
-    pools = WorkPoolFilter(type=WorkPoolFilterType(any_=["pipedeploy"]))  # the worker type
+    pools = pipedeploy_pools()
     found = await client.read_deployments(
         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
         work_pool_filter=pools,
@@ -233,7 +231,7 @@ class GatewayVerbs(Verbs):
         if not url:
             raise GatewayUnavailable(
                 "no gateway URL: pass PipeDeploy(gateway_url='http://127.0.0.1:8080') or set "
-                "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_URL"
+                f"{env_name('gateway_url')}"
             )
         return url.rstrip("/")
 

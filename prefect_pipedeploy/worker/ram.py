@@ -356,8 +356,8 @@ class RssWatcher:
 
 
 def worker_ram_capacity_mib(ram_capacity: str | None = None) -> int:
-    """The RAM this worker hands out: `ram_capacity` ("8GiB"), else the setting, else the
-    machine's total memory minus the reserve."""
+    """The RAM this worker hands out: `ram_capacity` (the worker's `--ram-capacity`), else the
+    `ram_capacity` setting, else total memory minus the `ram_reserve` setting."""
     settings = get_settings()
     ram_capacity = ram_capacity or settings.ram_capacity
     if ram_capacity:

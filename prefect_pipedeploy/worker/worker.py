@@ -44,7 +44,7 @@ from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
 from prefect_pipedeploy.runtimes.elastic import run_elastic
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import ProcessRuntime, kill_process_tree
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker.dispatch import (
@@ -74,7 +74,7 @@ WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
 class PipeDeployWorker(
     WorkerBase[PipeDeployJobConfiguration, PipeDeployVariables, PipeDeployWorkerResult]
 ):
-    type = "pipedeploy"
+    type = WORKER_TYPE
     job_configuration = PipeDeployJobConfiguration
     job_configuration_variables = PipeDeployVariables
     _description = (
@@ -85,6 +85,8 @@ class PipeDeployWorker(
     _documentation_url = "https://github.com/prefect-pipedeploy/prefect-pipedeploy"
 
     def __init__(self, *args: Any, ram_capacity: str | None = None, **kwargs: Any) -> None:
+        """`ram_capacity` ("8GiB") is the RAM this worker hands out; default: the
+        `ram_capacity` setting, else total memory minus `ram_reserve`."""
         super().__init__(*args, **kwargs)
         settings = get_settings()
         self._wake = anyio.Event()

@@ -80,6 +80,14 @@ class PipeDeploySettings(BaseSettings):
         gt=0,
         description="Wrong tokens a client may send per minute before it is refused (429).",
     )
+    retry_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How long a failed execution with retries left stays failed before the gateway "
+            "and the SDK stop waiting for its worker to queue the retry and report it final."
+        ),
+    )
 
 
 def get_settings() -> PipeDeploySettings:

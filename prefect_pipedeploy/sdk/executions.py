@@ -24,9 +24,9 @@ from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from prefect_pipedeploy.exceptions import DeploymentNotFound
 from prefect_pipedeploy.prefect_api.records import read_outputs
-from prefect_pipedeploy.prefect_api.runs import create_run
-from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
 from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view
 from prefect_pipedeploy.settings import get_settings
@@ -85,14 +85,13 @@ class ExecutionVerbs(Verbs):
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
             spec = spec_from_job_variables(deployment.job_variables)
-            parameters = await seal_inputs(client, spec, inputs or {})
             try:
-                flow_run = await create_run(
-                    client, deployment.id, parameters=parameters, tags=[TAG]
-                )
-            except BaseException:
-                await discard(client, sealed_keys(parameters))
-                raise
+                flow_run = await create_execution(client, deployment.id, spec, inputs or {}, [TAG])
+            except ObjectNotFound:
+                raise DeploymentNotFound(
+                    f"deployment {deployment_name!r} was deleted before its execution could be "
+                    "created; list the deployments with `pipedeploy deployment ls`"
+                ) from None
         if wait_for_completion:
             await self.await_execution(flow_run.id, timeout_s)
         return await self.aget_pipeline_execution(flow_run.id)

@@ -52,7 +52,8 @@ def import_pipeline(entrypoint: str) -> Flow[..., Any]:
         found = import_object(entrypoint)
     except AttributeError:
         raise PipelineLoadError(
-            f"pipeline {entrypoint!r}: {path} has no {name!r}; check the name after ':'"
+            f"pipeline {entrypoint!r} could not be imported: {path} has no {name!r}; check "
+            "the name after ':'"
         ) from None
     except ScriptError as exc:
         cause = exc.user_exc

@@ -135,7 +135,8 @@ class Pod:
         except TimeoutError:
             timeout = self.spec.execution_timeout_s
             message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
-            await fail_run(self.client, flow_run.id, message)
+            # an async run's engine, cancelled, has just ended it Crashed: the timeout is why
+            await fail_run(self.client, flow_run.id, message, over_crash=True)
             state_name = "FAILED"
         except Exception as exc:  # the engine itself failed: report on the run, keep the pod
             message = f"The pod could not execute the run: {type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.context import SettingsContext, get_settings_context
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
@@ -97,11 +97,18 @@ async def create_execution(
         raise
 
 
-async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+async def fail_run(
+    client: PrefectClient, flow_run_id: UUID, message: str, *, over_crash: bool = False
+) -> bool:
     """Mark a run Failed with `message` (the pipeline failed outside Prefect's engine: its
     inputs, its timeout, its loading). Returns False, and leaves the run alone, when it is
-    already final (or gone)."""
-    return await _end_run(client, flow_run_id, Failed(message=message))
+    already final (or gone).
+
+    `over_crash=True` also replaces a Crashed state: when this process cancels a run's engine
+    (its timeout), Prefect's engine ends the run Crashed, but the cause to show is the caller's.
+    """
+    replaceable = (StateType.CRASHED,) if over_crash else ()
+    return await _end_run(client, flow_run_id, Failed(message=message), replaceable)
 
 
 async def crash_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
@@ -110,11 +117,16 @@ async def crash_run(client: PrefectClient, flow_run_id: UUID, message: str) -> b
     return await _end_run(client, flow_run_id, Crashed(message=message))
 
 
-async def _end_run(client: PrefectClient, flow_run_id: UUID, state: State[Any]) -> bool:
+async def _end_run(
+    client: PrefectClient,
+    flow_run_id: UUID,
+    state: State[Any],
+    replaceable: tuple[StateType, ...] = (),
+) -> bool:
     try:
         # The server lets a final run be set Failed again (only Crashed is refused): look first.
         current = (await client.read_flow_run(flow_run_id)).state
-        if current is not None and current.is_final():
+        if current is not None and current.is_final() and current.type not in replaceable:
             return False
         accepted = await propose_state(client, state, flow_run_id=flow_run_id)
     except (Abort, ObjectNotFound):  # Abort: it reached a final state meanwhile

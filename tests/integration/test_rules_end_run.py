@@ -1,6 +1,6 @@
 """`prefect_api.runs.fail_run` / `crash_run` on real runs: Scheduled -> Failed, Running ->
 Crashed, and a run already final left alone (the server itself would let Completed become
-Failed)."""
+Failed), unless a caller replaces a Crashed it caused (`over_crash`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import StateType
-from prefect.states import Completed, Failed, Running
+from prefect.states import Completed, Crashed, Failed, Running
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.prefect_api.runs import crash_run, fail_run
@@ -59,6 +59,14 @@ async def test_fail_and_crash_a_run(prefect_api: str, sdk: PipeDeploy) -> None:
         assert await crash_run(client, failed, "the pod died afterwards") is False
         assert await fail_run(client, failed, "again") is False
         assert await state_of(client, failed) == (StateType.FAILED, "its own")
+
+        # a run whose engine the caller cancelled (a pod's timeout) ends Crashed by Prefect's
+        # engine; the caller's cause replaces that, and only that
+        cancelled = await new_run(client, deployment_id, Running(), Crashed(message="cancelled"))
+        assert await fail_run(client, cancelled, "timed out") is False
+        assert await fail_run(client, cancelled, "timed out", over_crash=True) is True
+        assert await state_of(client, cancelled) == (StateType.FAILED, "timed out")
+        assert await fail_run(client, completed, "timed out", over_crash=True) is False
 
         assert await fail_run(client, uuid.uuid4(), "no such run") is False
         assert await crash_run(client, uuid.uuid4(), "no such run") is False

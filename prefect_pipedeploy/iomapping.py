@@ -83,7 +83,10 @@ def file_input_key(value: Any) -> str | None:
 def pipeline_inputs_of(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
     """The input names of a pipeline function (or flow), and those without a default.
 
-    `*args` and `**kwargs` are not inputs: a mapping cannot feed them.
+    The one reading of a pipeline's signature: the SDK checks a mapping against it when a
+    deployment is created (`DeploymentSpec.check_pipeline_inputs`), and every run resolves its
+    inputs with it, so a mapping accepted at creation is one the runs can feed. `*args` and
+    `**kwargs` are not inputs: a mapping cannot feed them.
     """
     fn = getattr(fn, "fn", fn)  # a Prefect flow wraps its function
     parameters = [

@@ -133,6 +133,15 @@ class PipeDeploySettings(PrefectBaseSettings):
         ),
     )
 
+    retry_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How long a failed execution with retries left stays failed before the gateway "
+            "and the SDK stop waiting for its worker to queue the retry and report it final."
+        ),
+    )
+
 
 def env_name(setting: str) -> str:
     """The environment variable of a setting: `env_name("data_store")` is

@@ -534,6 +534,16 @@ class DeploymentSpec(_FormModel):
         """How many executions of this deployment may run at once in its pod."""
         return self.max_parallel_executions_per_pod if self.enable_parallel_executions else 1
 
+    def endpoint_path(self, deployment_name: str) -> str | None:
+        """The path under /endpoints/ this deployment answers at: `endpoint_url_path`, else the
+        deployment's name, without surrounding '/'; None for a periodic deployment.
+
+        The one rule for the gateway's table, the SDK's views and the trigger automations.
+        """
+        if self.execution_rule != ExecutionRule.endpoint.value:
+            return None
+        return (self.endpoint_url_path or deployment_name).strip("/")
+
     def check_pipeline_inputs(self, parameter_names: list[str], required: list[str]) -> None:
         """Refuse a mapping that names unknown inputs, or a periodic one that leaves some out."""
         mapped = {source.pipeline_input_name for source in self.inputs_mapping}

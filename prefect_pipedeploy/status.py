@@ -15,6 +15,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
 
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
     Mode,
@@ -104,11 +105,6 @@ def merge_pod_statuses(published: list[dict[str, Any]]) -> dict[str, Any] | None
     return {**best, "log_tail": log_tail, "pods": summary}
 
 
-#: How long a Failed run with retries left may stay Failed before the gateway stops waiting
-#: for the worker to queue its retry.
-RETRY_GRACE_S = 10.0
-
-
 def execution_status(run: FlowRun | None) -> str:
     """Pending | Running | Succeeded | Failed | Error, as the SDK reports an execution."""
     if run is None or run.state is None:
@@ -116,12 +112,16 @@ def execution_status(run: FlowRun | None) -> str:
     return EXECUTION_STATUS.get(run.state.type, "Pending")
 
 
-def settled(run: FlowRun, max_retries: int, now: datetime) -> bool:
-    """Whether an execution has its final answer.
+def settled(run: FlowRun, max_retries: int, now: datetime, grace_s: float | None = None) -> bool:
+    """Whether an execution has its final answer: the one rule of the gateway and the SDK.
 
     A Failed or Crashed run that started and has attempts left (`max_retries`) is about to be
-    retried by the worker (the same run, Scheduled again): it is settled only if it stays
-    failed for `RETRY_GRACE_S`.
+    retried by its worker (the same run, Scheduled again): it is settled only once it has
+    stayed failed for `grace_s` since its state was set (default: the `retry_grace_s`
+    setting, 10 s). The worker queues the retry within moments, but on a busy SQLite server
+    that write can meet 503s, which Prefect's client retries after 2, 4 and 8 s; a shorter
+    grace would report as final a run that is still retried. A run failed before it started
+    (`run_count` 0, e.g. unresolvable inputs) is never retried, so it is settled at once.
     """
     state = run.state
     if state is None or not state.is_final():
@@ -130,4 +130,6 @@ def settled(run: FlowRun, max_retries: int, now: datetime) -> bool:
         return True
     if run.run_count == 0 or run.run_count > max_retries:
         return True
-    return now - state.timestamp >= timedelta(seconds=RETRY_GRACE_S)
+    if grace_s is None:
+        grace_s = get_settings().retry_grace_s
+    return now - state.timestamp >= timedelta(seconds=grace_s)

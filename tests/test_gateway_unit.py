@@ -50,8 +50,9 @@ from prefect_pipedeploy.prefect_api.triggers import (
     endpoint_trigger_automation,
 )
 from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import build_spec
-from prefect_pipedeploy.status import RETRY_GRACE_S, execution_status, settled
+from prefect_pipedeploy.status import execution_status, settled
 
 # -- an endpoint like the gateway builds from a deployment --------------------------------------
 
@@ -416,7 +417,11 @@ def _run(state_type: StateType | None, run_count: int = 1, age_s: float = 0.0) -
         (_run(StateType.FAILED, run_count=1), 0, True),  # no retries: final
         (_run(StateType.FAILED, run_count=1), 1, False),  # the worker is about to retry it
         (_run(StateType.CRASHED, run_count=1), 1, False),
-        (_run(StateType.FAILED, run_count=1, age_s=RETRY_GRACE_S + 1), 1, True),  # no retry came
+        (
+            _run(StateType.FAILED, run_count=1, age_s=get_settings().retry_grace_s + 1),
+            1,
+            True,
+        ),  # no retry came
         (_run(StateType.FAILED, run_count=2), 1, True),  # retries used up
         (_run(StateType.FAILED, run_count=0), 3, True),  # never started (inputs unresolvable)
     ],

@@ -1,51 +1,102 @@
 """The `pipedeploy` Typer app and its one error boundary.
 
-For: `app` (every command module registers on it), `call` (runs an SDK verb: a PipeDeployError
-prints as one line `error: ...` and exits 1, an unreachable Prefect API says how to start one)
-and `fail`. Not for: commands (the other modules of `cli`).
+For: `app` (every command module registers on it) and the boundary every command runs inside
+(`ErrorBoundary`): a PipeDeployError prints as one line `error: <message>` and exits 1; an
+unreachable Prefect API says which URL was tried and how to start one; the API refusing a
+request says so; anything else prints one line too (PREFECT_DEBUG_MODE=1 shows its traceback).
+Never a traceback otherwise. Commands stop themselves with `fail(message)`, which goes through
+the same boundary. Not for: commands (the other modules of `cli`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
 import typer
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, PREFECT_DEBUG_MODE
+from typer.core import TyperGroup
 
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.sdk.client import PipeDeploy
 
+
+class ErrorBoundary(TyperGroup):
+    """The `pipedeploy` group: every command (and sub-command) is invoked inside it, so each
+    error is printed here, once, the same way."""
+
+    def invoke(self, ctx: Any) -> Any:  # a Typer (click) context
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # Typer's own signals (Exit, Abort, usage errors) carry an exit code: Typer prints
+            # them. EOFError (end of a prompt's input) Typer turns into Abort.
+            if hasattr(exc, "exit_code") or isinstance(exc, EOFError):
+                raise
+            if PREFECT_DEBUG_MODE.value():
+                raise
+            typer.secho(f"error: {error_message(exc)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+
+def error_message(exc: Exception) -> str:
+    """The one line `pipedeploy` prints for an error (after `error: `)."""
+    if isinstance(exc, PipeDeployError):
+        return str(exc)
+    if isinstance(exc, httpx.TransportError):
+        return (
+            f"cannot reach the Prefect API at {_api_url(exc)} ({type(exc).__name__}: {exc}); "
+            "start one with `pipedeploy up`, or point PREFECT_API_URL at a running server"
+        )
+    if isinstance(exc, PrefectHTTPStatusError):
+        return (
+            f"the Prefect API at {_api_url(exc)} refused a request: "
+            f"{exc.response.status_code} {_detail(exc.response)}"
+        )
+    return (
+        f"unexpected {type(exc).__name__}: {exc} (a bug in prefect-pipedeploy: please report "
+        "it; set PREFECT_DEBUG_MODE=1 to see its traceback)"
+    )
+
+
 app = typer.Typer(
+    cls=ErrorBoundary,
     no_args_is_help=True,
     add_completion=False,
     help="The `pipedeploy` command line: the local stack, the worker, deployments and executions.",
 )
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+def fail(message: str) -> NoReturn:
+    """Stop the command: the boundary prints `error: <message>` and exits 1."""
+    raise PipeDeployError(message)
+
+
+def _api_url(exc: httpx.HTTPError) -> str:
+    """The API the failed request went to: PREFECT_API_URL, else the request's own origin."""
+    configured = PREFECT_API_URL.value()
+    if configured:
+        return str(configured)
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without a request
+        return "(no PREFECT_API_URL set)"
+    return f"{url.scheme}://{url.netloc.decode()}"
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail or response.reason_phrase)
 
 
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
-def make_sdk() -> Any:
-
+def make_sdk() -> PipeDeploy:
     return PipeDeploy()
-
-
-def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run an SDK verb; our errors become one line, connection problems a hint."""
-    import httpx
-
-    try:
-        return fn(*args, **kwargs)
-    except PipeDeployError as exc:
-        fail(str(exc))
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        fail(
-            f"cannot reach the Prefect API ({exc}); start it with `pipedeploy up` "
-            "or set PREFECT_API_URL"
-        )

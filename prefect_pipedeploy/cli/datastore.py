@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from prefect_pipedeploy.cli.app import app, call, make_sdk
+from prefect_pipedeploy.cli.app import app, make_sdk
 from prefect_pipedeploy.sdk import PipeDeploy
 from prefect_pipedeploy.settings import env_name
 
@@ -65,14 +65,14 @@ def ls(
     prefix: str = typer.Argument("", help="Only objects whose path starts with this."),
 ) -> None:
     """List objects: size in bytes, last modified (UTC), path."""
-    for info in call(_verbs(ctx).list_data_store_objects, prefix):
+    for info in _verbs(ctx).list_data_store_objects(prefix):
         typer.echo(f"{info['size']:>12}  {info['last_modified']}  {info['key']}")
 
 
 @datastore_app.command("put")
 def put(ctx: typer.Context, local_path: Path, object_path: str) -> None:
     """Upload a local file to OBJECT_PATH, replacing any object there."""
-    info = call(_verbs(ctx).upload_data_store_object, str(local_path), object_path)
+    info = _verbs(ctx).upload_data_store_object(str(local_path), object_path)
     typer.echo(f"Uploaded {local_path} -> {info['key']} ({info['size']} bytes)")
 
 
@@ -80,26 +80,24 @@ def put(ctx: typer.Context, local_path: Path, object_path: str) -> None:
 def get(ctx: typer.Context, object_path: str, local_path: str) -> None:
     """Download OBJECT_PATH to LOCAL_PATH ('-' for stdout)."""
     if local_path == "-":
-        call(_verbs(ctx).download_data_store_object, object_path, sys.stdout.buffer)
+        _verbs(ctx).download_data_store_object(object_path, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
-    info = call(_verbs(ctx).download_data_store_object, object_path, local_path)
+    info = _verbs(ctx).download_data_store_object(object_path, local_path)
     typer.echo(f"Downloaded {info['key']} -> {local_path} ({info['size']} bytes)")
 
 
 @datastore_app.command("rm")
 def rm(ctx: typer.Context, object_path: str) -> None:
     """Delete one object."""
-    call(_verbs(ctx).delete_data_store_object, object_path)
+    _verbs(ctx).delete_data_store_object(object_path)
     typer.echo(f"Deleted {object_path}")
 
 
 @datastore_app.command("info")
 def info(ctx: typer.Context, object_path: str) -> None:
     """Show one object's path, size, last modification time and sha256 as JSON."""
-    typer.echo(
-        json.dumps(call(_verbs(ctx).get_data_store_object_information, object_path), indent=2)
-    )
+    typer.echo(json.dumps(_verbs(ctx).get_data_store_object_information(object_path), indent=2))
 
 
 app.add_typer(datastore_app, name="datastore")

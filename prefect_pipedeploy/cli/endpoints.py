@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import typer
 
-from prefect_pipedeploy.cli.app import app, fail
-from prefect_pipedeploy.exceptions import (
-    PipeDeployError,
-)
+from prefect_pipedeploy.cli.app import app, make_sdk
 from prefect_pipedeploy.gateway.app import serve
-from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
 from prefect_pipedeploy.settings import get_settings
 
 endpoint_app = typer.Typer(no_args_is_help=True, help="Endpoint tokens: token.")
@@ -33,11 +29,7 @@ def gateway(
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
 ) -> None:
     """Serve endpoint deployments over HTTP: POST /endpoints/<path> (Ctrl-C stops it)."""
-
-    try:
-        serve(pool or [get_settings().default_pool], host, port)
-    except PipeDeployError as exc:
-        fail(str(exc))
+    serve(pool or [get_settings().default_pool], host, port)
 
 
 @endpoint_app.command("token")
@@ -45,19 +37,7 @@ def token(
     name: str = typer.Argument(..., help="The deployment's name (or its endpoint path)."),
 ) -> None:
     """Make a new endpoint token and print it once; the previous token stops working."""
-    import httpx
-
-    try:
-        rotated = GatewayVerbs().generate_new_endpoint_token(name)
-    except PipeDeployError as exc:
-        fail(str(exc))
-        return
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        fail(
-            f"cannot reach the Prefect API ({exc}); start it with `pipedeploy up` "
-            "or set PREFECT_API_URL"
-        )
-        return
+    rotated = make_sdk().generate_new_endpoint_token(name)
     typer.echo(
         f"New endpoint token of deployment {rotated['deployment_name']!r} "
         f"(POST /endpoints/{rotated['endpoint_url_path']}); it is shown only now, and the "

@@ -13,7 +13,7 @@ import signal
 
 import typer
 
-from prefect_pipedeploy.cli.app import app, call, make_sdk, print_json
+from prefect_pipedeploy.cli.app import app, make_sdk, print_json
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.worker.worker import PipeDeployWorker
 
@@ -76,7 +76,7 @@ def worker(
     try:
         # A bad setting or --ram-capacity is one line `error: ...`, like every command's.
         with temporary_settings(updates=port):
-            call(asyncio.run, serve())
+            asyncio.run(serve())
     except KeyboardInterrupt:
         pass
 
@@ -84,27 +84,27 @@ def worker(
 @deployment_app.command("ls")
 def deployment_ls() -> None:
     """List deployments."""
-    for d in call(make_sdk().list_deployments):
+    for d in make_sdk().list_deployments():
         typer.echo(f"{d['name']:30} {d['execution_rule']:9} {d['mode']:12} {d['status']}")
 
 
 @deployment_app.command("get")
 def deployment_get(name: str) -> None:
     """Show one deployment as JSON."""
-    print_json(call(make_sdk().get_deployment, name))
+    print_json(make_sdk().get_deployment(name))
 
 
 @deployment_app.command("rm")
 def deployment_rm(name: str) -> None:
     """Delete a deployment."""
-    call(make_sdk().delete_deployment, name)
+    make_sdk().delete_deployment(name)
     typer.echo(f"Deleted {name}")
 
 
 @deployment_app.command("logs")
 def deployment_logs(name: str) -> None:
     """Print the output of a low-latency deployment's pod (start-up, import errors, crashes)."""
-    for line in call(make_sdk().get_deployment_logs, name):
+    for line in make_sdk().get_deployment_logs(name):
         typer.echo(line)
 
 
@@ -114,7 +114,7 @@ def executions_ls(
     limit: int = typer.Option(50, "--limit"),
 ) -> None:
     """List executions, newest first."""
-    for e in call(make_sdk().list_pipeline_executions, deployment, limit):
+    for e in make_sdk().list_pipeline_executions(deployment, limit):
         typer.echo(
             f"{e['execution_id']}  {e['deployment_name'] or '-':24} {e['status']:9} "
             f"{e['created']}  {e['message'] or ''}"
@@ -124,13 +124,13 @@ def executions_ls(
 @executions_app.command("get")
 def executions_get(execution_id: str) -> None:
     """Show one execution as JSON (status, attempts, outputs)."""
-    print_json(call(make_sdk().get_pipeline_execution, execution_id))
+    print_json(make_sdk().get_pipeline_execution(execution_id))
 
 
 @executions_app.command("logs")
 def executions_logs(execution_id: str) -> None:
     """Print the logs of one execution."""
-    for line in call(make_sdk().get_pipeline_execution_logs, execution_id):
+    for line in make_sdk().get_pipeline_execution_logs(execution_id):
         typer.echo(f"{line['timestamp']} {line['level']:7} {line['message']}")
 
 
@@ -144,10 +144,10 @@ def pool_ram_cap(
     sdk = make_sdk()
     pool = pool or get_settings().default_pool
     if remove:
-        call(sdk.set_pool_ram_cap, None, pool)
+        sdk.set_pool_ram_cap(None, pool)
         typer.echo(f"No RAM cap on pool {pool!r}")
         return
-    cap = call(sdk.set_pool_ram_cap, size, pool) if size else call(sdk.get_pool_ram_cap, pool)
+    cap = sdk.set_pool_ram_cap(size, pool) if size else sdk.get_pool_ram_cap(pool)
     if cap is None:
         typer.echo(f"No RAM cap on pool {pool!r}; set one with `pipedeploy pool ram-cap 16GiB`")
     else:

@@ -5,6 +5,7 @@ pipedeploy up --demo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +17,7 @@ from typing import Any
 import typer
 
 from prefect_pipedeploy.cli.app import app, fail
-from prefect_pipedeploy.exceptions import (
-    PipeDeployError,
-)
+from prefect_pipedeploy.exceptions import DeploymentNotFound, PipeDeployError
 from prefect_pipedeploy.sdk.client import PipeDeploy
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.stack import ChildProcess
@@ -161,10 +160,8 @@ def _run_demo(api_url: str, pool: str, data_store: str, gateway_url: str) -> Non
         sdk = PipeDeploy(
             api_url=api_url, work_pool_name=pool, data_store=data_store, gateway_url=gateway_url
         )
-        try:
+        with contextlib.suppress(DeploymentNotFound):
             sdk.delete_deployment(DEMO_DEPLOYMENT)
-        except PipeDeployError:
-            pass
         created = sdk.create_deployment(
             f"{demo.__file__}:score",
             DEMO_DEPLOYMENT,

@@ -17,12 +17,15 @@ from uuid import UUID
 # `_WithoutSuspensionObserver`); this private module is the registry the observer marks.
 from prefect.client.orchestration import get_client
 from prefect.logging import get_logger
+from prefect.logging.loggers import flow_run_logger
 
 from prefect_pipedeploy.engine.flow_engine import execute_flow_run
-from prefect_pipedeploy.engine.runner import PipelineRunner, fail_run, load_pipeline
+from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
+from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
+from prefect_pipedeploy.prefect_api.runs import fail_run
 from prefect_pipedeploy.spec import spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.elastic")
@@ -31,18 +34,22 @@ logger = get_logger("prefect_pipedeploy.engine.elastic")
 async def _main(flow_run_id: UUID) -> int:
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
-        try:
-            flow = await load_pipeline(client, flow_run)
-        except Exception as exc:
-            message = f"Could not load the pipeline: {type(exc).__name__}: {exc}"
-            logger.error(message)
-            await fail_run(client, flow_run_id, message)
+        if flow_run.deployment_id is None:
+            await fail_run(client, flow_run_id, "The execution has no deployment to run.")
             return 0
-        deployment = await client.read_deployment(flow_run.deployment_id)  # type: ignore[arg-type]
+        deployment = await client.read_deployment(flow_run.deployment_id)
         try:
             spec = spec_from_job_variables(deployment.job_variables)
         except PipeDeployError as exc:
             await fail_run(client, flow_run_id, f"The deployment's settings are invalid: {exc}")
+            return 0
+        run_logger = flow_run_logger(flow_run)
+        try:
+            flow = await load_deployment_pipeline(deployment, flow_run, log=run_logger.info)
+        except Exception as exc:
+            message = f"Could not load the pipeline: {load_error(exc)}"
+            logger.error(message)
+            await fail_run(client, flow_run_id, message)
             return 0
         await execute_flow_run(client, PipelineRunner(flow, spec), flow_run)
     return 0

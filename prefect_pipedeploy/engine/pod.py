@@ -38,16 +38,15 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import AsyncClientContext, SyncClientContext
-from prefect.exceptions import Abort
 from prefect.logging import get_logger
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Failed
-from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy._compat import shared_suspension_observer, watch_suspension
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
-from prefect_pipedeploy.engine.runner import PipelineRunner, load_deployment_pipeline
+from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
+from prefect_pipedeploy.engine.runner import PipelineRunner
+from prefect_pipedeploy.prefect_api.runs import fail_run
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -132,12 +131,13 @@ class Pod:
         except TimeoutError:
             timeout = self.spec.execution_timeout_s
             message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
-            await self._fail(flow_run.id, message)
+            # an async run's engine, cancelled, has just ended it Crashed: the timeout is why
+            await fail_run(self.client, flow_run.id, message, over_crash=True)
             state_name = "FAILED"
         except Exception as exc:  # the engine itself failed: report on the run, keep the pod
             message = f"The pod could not execute the run: {type(exc).__name__}: {exc}"
             logger.exception(message)
-            await self._fail(flow_run.id, message)
+            await fail_run(self.client, flow_run.id, message)
             state_name = "FAILED"
         finally:
             self.runs.pop(flow_run.id, None)
@@ -180,12 +180,6 @@ class Pod:
                 self.abandoned_threads += 1
                 raise
 
-    async def _fail(self, flow_run_id: UUID, message: str) -> None:
-        try:
-            await propose_state(self.client, Failed(message=message), flow_run_id=flow_run_id)
-        except Abort:
-            pass  # already final
-
 
 async def serve(deployment_id: UUID, control: socket.socket) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
@@ -211,9 +205,9 @@ async def _serve(
     deployment = await client.read_deployment(deployment_id)
     spec = spec_from_job_variables(deployment.job_variables)
     try:
-        flow = await load_deployment_pipeline(deployment)
+        flow = await load_deployment_pipeline(deployment, log=logger.info)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = load_error(exc)
         logger.error("Could not load the pipeline of %s: %s", deployment.name, error)
         send({"event": "load_failed", "error": error})
         await writer.drain()

@@ -1,9 +1,8 @@
 """Run flow runs of one deployment's pipeline in this process, with its io mapping.
 
-For: loading a pipeline (from a flow run, or from its deployment in a pod), `PipelineRunner`
-(resolve inputs before a run, route and record outputs inside it) and `fail_run`. An elastic
-process makes one runner for its one run; a pod makes one for its lifetime. Not for: the flow
-engine itself (`flow_engine`).
+For: `PipelineRunner` (resolve inputs before a run, route and record outputs inside it). An
+elastic process makes one runner for its one run; a pod makes one for its lifetime. Not for:
+loading the pipeline (`loader`), the flow engine itself (`flow_engine`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import datetime
 import functools
 import inspect
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,21 +26,12 @@ from prefect import Flow
 # Prefect's engine starts per run (see `execution._WithoutSuspensionObserver`).
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import (
     FlowRunContext,
     get_settings_context,
 )
-from prefect.deployments.steps.core import run_steps
-from prefect.flows import (
-    load_flow_from_entrypoint,
-    load_flow_from_flow_run,
-    load_function_and_convert_to_flow,
-)
 from prefect.logging import get_logger
 from prefect.results import aget_default_result_storage, get_default_persist_setting
-from prefect.states import Failed
-from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import aload_data_store
@@ -61,35 +50,11 @@ from prefect_pipedeploy.prefect_api.records import (
     record_outputs,
     record_outputs_sync,
 )
+from prefect_pipedeploy.prefect_api.runs import fail_run
 from prefect_pipedeploy.prefect_api.sealed import unseal_inputs
 from prefect_pipedeploy.spec import DeploymentSpec
 
 logger = get_logger("prefect_pipedeploy.engine.runner")
-
-
-async def load_pipeline(client: PrefectClient, flow_run: FlowRun) -> Flow[..., Any]:
-    """Import the pipeline of `flow_run`'s deployment; a plain function becomes a flow."""
-    del client  # Prefect's loader makes its own client
-    return await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)  # type: ignore[call-arg]
-
-
-async def load_deployment_pipeline(deployment: DeploymentResponse) -> Flow[..., Any]:
-    """Run the deployment's pull steps (they may change directory) and import its pipeline."""
-    if deployment.entrypoint is None:
-        raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
-    if deployment.pull_steps:
-        output = await run_steps(deployment.pull_steps, print_function=logger.info)
-        if output.get("directory"):
-            os.chdir(output["directory"])
-    elif deployment.path:
-        os.chdir(deployment.path)
-    sys.path.insert(0, os.getcwd())
-    try:
-        return await asyncio.to_thread(
-            load_flow_from_entrypoint, deployment.entrypoint, use_placeholder_flow=False
-        )
-    except Exception:
-        return await asyncio.to_thread(load_function_and_convert_to_flow, deployment.entrypoint)
 
 
 def outputs_of(value: Any) -> dict[str, Any]:
@@ -99,16 +64,6 @@ def outputs_of(value: Any) -> dict[str, Any]:
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
         return value
     return {"result": value}
-
-
-async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> None:
-    """Mark a run Failed with `message` (before the engine took it over)."""
-    from prefect.exceptions import Abort
-
-    try:
-        await propose_state(client, Failed(message=message), flow_run_id=flow_run_id)
-    except Abort:
-        pass  # it reached a final state already
 
 
 class PipelineRunner:

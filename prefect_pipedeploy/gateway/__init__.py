@@ -35,7 +35,8 @@ Where DESIGN.md is silent, this module decides:
   application/json. A pipeline's {"path": ...} output sent to the caller stays JSON: that path is
   on the machine that ran the execution, not this one.
 - A Failed or Crashed execution the worker will retry (attempts left under `max_retries`) is
-  not final: the gateway waits for the retry (up to `RETRY_GRACE_S` for it to be queued).
+  not final: the gateway waits for the retry (up to the `retry_grace_s` setting for it to be
+  queued; `status.settled` is the rule, the SDK's too).
 - A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
   (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
 

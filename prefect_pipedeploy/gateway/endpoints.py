@@ -18,7 +18,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
-from prefect_pipedeploy.spec import DeploymentSpec, ExecutionRule, spec_from_job_variables
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,15 @@ def endpoint_of(deployment: DeploymentResponse) -> Endpoint | None:
     Raises `PipeDeployError` (a SpecError) when its settings are invalid.
     """
     spec = spec_from_job_variables(deployment.job_variables)
-    if spec.execution_rule != ExecutionRule.endpoint.value:
+    path = spec.endpoint_path(deployment.name)
+    if path is None:
         return None
     schema = deployment.parameter_openapi_schema or {}
     fields, set_by = input_fields(
         spec, schema.get("properties") or {}, list(schema.get("required") or [])
     )
     return Endpoint(
-        path=(spec.endpoint_url_path or deployment.name).strip("/"),
+        path=path,
         deployment_id=deployment.id,
         deployment_name=deployment.name,
         spec=spec,

@@ -67,8 +67,7 @@ from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
 from prefect_pipedeploy.iomapping import file_input_marker
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
-from prefect_pipedeploy.prefect_api.runs import create_run
-from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.prefect_api.triggers import (
     CALLED_EVENT,
     deployment_resource_id,
@@ -270,10 +269,12 @@ class Gateway:
                 await store.adelete_object(key, missing_ok=True)
 
     async def create_execution(self, endpoint: Endpoint, parameters: dict[str, Any]) -> FlowRun:
-        """Create the execution, unless too many of the deployment's wait already (429).
+        """Create the execution (`prefect_api.runs.create_execution`: secret inputs sealed,
+        and discarded again if the create fails), unless too many of the deployment's executions
+        wait already (429).
 
         Creates are serialised, and a 503 from a busy SQLite server is retried within
-        milliseconds (`prefect_api.runs.create_run`) instead of Prefect's seconds.
+        milliseconds instead of Prefect's seconds.
         """
         limit = get_settings().gateway_max_waiting
         async with self.create_lock:
@@ -294,8 +295,8 @@ class Gateway:
                     headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
                 )
             try:
-                return await create_run(
-                    self.client, endpoint.deployment_id, parameters=parameters, tags=RUN_TAGS
+                return await create_execution(
+                    self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
                 )
             except ObjectNotFound:
                 self._loaded_at = -math.inf
@@ -457,13 +458,10 @@ class Gateway:
             keys = await self.store_uploads(checked)
         finally:
             close_files(items)
-        parameters: dict[str, Any] = {}
         try:
-            parameters = await seal_inputs(self.client, endpoint.spec, checked.parameters)
-            run = await self.create_execution(endpoint, parameters)
+            run = await self.create_execution(endpoint, checked.parameters)
         except BaseException:
             await self.delete_uploads(keys)
-            await discard(self.client, sealed_keys(parameters))
             raise
         self.emit_called(endpoint, run.id, checked.public)
         logger.info(

@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
 
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.status import settled
 
 logger = get_logger("prefect_pipedeploy.gateway.waiting")
@@ -128,12 +129,13 @@ class RunWatcher:
                     await asyncio.sleep(1.0)
                     break
                 now = datetime.now(timezone.utc)
+                grace_s = get_settings().retry_grace_s
                 for run in runs:
                     watch = self._watches.get(run.id)
                     if watch is None:
                         continue
                     watch.latest = run
-                    if settled(run, watch.max_retries, now):
+                    if settled(run, watch.max_retries, now, grace_s):
                         watch.done.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)

@@ -1,26 +1,36 @@
-"""Create a flow run on a busy server without waiting out Prefect's 503 back-off.
+"""Flow runs as the project creates and ends them: an execution's start and its forced end.
 
-For: `create_run`, used by the gateway and the SDK to create an execution. A SQLite Prefect
-server answers a write that meets a locked database with 503 (the transaction was rolled back,
-so nothing was created); Prefect's client then waits about 2 s before it tries again, which
-makes a burst of creates crawl. `create_run` retries a 503 itself after a few milliseconds (with
-the client's own retries off for those tries), then, if the server is still busy, falls back to
-the client's usual retries. Not for: any other call (they keep Prefect's behaviour).
+For: `create_execution` (seal the secret inputs, create the run, discard the sealed values if
+the create fails: the one way the gateway and the SDK start an execution), `create_run` (the
+create itself), and `fail_run` / `crash_run` (mark a run Failed or Crashed with a message,
+leaving a run that is already final alone). Not for: running the pipeline (`engine`), deciding
+retries (`worker`), the gateway's 429 check and uploaded files (`gateway.service`).
+
+A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction
+was rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries
+again, which makes a burst of creates crawl. `create_run` retries a 503 itself after a few
+milliseconds (with the client's own retries off for those tries), then, if the server is still
+busy, falls back to the client's usual retries. Other calls keep Prefect's behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
+import anyio
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.context import SettingsContext, get_settings_context
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
-from prefect.states import Crashed, Failed, State
+from prefect.states import Crashed, Failed
 from prefect.utilities.engine import propose_state
+
+from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.spec import DeploymentSpec
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
 QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
@@ -63,20 +73,62 @@ async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) 
         raise
 
 
-async def fail_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
-    """Mark a run Failed with `message`; False when it was final already (left as it is)."""
-    return await _end_run(client, flow_run_id, Failed(message=message))
+async def create_execution(
+    client: PrefectClient,
+    deployment_id: UUID,
+    spec: DeploymentSpec,
+    parameters: Mapping[str, Any],
+    tags: list[str],
+) -> FlowRun:
+    """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
+    create the flow run (`create_run`), and, if the create fails, discard the sealed values
+    again so that no `pipedeploy-sealed-*` block outlives a run that was never made.
+
+    Raises what `create_run` raises: `ObjectNotFound` when the deployment is gone,
+    `PrefectHTTPStatusError` when the API refuses the run.
+    """
+    sealed: dict[str, Any] = {}
+    try:
+        sealed = await seal_inputs(client, spec, parameters)
+        return await create_run(client, deployment_id, parameters=sealed, tags=tags)
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up
+            await discard(client, sealed_keys(sealed))
+        raise
+
+
+async def fail_run(
+    client: PrefectClient, flow_run_id: UUID, message: str, *, over_crash: bool = False
+) -> bool:
+    """Mark a run Failed with `message` (the pipeline failed outside Prefect's engine: its
+    inputs, its timeout, its loading). Returns False, and leaves the run alone, when it is
+    already final (or gone).
+
+    `over_crash=True` also replaces a Crashed state: when this process cancels a run's engine
+    (its timeout), Prefect's engine ends the run Crashed, but the cause to show is the caller's.
+    """
+    replaceable = (StateType.CRASHED,) if over_crash else ()
+    return await _end_run(client, flow_run_id, Failed(message=message), replaceable)
 
 
 async def crash_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
-    """Mark a run Crashed (its infrastructure died) with `message`; False when it was final
-    already or is gone (left as it is)."""
+    """Mark a run Crashed with `message` (its process or pod died under it). Returns False, and
+    leaves the run alone, when it is already final (or gone)."""
     return await _end_run(client, flow_run_id, Crashed(message=message))
 
 
-async def _end_run(client: PrefectClient, flow_run_id: UUID, state: State[Any]) -> bool:
+async def _end_run(
+    client: PrefectClient,
+    flow_run_id: UUID,
+    state: State[Any],
+    replaceable: tuple[StateType, ...] = (),
+) -> bool:
     try:
-        await propose_state(client, state, flow_run_id=flow_run_id)
-    except (Abort, ObjectNotFound):
+        # The server lets a final run be set Failed again (only Crashed is refused): look first.
+        current = (await client.read_flow_run(flow_run_id)).state
+        if current is not None and current.is_final() and current.type not in replaceable:
+            return False
+        accepted = await propose_state(client, state, flow_run_id=flow_run_id)
+    except (Abort, ObjectNotFound):  # Abort: it reached a final state meanwhile
         return False
-    return True
+    return accepted.type == state.type

@@ -1,11 +1,12 @@
 """Secret inputs kept out of flow-run parameters: each value sealed in a Prefect `Secret` block.
 
-For: the values of inputs mapped with `is_secret`. Whoever creates the execution (the gateway,
-`run_deployment`) calls `seal_inputs`: each secret value goes into a `Secret` block named
-`pipedeploy-sealed-<hex>` (stored obfuscated by Prefect, shown as `********` in the UI) and the
-run's parameters hold only the reference `pipedeploy-sealed:<hex>`, so the value is in no flow
-run, event or log. The run calls `unseal_inputs` before it resolves its inputs; the worker calls
-`discard` once the run is final (succeeded, or failed with no retry left), deleting the blocks.
+For: the values of inputs mapped with `is_secret`. `runs.create_execution` (how the gateway
+and `run_deployment` create an execution) calls `seal_inputs`: each secret value goes into a
+`Secret` block named `pipedeploy-sealed-<hex>` (stored obfuscated by Prefect, shown as
+`********` in the UI) and the run's parameters hold only the reference `pipedeploy-sealed:<hex>`,
+so the value is in no flow run, event or log. The run calls `unseal_inputs` before it resolves
+its inputs; the worker calls `discard` once the run is final (succeeded, or failed with no retry
+left), deleting the blocks.
 Not for: masking values in records and events (`iomapping`, `gateway` do that).
 
 A sealed value outlives a run that never finishes (deleted before it ran, or lost with its
@@ -61,14 +62,23 @@ def sealed_keys(parameters: Mapping[str, Any] | None) -> list[str]:
 async def seal_inputs(
     client: PrefectClient, spec: DeploymentSpec, parameters: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """`parameters` with each secret input's value replaced by a reference to a sealed copy."""
+    """`parameters` with each secret input's value replaced by a reference to a sealed copy.
+
+    If sealing one fails, those sealed before it are discarded again.
+    """
     sealed = dict(parameters)
-    for name in secret_inputs(spec):
-        if name in sealed and sealed_key(sealed[name]) is None:
-            key = uuid.uuid4().hex
-            block: Secret[str] = Secret(value=SecretStr(json.dumps(sealed[name])))
-            await block.asave(BLOCK_PREFIX + key, client=client)
-            sealed[name] = REFERENCE_PREFIX + key
+    made: list[str] = []
+    try:
+        for name in secret_inputs(spec):
+            if name in sealed and sealed_key(sealed[name]) is None:
+                key = uuid.uuid4().hex
+                block: Secret[str] = Secret(value=SecretStr(json.dumps(sealed[name])))
+                await block.asave(BLOCK_PREFIX + key, client=client)
+                made.append(key)
+                sealed[name] = REFERENCE_PREFIX + key
+    except BaseException:
+        await discard(client, made)
+        raise
     return sealed
 
 

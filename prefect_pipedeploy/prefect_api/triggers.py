@@ -62,7 +62,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
-from prefect_pipedeploy.spec import ExecutionRule, spec_from_job_variables
+from prefect_pipedeploy.spec import spec_from_job_variables
 
 #: Emitted by the gateway for every call that created an execution.
 CALLED_EVENT = "prefect-pipedeploy.endpoint.called"
@@ -103,14 +103,13 @@ def deployment_resource_id(deployment_id: UUID | str) -> str:
 
 
 def endpoint_path_of(deployment: DeploymentLike) -> str | None:
-    """The endpoint path of an endpoint deployment (default: its name); None otherwise."""
+    """The endpoint path of a deployment (`DeploymentSpec.endpoint_path`, the one rule); None
+    when it is not an endpoint deployment or its settings are invalid (then it is not served)."""
     try:
         spec = spec_from_job_variables(deployment.job_variables)
     except PipeDeployError:
         return None
-    if spec.execution_rule != ExecutionRule.endpoint.value:
-        return None
-    return spec.endpoint_url_path or deployment.name
+    return spec.endpoint_path(deployment.name)
 
 
 def endpoint_trigger_automation(

@@ -6,24 +6,22 @@ Not for: executions (`executions`), endpoint calls and tokens (`endpoints`).
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
-from prefect.flows import load_function_and_convert_to_flow
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import parameter_schema
 
+from prefect_pipedeploy.engine.loader import load_pipeline
 from prefect_pipedeploy.exceptions import (
     DeploymentExists,
-    PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.iomapping import pipeline_inputs_of
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.poolcap import (
     check_fits_cap,
@@ -53,61 +51,6 @@ from prefect_pipedeploy.spec import (
 )
 from prefect_pipedeploy.tokens import hash_token, new_token
 from prefect_pipedeploy.worker.models import base_job_template
-
-
-def load_pipeline(pipeline: Any) -> tuple[Flow[..., Any], Path, str]:
-    """A pipeline as (flow, directory of its file, entrypoint relative to that directory).
-
-    `pipeline` is a flow, a plain function (wrapped into a flow whose returned dict is the
-    outputs), or an entrypoint "path/to/file.py:function".
-    """
-    if isinstance(pipeline, str):
-        if ":" not in pipeline:
-            raise PipelineLoadError(
-                f"pipeline {pipeline!r} is not an entrypoint; write it as 'path/to/file.py:function'"
-            )
-        file_part, func_name = pipeline.rsplit(":", 1)
-        path = Path(file_part).expanduser().resolve()
-        if not path.is_file():
-            raise PipelineLoadError(f"pipeline {pipeline!r}: no file at {path}")
-        try:
-            flow: Flow[..., Any] = load_function_and_convert_to_flow(f"{path}:{func_name}")
-        except Exception as exc:
-            raise PipelineLoadError(
-                f"pipeline {pipeline!r} could not be imported: {type(exc).__name__}: {exc}"
-            ) from exc
-        return flow, path.parent, f"{path.name}:{func_name}"
-    if isinstance(pipeline, Flow):
-        flow, fn = pipeline, pipeline.fn
-    elif callable(pipeline):
-        fn = pipeline
-        flow = Flow(pipeline, log_prints=True)
-    else:
-        raise PipelineLoadError(
-            f"pipeline must be a flow, a function or 'file.py:function', not {type(pipeline).__name__}"
-        )
-    source = inspect.getsourcefile(fn)
-    qualname = getattr(fn, "__qualname__", "")
-    if source is None or "<" in qualname:
-        raise PipelineLoadError(
-            f"pipeline {getattr(fn, '__name__', fn)!r} must be defined at the top level of a "
-            "Python file so that workers can import it"
-        )
-    path = Path(source).resolve()
-    return flow, path.parent, f"{path.name}:{fn.__name__}"
-
-
-def _pipeline_parameters(flow: Flow[..., Any]) -> tuple[list[str], list[str]]:
-    signature = inspect.signature(flow.fn)
-    names = [name for name in signature.parameters if name not in ("self", "cls")]
-    required = [
-        name
-        for name, parameter in signature.parameters.items()
-        if name in names
-        and parameter.default is inspect.Parameter.empty
-        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-    ]
-    return names, required
 
 
 class DeploymentVerbs(Verbs):
@@ -150,7 +93,7 @@ class DeploymentVerbs(Verbs):
         }
         spec = build_spec(**values)
         flow, directory, entrypoint = load_pipeline(pipeline)
-        spec.check_pipeline_inputs(*_pipeline_parameters(flow))
+        spec.check_pipeline_inputs(*pipeline_inputs_of(flow))
         token = None
         if spec.execution_rule == ExecutionRule.endpoint.value:
             token = endpoint_token or new_token()

@@ -8,30 +8,32 @@ Not for: endpoint calls through the gateway (`endpoints`), recorded inputs and o
 from __future__ import annotations
 
 import contextlib
-import time
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from prefect_pipedeploy.exceptions import DeploymentNotFound
 from prefect_pipedeploy.prefect_api.records import read_outputs
-from prefect_pipedeploy.prefect_api.runs import create_run
-from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
 from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     spec_from_job_variables,
 )
-from prefect_pipedeploy.status import RETRY_GRACE_S
+from prefect_pipedeploy.status import settled
 
 
 class ExecutionVerbs(Verbs):
@@ -83,47 +85,33 @@ class ExecutionVerbs(Verbs):
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
             spec = spec_from_job_variables(deployment.job_variables)
-            parameters = await seal_inputs(client, spec, inputs or {})
             try:
-                flow_run = await create_run(
-                    client, deployment.id, parameters=parameters, tags=[TAG]
-                )
-            except BaseException:
-                await discard(client, sealed_keys(parameters))
-                raise
+                flow_run = await create_execution(client, deployment.id, spec, inputs or {}, [TAG])
+            except ObjectNotFound:
+                raise DeploymentNotFound(
+                    f"deployment {deployment_name!r} was deleted before its execution could be "
+                    "created; list the deployments with `pipedeploy deployment ls`"
+                ) from None
         if wait_for_completion:
             await self.await_execution(flow_run.id, timeout_s)
         return await self.aget_pipeline_execution(flow_run.id)
 
     async def await_execution(self, execution_id: str | UUID, timeout_s: float = 300.0) -> None:
-        """Wait until an execution is settled: final, and not about to be retried.
-
-        A failed execution with retries left is re-queued by its worker within moments, so a
-        Failed state counts as final only once it has lasted RETRY_GRACE_S.
-        """
+        """Wait until an execution is settled (`status.settled`, the gateway's rule too): final,
+        and not about to be retried by its worker."""
         import anyio
 
+        grace_s = get_settings().retry_grace_s
         max_retries: int | None = None
-        failed_since: float | None = None
         with anyio.fail_after(timeout_s):
             async with self._client() as client:
                 while True:
                     flow_run = await self._flow_run(client, execution_id)
                     state = flow_run.state
-                    if state is not None and state.is_final():
-                        retriable = state.type in (StateType.FAILED, StateType.CRASHED)
-                        if retriable and max_retries is None and flow_run.deployment_id:
-                            deployment = await client.read_deployment(flow_run.deployment_id)
-                            max_retries = spec_from_job_variables(
-                                deployment.job_variables
-                            ).max_retries
-                        if not retriable or not 1 <= flow_run.run_count <= (max_retries or 0):
-                            return
-                        failed_since = failed_since or time.monotonic()
-                        if time.monotonic() - failed_since > RETRY_GRACE_S:
-                            return
-                    else:
-                        failed_since = None
+                    if max_retries is None and state is not None and state.is_final():
+                        max_retries = await _max_retries(client, flow_run)
+                    if settled(flow_run, max_retries or 0, datetime.now(timezone.utc), grace_s):
+                        return
                     await anyio.sleep(0.1)
 
     async def aget_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
@@ -184,3 +172,14 @@ class ExecutionVerbs(Verbs):
 
     def get_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
         return run_coro_as_sync(self.aget_pipeline_execution_logs(execution_id))
+
+
+async def _max_retries(client: PrefectClient, flow_run: FlowRun) -> int:
+    """How often the run's deployment retries a failed execution (0 without a deployment)."""
+    if flow_run.deployment_id is None:
+        return 0
+    try:
+        deployment = await client.read_deployment(flow_run.deployment_id)
+    except ObjectNotFound:
+        return 0
+    return spec_from_job_variables(deployment.job_variables).max_retries

@@ -12,11 +12,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 
 from prefect_pipedeploy.spec import (
-    ExecutionRule,
     Mode,
     spec_from_job_variables,
 )
-from prefect_pipedeploy.status import EXECUTION_STATUS, deployment_status
+from prefect_pipedeploy.status import deployment_status, execution_status
 
 _SETTINGS_FIELDS = (
     "enable_parallel_executions",
@@ -35,7 +34,6 @@ def deployment_view(
     deployment: DeploymentResponse, pod: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     spec = spec_from_job_variables(deployment.job_variables)
-    endpoint = spec.execution_rule == ExecutionRule.endpoint.value
     return {
         "id": str(deployment.id),
         "name": deployment.name,
@@ -50,7 +48,7 @@ def deployment_view(
         "pods": (pod or {}).get("pods", []) if spec.mode != Mode.elastic.value else [],
         "description": deployment.description,
         "schedule": spec.schedule.model_dump() if spec.schedule else None,
-        "endpoint_url_path": (spec.endpoint_url_path or deployment.name) if endpoint else None,
+        "endpoint_url_path": spec.endpoint_path(deployment.name),
         "inputs_mapping": [m.model_dump(exclude_defaults=True) for m in spec.inputs_mapping],
         "outputs_mapping": [m.model_dump(exclude_defaults=True) for m in spec.outputs_mapping],
         "settings": {name: getattr(spec, name) for name in _SETTINGS_FIELDS},
@@ -64,7 +62,7 @@ def execution_view(flow_run: FlowRun, deployment_name: str | None = None) -> dic
     return {
         "execution_id": str(flow_run.id),
         "deployment_name": deployment_name,
-        "status": EXECUTION_STATUS.get(state.type, "Pending") if state else "Pending",
+        "status": execution_status(flow_run),
         "state_name": state.name if state else None,
         "message": state.message if state else None,
         "attempts": flow_run.run_count,

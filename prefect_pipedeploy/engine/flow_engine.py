@@ -79,10 +79,10 @@ async def execute_flow_run(
     An `async def` pipeline runs on the current event loop; a `def` pipeline runs in a thread
     of its own (the sync engine blocks), keeping the loop responsive.
     """
-    parameters = await runner.prepare(client, flow_run)
-    if parameters is None:
-        return None
     try:
+        parameters = await runner.prepare(client, flow_run)
+        if parameters is None:
+            return None
         if runner.flow.isasync:
             return await run_pipeline_async(runner.flow, flow_run, parameters)
         return await asyncio.to_thread(run_pipeline_sync, runner.flow, flow_run, parameters)

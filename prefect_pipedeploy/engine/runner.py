@@ -13,6 +13,7 @@ import datetime
 import functools
 import inspect
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,14 @@ class PipelineRunner:
     environment variables, data-store files) and recorded on the run. Inside the run, after the
     pipeline returns: its outputs are routed (endpoint response, data store) and recorded, so a
     Completed execution always has its outputs readable. An elastic process makes one runner for
-    its one run; a pod makes one for its lifetime.
+    its one run; a pod makes one for its lifetime. Each run's downloaded input files live in a
+    temporary directory of its own, removed by `cleanup` when the run is over.
     """
 
     def __init__(self, flow: Flow[..., Any], spec: DeploymentSpec) -> None:
         self.spec = spec
         self.inputs, self.required = pipeline_inputs_of(flow)
-        self.workdir = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
+        self._workdirs: dict[UUID, Path] = {}
         self._store: DataStore | None = None
         self.flow = self._with_output_routing(flow)
 
@@ -122,7 +124,7 @@ class PipelineRunner:
                 self.inputs,
                 self.required,
                 str(flow_run.id),
-                self.workdir,
+                self._workdir(flow_run.id),
                 store,
                 dict(os.environ),
             )
@@ -139,8 +141,18 @@ class PipelineRunner:
             await record_inputs(client, flow_run.id, resolved.recorded)
         return resolved.parameters
 
+    def _workdir(self, flow_run_id: UUID) -> Path:
+        """The run's own temporary directory for downloaded inputs (made on first use)."""
+        if flow_run_id not in self._workdirs:
+            self._workdirs[flow_run_id] = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
+        return self._workdirs[flow_run_id]
+
     def cleanup(self, flow_run: FlowRun) -> None:
-        cleanup_execution_files(self.workdir, str(flow_run.id))
+        """Remove what the run downloaded, and its temporary directory (safe to call twice)."""
+        workdir = self._workdirs.pop(flow_run.id, None)
+        if workdir is not None:
+            cleanup_execution_files(workdir, str(flow_run.id))
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def _route(self, value: Any) -> tuple[UUID, Any, dict[str, Any], dict[str, str]]:
         context = FlowRunContext.get()

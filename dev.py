@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """The two set-up commands of prefect-pipedeploy; needs only python3.
 
-    python3 dev.py up      # bring up the local stack (Prefect server, worker) with its demo
-    python3 dev.py test    # lint, type-check and run the whole test suite
+    python3 dev.py up               # the local stack (Prefect server, worker) with its demo
+    python3 dev.py test             # lint, type-check and run the whole test suite (what CI runs)
+    python3 dev.py test --fast      # lint, type-check, unit + integration tiers (no e2e)
+    python3 dev.py test ARGS...     # lint, type-check, then `pytest ARGS` (e.g. tests/unit -x)
 
 Each creates (or reuses) the project's virtualenv in .venv and installs the package into it.
+The test tiers are tests/unit, tests/integration and tests/e2e (marked `e2e`): README.md, "Tests".
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def run(*args: str) -> int:
 
 
 def test(extra: list[str]) -> int:
-    sources = ("prefect_pipedeploy", "tests", "flows", "blocks", "benchmarks", "dev.py")
+    """Ruff (check and format), mypy, then pytest: the whole suite, or with `--fast` every test
+    but the end-to-end tier; other arguments go to pytest."""
+    fast = "--fast" in extra
+    extra = [arg for arg in extra if arg != "--fast"]
+    sources = ("prefect_pipedeploy", "tests", "blocks", "benchmarks", "dev.py")
     checks = [
         (str(BIN / "ruff"), "check", *sources),
         (str(BIN / "ruff"), "format", "--check", *sources),
@@ -52,7 +59,8 @@ def test(extra: list[str]) -> int:
     for check in checks:
         if run(*check) != 0:
             return 1
-    return run(str(BIN / "python"), "-m", "pytest", *(extra or ["-q"]))
+    selection = ["-m", "not e2e"] if fast else []
+    return run(str(BIN / "python"), "-m", "pytest", *selection, *(extra or ["-q"]))
 
 
 def main() -> int:

@@ -1,15 +1,22 @@
-"""Shared fixtures: one real Prefect server per test session, real worker processes per pool.
+"""The session's Prefect server and the fixtures every tier shares.
 
-The server is `prefect server start` on SQLite in a temporary home, on a free 127.0.0.1 port,
-started through the same code `pipedeploy up` uses; every test talks to it over HTTP.
+One real Prefect server per test session: `prefect server start` on SQLite in a temporary home,
+on a free 127.0.0.1 port, started through the same code `pipedeploy up` uses (only when a test
+asks for `prefect_api`); every test talks to it over HTTP. That home also holds the client's
+Prefect home, the workers' pipedeploy home and the pipelines' file outputs; it is removed when the
+session ends, after the server has stopped.
+
+Tiers (README.md, "Tests"): tests/unit (pure), tests/integration (in-process against this
+server, moto's S3 server, the gateway app through httpx's ASGI transport), tests/e2e (real
+worker, gateway, CLI and extra server processes; marked `e2e` here by directory).
+Shared helpers live in tests/support; its fixture modules are registered below.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +27,33 @@ os.environ["PREFECT_HOME"] = str(_TEST_HOME / "client")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# The workers' own home (pod logs, lease records), not the checkout's .pipedeploy of `dev.py up`.
+os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME"] = str(_TEST_HOME / "pipedeploy")
+# Where the tests' pipelines write their file outputs (tests/support/pipelines.py); workers
+# inherit it.
+(_TEST_HOME / "scratch").mkdir()
+os.environ["PIPEDEPLOY_TESTS_SCRATCH"] = str(_TEST_HOME / "scratch")
 
-import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from prefect_pipedeploy.stack import (  # noqa: E402
-    ChildProcess,
-    start_child,
-    start_prefect_server,
-)
+from prefect_pipedeploy.stack import start_prefect_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-FLOWS = ROOT / "flows"
+pytest_plugins = ["tests.support.s3_server"]
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked `e2e` (so `-m "not e2e"` runs the fast tiers)."""
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's home (server database, client home, scratch files)."""
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,27 +71,6 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
-def start_worker(
-    pool: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None
-) -> ChildProcess:
-    """Start `pipedeploy worker --pool POOL` as a user would, and wait until it says so."""
-    child = start_child(
-        f"worker-{pool}",
-        [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool, *extra],
-        log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log",
-        env={**os.environ, **(env or {})},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if "started!" in child.log_path.read_text(errors="replace"):
-            return child
-        if not child.alive():
-            break
-        time.sleep(0.2)
-    child.stop()
-    raise RuntimeError(f"worker did not start; its log ends with:\n{child.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def pool(prefect_api: str) -> str:
     """A fresh work pool name per test module, so modules do not see each other's runs."""
@@ -77,37 +78,7 @@ def pool(prefect_api: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildProcess]:
-    """A real `pipedeploy worker` process serving the module's pool."""
-    child = start_worker(pool, tmp_path_factory.mktemp("worker-logs"))
-    yield child
-    child.stop()
-
-
-@pytest.fixture(scope="module")
 def sdk(pool: str):  # noqa: ANN201 - PipeDeploy
     from prefect_pipedeploy import PipeDeploy
 
     return PipeDeploy(work_pool_name=pool)
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-def eventual_log_messages(sdk, execution_id: str, timeout_s: float = 15) -> list[str]:  # noqa: ANN001
-    """A run's log lines; they reach the server in batches, shortly after its final state."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        messages = [line["message"] for line in sdk.get_pipeline_execution_logs(execution_id)]
-        if any("Finished in state" in m for m in messages) or time.monotonic() > deadline:
-            return messages
-        time.sleep(0.3)
-
-
-def cmdline(process: psutil.Process) -> str:
-    """A process's command line; empty once it has exited (or is a zombie)."""
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""

@@ -1,7 +1,8 @@
 """Trivial pipelines the benchmarks deploy: the work is nothing, so what is measured is the path.
 
 For: `benchmarks/latency.py`, which deploys these to a pipedeploy pool, a Prefect process pool
-and `flow.serve()`. Not for: the tests or the demo (see `flows/demo.py`).
+and `flow.serve()`. Not for: the tests (tests/support/pipelines.py) or the demo
+(prefect_pipedeploy/examples/demo.py).
 
     python benchmarks/flows/bench_flows.py serve NAME    # flow.serve() of bench_noop_sync
 """

@@ -12,7 +12,7 @@ from typing import Any
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import parameter_schema
 
@@ -256,15 +256,14 @@ async def _ensure_pool(client: PrefectClient, name: str) -> None:
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
-        await client.create_work_pool(
-            WorkPoolCreate(
-                name=name,
-                type=WORKER_TYPE,
-                base_job_template=base_job_template(),
-            ),
-            overwrite=False,
-        )
-        return
+        try:
+            await client.create_work_pool(
+                WorkPoolCreate(name=name, type=WORKER_TYPE, base_job_template=base_job_template()),
+                overwrite=False,
+            )
+            return
+        except ObjectAlreadyExists:  # a worker (or another client) made it meanwhile
+            pool = await client.read_work_pool(name)
     if pool.type != WORKER_TYPE:
         raise SpecError(
             f"work_pool_name: pool {name!r} has type {pool.type!r}; pipedeploy deployments "

@@ -9,11 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -22,20 +19,10 @@ import pytest
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.examples import demo
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_child
+from tests.support.eventually import eventually
+from tests.support.executions import unique
 
-T = TypeVar("T")
 DEMO = demo.__file__
-
-
-def until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s; last seen: {last!r}")
 
 
 def healthy(url: str) -> bool:
@@ -59,17 +46,13 @@ def children() -> Iterator[list[ChildProcess]]:
         child.stop()
 
 
-def name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
 @pytest.mark.parametrize("command", ["pipedeploy", "prefect"])
 def test_the_health_check_answers_while_the_worker_polls(
     prefect_api: str, command: str, logs: Path, children: list[ChildProcess]
 ) -> None:
     port = free_port()
-    pool = name("health")
-    PipeDeploy(work_pool_name=pool).create_deployment(f"{DEMO}:score", name("h"))
+    pool = unique("health")
+    PipeDeploy(work_pool_name=pool).create_deployment(f"{DEMO}:score", unique("h"))
     if command == "pipedeploy":
         args = [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool]
         args += ["--with-healthcheck", "--healthcheck-port", str(port)]
@@ -80,16 +63,16 @@ def test_the_health_check_answers_while_the_worker_polls(
         env = {**os.environ, "PREFECT_WORKER_WEBSERVER_PORT": str(port)}
     worker = start_child(f"worker-{command}", args, logs / "worker.log", env=env)
     children.append(worker)
-    until(lambda: healthy(f"http://127.0.0.1:{port}/health"), 60, "a healthy answer")
+    eventually(lambda: healthy(f"http://127.0.0.1:{port}/health"), 60, what="a healthy answer")
     assert worker.alive(), worker.log_tail()
 
 
 def test_run_once_starts_the_pods_runs_what_is_ready_and_stops(
     prefect_api: str, logs: Path
 ) -> None:
-    pool = name("once")
+    pool = unique("once")
     sdk = PipeDeploy(work_pool_name=pool)
-    low_latency, elastic = name("ll"), name("el")
+    low_latency, elastic = unique("ll"), unique("el")
     sdk.create_deployment(f"{DEMO}:counter", low_latency, mode="low_latency")
     sdk.create_deployment(f"{DEMO}:score", elastic)
     runs = [
@@ -120,9 +103,9 @@ def test_run_once_starts_the_pods_runs_what_is_ready_and_stops(
 def test_a_stopped_worker_leaves_its_pods_down_not_pending(
     prefect_api: str, logs: Path, children: list[ChildProcess]
 ) -> None:
-    pool = name("stop")
+    pool = unique("stop")
     sdk = PipeDeploy(work_pool_name=pool)
-    deployment = name("ll")
+    deployment = unique("ll")
     sdk.create_deployment(f"{DEMO}:counter", deployment, mode="low_latency")
     worker = start_child(
         "worker",
@@ -130,7 +113,7 @@ def test_a_stopped_worker_leaves_its_pods_down_not_pending(
         logs / "worker.log",
     )
     children.append(worker)
-    until(lambda: sdk.get_deployment(deployment)["status"] == "up", 90, "the pod coming up")
+    eventually(lambda: sdk.get_deployment(deployment), 90, until=lambda d: d["status"] == "up")
     assert worker.stop() == 0, worker.log_tail()
     shown = sdk.get_deployment(deployment)
     assert shown["status"] == "down", shown

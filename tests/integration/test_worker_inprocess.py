@@ -32,13 +32,10 @@ from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker import PipeDeployWorker
 from prefect_pipedeploy.worker.dispatch import queue_retry
 from prefect_pipedeploy.worker.recovery import RECOVERED_MESSAGE, recover_abandoned
+from tests.support.executions import unique
 
 pytestmark = pytest.mark.anyio
 LOGGER = logging.getLogger("test_worker_inprocess")
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture
@@ -48,7 +45,7 @@ async def client(prefect_api: str) -> AsyncIterator[PrefectClient]:
 
 
 async def deploy(sdk: PipeDeploy, client: PrefectClient, **settings: Any) -> DeploymentResponse:
-    created = await sdk.acreate_deployment(f"{demo.__file__}:score", name("inproc"), **settings)
+    created = await sdk.acreate_deployment(f"{demo.__file__}:score", unique("inproc"), **settings)
     return await client.read_deployment(uuid.UUID(created["id"]))
 
 

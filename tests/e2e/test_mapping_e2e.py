@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
-from prefect_pipedeploy.datastore.configured import ensure_local_data_store
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, start_worker, unique
-from tests.test_low_latency import run_many, wait_until_up
-
-
-@pytest.fixture(scope="module")
-def data_store(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    reference = ensure_local_data_store(tmp_path_factory.mktemp("datastore"), unique("store"))
-    os.environ["PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE"] = reference
-    yield reference
-    os.environ.pop("PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE", None)
+from tests.support.executions import run_many, unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import start_worker
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def test_every_source_and_destination(
     name = unique(f"enrich-{mode.replace('_', '-')}")
     extra = {"enable_parallel_executions": True} if mode == "low_latency" else {}
     sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:enrich",
+        f"{PIPELINES}:enrich",
         name,
         mode=mode,
         inputs_mapping=INPUTS,
@@ -101,7 +92,7 @@ def test_missing_inputs_fail_before_the_pipeline_starts(
 ) -> None:
     name = unique("enrich-missing")
     sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:enrich",
+        f"{PIPELINES}:enrich",
         name,
         mode=mode,
         inputs_mapping=[

@@ -8,7 +8,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
-from tests.conftest import FLOWS, unique
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES
 
 
 def test_every_page_is_read(prefect_api: str) -> None:
@@ -16,7 +17,7 @@ def test_every_page_is_read(prefect_api: str) -> None:
     sdk = PipeDeploy(work_pool_name=pool)
     names = {unique("paged") for _ in range(5)}
     for name in names:
-        sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name, execution_rule="endpoint")
+        sdk.create_deployment(f"{PIPELINES}:score", name, execution_rule="endpoint")
 
     async def listed(page: int) -> list[str]:
         async with get_client() as client:

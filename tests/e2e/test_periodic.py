@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, unique
+from tests.support.eventually import eventually
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES
 
 
 def test_interval_deployment_produces_runs(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = unique("every-2s")
     created = sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:score",
+        f"{PIPELINES}:score",
         name,
         execution_rule="periodic",
         schedule="every 2 seconds",
@@ -22,13 +22,23 @@ def test_interval_deployment_produces_runs(sdk: PipeDeploy, worker: ChildProcess
         ],
     )
     assert created["schedule"] == {"type": "basic", "every": 2, "unit": "seconds"}
-    deadline = time.monotonic() + 90
-    succeeded: list[dict] = []
-    while len(succeeded) < 2:
-        assert time.monotonic() < deadline, sdk.list_pipeline_executions(name)
-        time.sleep(1)
-        succeeded = [e for e in sdk.list_pipeline_executions(name) if e["status"] == "Succeeded"]
-    sdk.update_deployment(name, disabled=True)
+
+    def started() -> list[dict]:
+        """The runs that left Pending. The scheduler keeps ~100 future runs of a 2 s schedule
+        ahead and a listing starts with the latest, so the first 100 are all still to come."""
+        listed = sdk.list_pipeline_executions(name, limit=200)  # the most the server gives
+        return [e for e in listed if e["status"] != "Pending"]
+
+    try:
+        executions = eventually(
+            started,
+            90,
+            1,
+            until=lambda executions: sum(e["status"] == "Succeeded" for e in executions) >= 2,
+        )
+    finally:
+        sdk.update_deployment(name, disabled=True)  # no more runs for the modules after this one
+    succeeded = [e for e in executions if e["status"] == "Succeeded"]
     # each scheduled run was started by the worker and recorded its outputs
     execution = sdk.get_pipeline_execution(succeeded[0]["execution_id"])
     assert execution["outputs"]["words"] >= 1

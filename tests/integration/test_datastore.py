@@ -1,17 +1,16 @@
-"""Tests of the data stores: the key rules, both backends through one interface, S3 integrity.
+"""The data stores for real: both backends through one interface (a directory under tmp_path,
+and moto's S3 server in its own process, tests/support/s3_server.py), then what only each one
+does: plain files under a root, prefixes, multipart uploads, integrity checks, errors that name
+the endpoint and the bucket.
 
-Key validation is pure and tested with tables. The backends run for real: a directory under
-tmp_path, and moto's S3 server in its own process (tests/s3_server.py).
+The pure rules (keys, blocks) are tests/unit/test_datastore_rules.py; an S3 server that dies,
+tests/e2e/test_s3_outages.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import io
-import logging
 import os
-import random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,235 +18,18 @@ from typing import Any
 
 import anyio
 import pytest
-from pydantic import SecretStr, ValidationError
 
-from prefect_pipedeploy.datastore import (
-    DataStore,
-    LocalDataStore,
-    ObjectInfo,
-    S3DataStore,
-    aregister_datastore_blocks,
-    register_datastore_blocks,
-    validate_key,
-)
+from prefect_pipedeploy.datastore import DataStore, LocalDataStore, S3DataStore
 from prefect_pipedeploy.exceptions import (
     DataStoreError,
     DataStoreIntegrityError,
     DataStoreObjectNotFound,
     InvalidDataStoreKey,
-    PipeDeployError,
 )
-from tests.s3_server import (
-    free_port,
-    make_bucket,
-    make_store,
-    running_moto_server,
-    s3_client,
-)
+from tests.support.s3_server import free_port, make_store, multipart_store, s3_client
+from tests.support.streams import MiB, OneWayStream, SecondPassTrap, payload, sha256
 
-# The shared fixtures, imported under other names so that test parameters named like them do
-# not redefine an import (ruff F811); pytest registers them under their declared names.
-from tests.s3_server import s3_bucket as s3_bucket_fixture  # noqa: F401
-from tests.s3_server import s3_server as s3_server_fixture  # noqa: F401
-from tests.s3_server import s3_store as s3_store_fixture  # noqa: F401
-
-MiB = 1024 * 1024
 SHA256_OF_NOTHING = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class OneWayStream:
-    """A stream that cannot seek and gives short reads, like a pipe or an HTTP body."""
-
-    def __init__(self, data: bytes, fail_at: int | None = None) -> None:
-        self._data = io.BytesIO(data)
-        self._fail_at = fail_at
-
-    def read(self, size: int = -1) -> bytes:
-        if self._fail_at is not None and self._data.tell() >= self._fail_at:
-            raise OSError("the source device went away")
-        return self._data.read(min(size, 100_000) if size >= 0 else -1)
-
-
-class SecondPassTrap(io.BytesIO):
-    """A seekable stream that springs `trap` once a read after a rewind passes `offset`.
-
-    S3DataStore reads a seekable source twice: once to hash it, then, rewound, to upload it.
-    """
-
-    def __init__(self, data: bytes, offset: int, trap: Callable[[SecondPassTrap], None]) -> None:
-        super().__init__(data)
-        self.offset = offset
-        self.trap = trap
-        self.rewound = False
-
-    def seek(self, position: int, whence: int = 0) -> int:
-        self.rewound = True
-        return super().seek(position, whence)
-
-    def read(self, size: int | None = -1) -> bytes:
-        if self.rewound and self.tell() >= self.offset:
-            self.trap(self)
-        return super().read(size)
-
-
-# -- keys ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "normalized"),
-    [
-        ("data.csv", "data.csv"),
-        ("inputs/2024/data.csv", "inputs/2024/data.csv"),
-        ("./inputs/data.csv", "inputs/data.csv"),
-        ("a/./b", "a/b"),
-        ("runs/2024-05-01T12:30:00/out.json", "runs/2024-05-01T12:30:00/out.json"),
-        ("données/été.csv", "données/été.csv"),
-        ("with space/x y.txt", "with space/x y.txt"),
-        ("..hidden/.env", "..hidden/.env"),
-        ("k" * 1024, "k" * 1024),
-    ],
-)
-def test_validate_key_accepts_relative_keys(key: str, normalized: str) -> None:
-    assert validate_key(key) == normalized
-
-
-@pytest.mark.parametrize(
-    ("key", "reason"),
-    [
-        ("", "is empty"),
-        (".", "is empty"),
-        ("/etc/passwd", "is absolute"),
-        ("../x", "`..` segment"),
-        ("a/../../x", "`..` segment"),
-        ("a/..", "`..` segment"),
-        ("a//b", "empty segment"),
-        ("a/", "empty segment"),
-        ("a\\b", "backslash"),
-        ("..\\x", "backslash"),
-        ("a\x00b", "control character"),
-        ("a\nb", "control character"),
-        ("x/.pipedeploy-partial-1", "reserved for the store"),
-        ("k" * 1025, "longer than 1024 bytes"),
-        ("é" * 513, "longer than 1024 bytes"),
-        (123, "not a string"),
-    ],
-)
-def test_validate_key_refuses_unsafe_keys(key: Any, reason: str) -> None:
-    with pytest.raises(InvalidDataStoreKey) as caught:
-        validate_key(key)
-    message = str(caught.value)
-    assert repr(key) in message
-    assert reason in message
-    assert "use a relative key" in message
-    assert isinstance(caught.value, ValueError) and isinstance(caught.value, PipeDeployError)
-
-
-# -- blocks -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("block", "slug", "fields"),
-    [
-        (LocalDataStore, "pipedeploy-local-data-store", {"root"}),
-        (
-            S3DataStore,
-            "pipedeploy-s3-data-store",
-            {
-                "bucket",
-                "prefix",
-                "endpoint_url",
-                "region_name",
-                "aws_access_key_id",
-                "aws_secret_access_key",
-                "aws_session_token",
-                "addressing_style",
-                "multipart_threshold_mib",
-                "multipart_part_size_mib",
-            },
-        ),
-    ],
-)
-def test_block_type_and_schema_build_without_a_server(
-    block: type[DataStore], slug: str, fields: set[str]
-) -> None:
-    block_type = block._to_block_type()
-    assert (block_type.slug, block_type.description) == (slug, block.get_description())
-    assert block_type.description and block_type.code_example
-    properties = block._to_block_schema().fields["properties"]
-    assert set(properties) == fields
-    assert all(properties[name].get("description") for name in fields)
-
-
-def test_s3_block_keeps_credentials_secret() -> None:
-    store = S3DataStore(
-        bucket="ml-data",
-        aws_access_key_id=SecretStr("AKIDEXAMPLE"),
-        aws_secret_access_key=SecretStr("very-secret"),
-    )
-    schema = S3DataStore._to_block_schema().fields
-    assert set(schema["secret_fields"]) == {
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-    }
-    assert "very-secret" not in repr(store)
-    assert "very-secret" not in store.model_dump_json()
-
-
-def test_local_block_dumps_its_root(tmp_path: Path) -> None:
-    assert LocalDataStore(root=str(tmp_path)).model_dump()["root"] == str(tmp_path)
-
-
-def test_data_store_is_an_interface() -> None:
-    with pytest.raises(TypeError):
-        DataStore()  # type: ignore[abstract]
-
-
-def test_block_delete_is_not_shadowed() -> None:
-    # `delete`/`adelete` stay Prefect's (delete a saved block document); objects have their own.
-    from prefect.blocks.core import Block
-
-    for store_type in (LocalDataStore, S3DataStore):
-        assert store_type.delete.__func__ is Block.delete.__func__  # type: ignore[attr-defined]
-        assert store_type.adelete.__func__ is Block.adelete.__func__  # type: ignore[attr-defined]
-
-
-def test_registration_has_sync_and_async_forms() -> None:
-    assert callable(register_datastore_blocks)
-    assert inspect.iscoroutinefunction(aregister_datastore_blocks)
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"bucket": "s3://ml-data"}, "bucket 's3://ml-data' is not a bucket name"),
-        ({"bucket": "ml-data/folder"}, "put folders in `prefix`"),
-        ({"prefix": "../other"}, "prefix '../other' is not a safe folder"),
-        ({"endpoint_url": "127.0.0.1:9000"}, "endpoint_url '127.0.0.1:9000' is not an http(s)"),
-        ({"aws_access_key_id": "AKID"}, "aws_access_key_id and aws_secret_access_key go together"),
-        ({"aws_session_token": "token"}, "aws_session_token needs aws_access_key_id"),
-        ({"multipart_part_size_mib": 1}, "multipart_part_size_mib"),
-    ],
-)
-def test_s3_block_fields_are_checked(fields: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError) as caught:
-        S3DataStore(**{"bucket": "ml-data", **fields})
-    assert message in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("prefix", "normalized"), [("", ""), ("/team/ml/", "team/ml"), ("./a/b", "a/b")]
-)
-def test_s3_prefix_is_normalized(prefix: str, normalized: str) -> None:
-    assert S3DataStore(bucket="ml-data", prefix=prefix).prefix == normalized
 
 
 # -- both backends ------------------------------------------------------------------------------
@@ -491,10 +273,6 @@ def open_multipart_uploads(endpoint: str, bucket: str) -> list[Any]:
     return s3_client(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
-def multipart_store(endpoint: str, bucket: str) -> S3DataStore:
-    return make_store(endpoint, bucket, multipart_threshold_mib=5, multipart_part_size_mib=5)
-
-
 def test_s3_prefix_holds_the_store(s3_server: str, s3_bucket: str) -> None:
     s3_client(s3_server).put_object(Bucket=s3_bucket, Key="elsewhere.csv", Body=b"x")
     store = make_store(s3_server, s3_bucket, prefix="/team/ml/")
@@ -598,26 +376,6 @@ def test_s3_interrupted_upload_is_aborted(
     assert open_multipart_uploads(s3_server, s3_bucket) == []
 
 
-def test_s3_upload_to_a_server_that_dies(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with running_moto_server(tmp_path) as server:
-        store = multipart_store(server.endpoint_url, make_bucket(server.endpoint_url))
-
-        def kill_the_server(stream: SecondPassTrap) -> None:
-            server.process.kill()
-            server.process.wait()
-
-        source = SecondPassTrap(payload(11 * MiB, seed=8), offset=6 * MiB, trap=kill_the_server)
-        with caplog.at_level(logging.WARNING, logger="prefect_pipedeploy.datastore"):
-            with pytest.raises(DataStoreError) as caught:
-                store.upload(source, "big.bin")
-
-    message = str(caught.value)
-    assert f"cannot upload object 'big.bin' in {store.location()}" in message
-    assert f"the S3 endpoint {server.endpoint_url} is unreachable" in message
-    assert "check that the server is running" in message
-    assert "Could not abort the unfinished multipart upload" in caplog.text
-
-
 def test_s3_unreachable_endpoint_is_named(s3_bucket: str) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = make_store(endpoint, s3_bucket)
@@ -631,12 +389,3 @@ def test_s3_missing_bucket_is_named(s3_server: str) -> None:
         store.upload(io.BytesIO(b"x"), "k")
     with pytest.raises(DataStoreError, match="the bucket 'no-such-bucket' does not exist"):
         store.list()
-
-
-def test_object_info_is_kept_in_utc() -> None:
-    local_time = datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-    info = ObjectInfo(key="k", size=1, last_modified=local_time)
-    assert info.last_modified == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-    assert info.last_modified.tzinfo == timezone.utc
-    with pytest.raises(ValidationError, match="time zone"):
-        ObjectInfo(key="k", size=1, last_modified=datetime(2024, 5, 1))

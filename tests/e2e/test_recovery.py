@@ -12,7 +12,10 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, start_worker, unique
+from tests.support.eventually import eventually
+from tests.support.executions import unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import start_worker
 
 
 def test_run_left_pending_by_a_dead_worker_is_recovered(
@@ -21,7 +24,7 @@ def test_run_left_pending_by_a_dead_worker_is_recovered(
     pool = unique("orphan-pool")
     sdk = PipeDeploy(work_pool_name=pool)
     name = unique("orphan")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name, max_retries=0)
+    sdk.create_deployment(f"{PIPELINES}:score", name, max_retries=0)
     execution = sdk.run_deployment(name, {"text": "recovered run"}, wait_for_completion=False)
 
     async def claim() -> None:  # what a worker does right before it dies
@@ -45,10 +48,8 @@ def test_run_left_pending_by_a_dead_worker_is_recovered(
 
 
 def test_pod_state_changes_are_prefect_events(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    from tests.test_low_latency import wait_until_up
-
     name = unique("evented")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency")
+    sdk.create_deployment(f"{PIPELINES}:counter", name, mode="low_latency")
     deployment_id = wait_until_up(sdk, name)["id"]
 
     async def pod_events() -> list[str]:
@@ -66,8 +67,10 @@ def test_pod_state_changes_are_prefect_events(sdk: PipeDeploy, worker: ChildProc
             )
             return [event["event"] for event in response.json()["events"]]
 
-    deadline = time.monotonic() + 30
-    while "prefect-pipedeploy.pod.ready" not in (events := run_coro_as_sync(pod_events())):
-        assert time.monotonic() < deadline, events
-        time.sleep(0.5)
+    eventually(
+        lambda: run_coro_as_sync(pod_events()),
+        30,
+        0.5,
+        until=lambda events: "prefect-pipedeploy.pod.ready" in events,
+    )
     sdk.delete_deployment(name)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,9 @@ import psutil
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess, free_port
-from tests.conftest import FLOWS, unique
+from tests.support.eventually import eventually
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES, ROOT
 
 PIPEDEPLOY = [sys.executable, "-m", "prefect_pipedeploy.cli"]
 
@@ -50,12 +51,14 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         env=env,
         cwd=tmp_path,
     )
+
+    def up_log() -> str:
+        text = (tmp_path / "up.log").read_text()
+        assert "Ready." in text or up.poll() is None, text  # `up` exited before it was ready
+        return text
+
     try:
-        deadline = time.monotonic() + 240
-        while "Ready." not in (tmp_path / "up.log").read_text():
-            assert up.poll() is None, (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
-            time.sleep(0.5)
+        eventually(up_log, 240, 0.5, until=lambda text: "Ready." in text)
         output = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{port}/api" in output
         assert "Demo execution:" in output and "-> Succeeded" in output
@@ -87,7 +90,7 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
 
 def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = unique("cli")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:counter", name)
+    sdk.create_deployment(f"{PIPELINES}:counter", name)
     execution = sdk.run_deployment(name, {"marker": "from-cli"}, timeout_s=60)
     listed = run_cli("deployment", "ls")
     assert listed.returncode == 0, listed.stderr
@@ -98,10 +101,12 @@ def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess
     assert execution["execution_id"] in ls.stdout and "Succeeded" in ls.stdout
     shown = json.loads(run_cli("executions", "get", execution["execution_id"]).stdout)
     assert shown["outputs"]["count"] >= 1
-    deadline = time.monotonic() + 15
-    while "marker=from-cli" not in run_cli("executions", "logs", execution["execution_id"]).stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    eventually(
+        lambda: run_cli("executions", "logs", execution["execution_id"]).stdout,
+        15,
+        0.5,
+        until=lambda logs: "marker=from-cli" in logs,
+    )
     assert run_cli("deployment", "rm", name).returncode == 0
 
 
@@ -146,7 +151,7 @@ def test_blocks_register_script_saves_a_usable_store(prefect_api: str, tmp_path:
         text=True,
         timeout=60,
         env=os.environ,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     reference = f"pipedeploy-local-data-store/{name}"
@@ -163,7 +168,7 @@ def test_prefect_worker_start_runs_pipedeploy_work(prefect_api: str, tmp_path: P
     pool = unique("native-way")
     sdk = PipeDeploy(work_pool_name=pool)
     name = unique("prefect-way")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name)
+    sdk.create_deployment(f"{PIPELINES}:score", name)
     worker = start_child(
         "prefect-worker",
         [

@@ -1,18 +1,15 @@
-"""The data store and the execution records through the SDK and the CLI, on a real Prefect server.
+"""The data store and the execution records through the SDK, on a real Prefect server.
 
 The local data store block is saved on the session's server the way `pipedeploy up` saves it;
-the SDK verbs run in-process, the CLI commands as subprocesses (as a user runs them). Execution
-records are written on flow runs created directly through the Prefect client and read back
-through the SDK.
+the SDK verbs run in-process. Execution records are written on flow runs created directly
+through the Prefect client and read back through the SDK. The `pipedeploy datastore` commands,
+run as a user runs them, are tests/e2e/test_cli_datastore.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -241,66 +238,3 @@ def test_records_missing(sdk: Client) -> None:
             sdk.get_pipeline_execution_input(missing, "x")
         with pytest.raises(ExecutionNotFound):
             sdk.get_pipeline_execution_output(missing, "y")
-
-
-# -- CLI -----------------------------------------------------------------------------------------
-
-
-def pipedeploy_datastore(
-    *args: str, reference: str, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "prefect_pipedeploy.cli", "datastore", *args],
-        env={**os.environ, DATA_STORE_VARIABLE: reference},
-        capture_output=True,
-        input=stdin,
-        timeout=60,
-    )
-
-
-def test_cli_datastore_commands(reference: str, tmp_path: Path) -> None:
-    prefix = f"cli-{uuid.uuid4().hex[:6]}"
-    source = tmp_path / "data.csv"
-    source.write_text("a,b\n1,2\n")
-
-    put = pipedeploy_datastore("put", str(source), f"{prefix}/data.csv", reference=reference)
-    assert put.returncode == 0, put.stderr
-    assert f"-> {prefix}/data.csv (8 bytes)" in put.stdout.decode()
-
-    ls = pipedeploy_datastore("ls", prefix, reference=reference)
-    assert ls.returncode == 0, ls.stderr
-    size, _, key = ls.stdout.decode().split()
-    assert (size, key) == ("8", f"{prefix}/data.csv")
-
-    info = pipedeploy_datastore("info", f"{prefix}/data.csv", reference=reference)
-    assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["size"] == 8
-
-    get = pipedeploy_datastore(
-        "get", f"{prefix}/data.csv", str(tmp_path / "copy.csv"), reference=reference
-    )
-    assert get.returncode == 0, get.stderr
-    assert (tmp_path / "copy.csv").read_text() == "a,b\n1,2\n"
-    to_stdout = pipedeploy_datastore("get", f"{prefix}/data.csv", "-", reference=reference)
-    assert to_stdout.stdout == b"a,b\n1,2\n"
-
-    rm = pipedeploy_datastore("rm", f"{prefix}/data.csv", reference=reference)
-    assert rm.returncode == 0, rm.stderr
-    assert pipedeploy_datastore("ls", prefix, reference=reference).stdout == b""
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("rm", "no/such.txt"), "error: no object 'no/such.txt' in the data store"),
-        (("info", "../escape"), "error: data store key '../escape' has a `..` segment"),
-        (("--store", "pipedeploy-local-data-store/absent", "ls"), "error: data store block"),
-    ],
-)
-def test_cli_errors_are_one_line(reference: str, args: tuple[str, ...], message: str) -> None:
-    result = pipedeploy_datastore(*args, reference=reference)
-    assert result.returncode == 1
-    stderr = result.stderr.decode()
-    assert stderr.startswith(message), stderr
-    assert stderr.count("\n") == 1, stderr
-    assert "Traceback" not in stderr

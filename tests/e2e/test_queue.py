@@ -13,13 +13,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, start_worker, unique
-from tests.test_low_latency import wait_until_up
+from tests.support.executions import unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import start_worker
 
 
 def deploy_queue(sdk: PipeDeploy, **kwargs: object) -> str:
     name = unique("queue")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:queue_step", name, mode="low_latency", **kwargs)
+    sdk.create_deployment(f"{PIPELINES}:queue_step", name, mode="low_latency", **kwargs)
     wait_until_up(sdk, name)
     return name
 

@@ -2,72 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-
-import psutil
-import pytest
-from prefect.client.orchestration import get_client
-from prefect.states import Scheduled
-from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, cmdline, eventual_log_messages, unique
-
-
-def wait_until_up(sdk: PipeDeploy, name: str, timeout_s: float = 45) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        deployment = sdk.get_deployment(name)
-        if deployment["status"] == "up":
-            return deployment
-        assert time.monotonic() < deadline, deployment
-        time.sleep(0.3)
-
-
-def pod_processes(worker: ChildProcess) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process(worker.popen.pid).children(recursive=True)
-        if "prefect_pipedeploy.engine.pod" in cmdline(p)
-    ]
+from tests.support.eventually import eventually
+from tests.support.executions import eventual_log_messages, run_many, unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import cmdline, pod_processes
 
 
 def deploy(sdk: PipeDeploy, function: str, **kwargs: object) -> str:
     name = unique(function.replace("_", "-"))
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:{function}", name, mode="low_latency", **kwargs)
+    sdk.create_deployment(f"{PIPELINES}:{function}", name, mode="low_latency", **kwargs)
     return name
-
-
-def run_many(sdk: PipeDeploy, name: str, inputs: list[dict], delay_s: float = 6) -> list[dict]:
-    """Create the executions, all due `delay_s` from now, then wait for all of them.
-
-    A SQLite server serialises creates (a busy database answers 503 and the client retries
-    seconds later), so runs requested back to back would not be waiting at the same time.
-    """
-
-    deployment_id = uuid.UUID(sdk.get_deployment(name)["id"])
-
-    async def create() -> list[str]:
-        due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay_s)
-        async with get_client() as client:
-            runs = [
-                await client.create_flow_run_from_deployment(
-                    deployment_id, parameters=i, state=Scheduled(scheduled_time=due)
-                )
-                for i in inputs
-            ]
-        return [str(run.id) for run in runs]
-
-    ids = run_coro_as_sync(create())
-    for execution_id in ids:
-        run_coro_as_sync(sdk.await_execution(execution_id, 120))
-    return [sdk.get_pipeline_execution(execution_id) for execution_id in ids]
 
 
 def overlap_all(results: list[dict]) -> bool:
@@ -143,10 +93,12 @@ def test_killed_pod_is_recreated_and_its_run_crashes(sdk: PipeDeploy, worker: Ch
         future = pool.submit(
             sdk.run_deployment, name, {"marker": "doomed", "sleep_s": 30}, True, 90
         )
-        deadline = time.monotonic() + 30
-        while not any(e["status"] == "Running" for e in sdk.list_pipeline_executions(name)):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        eventually(
+            lambda: sdk.list_pipeline_executions(name),
+            30,
+            0.2,
+            until=lambda executions: any(e["status"] == "Running" for e in executions),
+        )
         ours = [p for p in pod_processes(worker) if p.pid in before]
         victim = [p for p in ours if str(sdk.get_deployment(name)["id"]) in cmdline(p)]
         assert victim
@@ -190,10 +142,11 @@ def test_import_error_shows_in_deployment_logs(
     source.write_text(
         "import not_a_module_anywhere\n\ndef model(x: int = 1) -> dict:\n    return {}\n"
     )
-    deadline = time.monotonic() + 60
-    while sdk.get_deployment(name)["status"] != "creation_failed":
-        assert time.monotonic() < deadline, sdk.get_deployment(name)
-        time.sleep(0.3)
+    eventually(
+        lambda: sdk.get_deployment(name),
+        60,
+        until=lambda deployment: deployment["status"] == "creation_failed",
+    )
     assert "not_a_module_anywhere" in sdk.get_deployment(name)["status_message"]
     assert any("not_a_module_anywhere" in line for line in sdk.get_deployment_logs(name))
 
@@ -203,10 +156,9 @@ def test_deleting_the_deployment_stops_its_pod(sdk: PipeDeploy, worker: ChildPro
     deployment_id = wait_until_up(sdk, name)["id"]
     assert any(deployment_id in cmdline(p) for p in pod_processes(worker))
     sdk.delete_deployment(name)
-    deadline = time.monotonic() + 30
-    while any(deployment_id in cmdline(p) for p in pod_processes(worker)):
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-
-
-pytestmark = pytest.mark.e2e
+    eventually(
+        lambda: [cmdline(p) for p in pod_processes(worker)],
+        30,
+        until=lambda pods: not any(deployment_id in line for line in pods),
+        what="the deleted deployment's pod stopped",
+    )

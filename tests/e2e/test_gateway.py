@@ -10,12 +10,9 @@ Every answer of 300 and above is collected; the last test checks none leaks inte
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -28,7 +25,6 @@ from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
-from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.prefect_api.sealed import sealed_key
 from prefect_pipedeploy.prefect_api.triggers import (
     CALLED_EVENT,
@@ -39,10 +35,11 @@ from prefect_pipedeploy.prefect_api.triggers import (
     ensure_endpoint_trigger,
 )
 from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
-from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
-from tests.conftest import FLOWS, start_worker, unique
-
-pytestmark = pytest.mark.e2e
+from prefect_pipedeploy.stack import wait_for_http
+from tests.support.eventually import eventually
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES
+from tests.support.processes import start_gateway, start_worker
 
 ANSWERS: list[tuple[str, int, str]] = []  # (request, status, body) of every answer >= 300
 
@@ -81,14 +78,6 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data_store(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    reference = ensure_local_data_store(tmp_path_factory.mktemp("datastore"), unique("gw-store"))
-    os.environ[DATA_STORE_VARIABLE] = reference
-    yield reference
-    os.environ.pop(DATA_STORE_VARIABLE, None)
-
-
-@pytest.fixture(scope="module")
 def idle_pool(prefect_api: str) -> str:
     """A pool no worker serves: its executions wait."""
     return f"idle-{uuid.uuid4().hex[:8]}"
@@ -100,28 +89,6 @@ TIGHT = {
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_MAX_WAITING": "2",
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_BAD_TOKEN_LIMIT": "3",
 }
-
-
-def start_gateway(
-    name: str, pools: list[str], log_dir: Path, env: dict[str, str]
-) -> tuple[ChildProcess, str]:
-    port = free_port()
-    pool_args = [arg for pool in pools for arg in ("--pool", pool)]
-    child = start_child(
-        f"gateway-{name}",
-        [
-            sys.executable,
-            "-m",
-            "prefect_pipedeploy.cli",
-            "gateway",
-            *pool_args,
-            "--port",
-            str(port),
-        ],
-        log_dir / f"gateway-{name}.log",
-        env={**os.environ, **env},
-    )
-    return child, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +149,7 @@ GREET_INPUTS = [
 def deploy(client: Client, function: str, **kwargs: Any) -> dict[str, str]:
     name = unique(function.replace("_", "-"))
     created = client.create_deployment(
-        f"{FLOWS / 'demo.py'}:{function}", name, ram_request="256MiB", **kwargs
+        f"{PIPELINES}:{function}", name, ram_request="256MiB", **kwargs
     )
     return {
         "name": name,
@@ -275,16 +242,16 @@ def test_a_call_answers_its_outputs_and_emits_an_event(
     assert execution["status"] == "Succeeded"
     assert client.get_pipeline_execution_input(execution_id, "api_key") == "***"
 
-    deadline = time.monotonic() + 20  # the server persists events in batches
-    while True:
-        events = [
+    events = eventually(  # the server persists events in batches
+        lambda: [
             e
             for e in called_events(prefect_api, greet["path"])
             if e["payload"].get("execution_id") == execution_id
-        ]
-        if events or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+        ],
+        20,
+        0.5,
+        what="a prefect-pipedeploy.endpoint.called event recorded",
+    )
     assert len(events) == 1, "no prefect-pipedeploy.endpoint.called event was recorded"
     event = events[0]
     assert event["payload"]["inputs"] == {"name": "ada", "api_key": "***", "times": 2}
@@ -375,10 +342,13 @@ def test_missing_wrong_and_rotated_away_tokens_are_401(
     accepted = main.post(url, json={"name": "x"}, headers=auth(new))
     assert accepted.status_code == 202, accepted.text
     # the old one stops working within the gateway's cache time (1.5 s), well under a long-poll
-    started = time.monotonic()
-    while main.post(url, json={"name": "x"}, headers=auth(old)).status_code != 401:
-        assert time.monotonic() - started < 5, "the rotated-away token still works"
-        time.sleep(0.25)
+    eventually(
+        lambda: main.post(url, json={"name": "x"}, headers=auth(old)).status_code,
+        5,
+        0.25,
+        until=lambda status: status == 401,
+        what="the rotated-away token refused (it still works)",
+    )
 
 
 def test_after_the_wait_budget_303_is_followed_to_the_result(
@@ -616,14 +586,20 @@ def test_an_event_runs_the_endpoint_deployment(
     httpx.post(f"{prefect_api}/events", json=events).raise_for_status()
 
     found: dict[str, str] = {}
-    deadline = time.monotonic() + 30
-    while len(found) < 2:
-        assert time.monotonic() < deadline, f"the events started only {found}"
+
+    def started_by_the_events() -> dict[str, str]:
         for execution in client.list_pipeline_executions(greet["name"]):
             marker = execution["parameters"].get("name")
             if marker in ("by-path", "by-id"):
                 found[marker] = execution["execution_id"]
-        time.sleep(0.3)
+        return found
+
+    eventually(
+        started_by_the_events,
+        30,
+        until=lambda markers: len(markers) >= 2,
+        what="both events started an execution",
+    )
     for marker, execution_id in found.items():
         run_coro_as_sync(client.await_execution(execution_id, 60))
         execution = client.get_pipeline_execution(execution_id)
@@ -657,17 +633,17 @@ def test_health_and_openapi(main: httpx.Client, deployed: dict[str, dict[str, st
 def test_the_cli_rotates_a_token(main: httpx.Client, deployed: dict[str, dict[str, str]]) -> None:
     from typer.testing import CliRunner
 
-    from tests.test_gateway_unit import _cli
+    from prefect_pipedeploy.cli import app
 
     endpoint = deployed["rotate"]
-    result = CliRunner().invoke(_cli(), ["endpoint", "token", endpoint["name"]])
+    result = CliRunner().invoke(app, ["endpoint", "token", endpoint["name"]])
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
     assert token.startswith("pdt_") and "\n" not in token  # the token alone on stdout
     assert "shown only now" in result.stderr
     url = f"/endpoints/{endpoint['path']}/executions/{uuid.uuid4()}"
     assert main.get(url, headers=auth(token)).status_code == 404  # past the token check
-    unknown = CliRunner().invoke(_cli(), ["endpoint", "token", "no-such-deployment"])
+    unknown = CliRunner().invoke(app, ["endpoint", "token", "no-such-deployment"])
     assert unknown.exit_code == 1 and "no deployment named" in unknown.stderr
 
 

@@ -14,7 +14,8 @@ from prefect_pipedeploy import (
     PipelineLoadError,
     SpecError,
 )
-from tests.conftest import FLOWS, unique
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES
 
 
 @flow
@@ -28,9 +29,9 @@ def plain_function(a: int, b: int = 2) -> dict:
 
 def test_create_from_entrypoint_returns_token_once(sdk: PipeDeploy) -> None:
     name = unique("score")
-    created = sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name, description="scores")
+    created = sdk.create_deployment(f"{PIPELINES}:score", name, description="scores")
     assert created["name"] == name
-    assert created["pipeline"] == "demo.py:score"
+    assert created["pipeline"] == "pipelines.py:score"
     assert created["execution_rule"] == "endpoint"
     assert created["mode"] == "elastic"
     assert created["status"] == "standby"
@@ -67,7 +68,7 @@ def test_create_from_flow_object_and_plain_function(sdk: PipeDeploy) -> None:
 def test_several_deployments_of_one_pipeline_coexist(sdk: PipeDeploy) -> None:
     names = [unique("twin") for _ in range(3)]
     for name in names:
-        sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name)
+        sdk.create_deployment(f"{PIPELINES}:score", name)
     listed = {d["name"] for d in sdk.list_deployments()}
     assert set(names) <= listed
 
@@ -75,7 +76,7 @@ def test_several_deployments_of_one_pipeline_coexist(sdk: PipeDeploy) -> None:
 def test_periodic_deployment_and_schedule_update(sdk: PipeDeploy) -> None:
     name = unique("nightly")
     created = sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:score",
+        f"{PIPELINES}:score",
         name,
         execution_rule="periodic",
         schedule="0 3 * * *",
@@ -98,7 +99,7 @@ def test_periodic_deployment_and_schedule_update(sdk: PipeDeploy) -> None:
 
 def test_update_validates_and_disables(sdk: PipeDeploy) -> None:
     name = unique("upd")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name)
+    sdk.create_deployment(f"{PIPELINES}:score", name)
     with pytest.raises(SpecError, match="parallel executions need mode low_latency"):
         sdk.update_deployment(name, enable_parallel_executions=True)
     with pytest.raises(SpecError, match="unknown setting 'colour'"):
@@ -111,7 +112,7 @@ def test_update_validates_and_disables(sdk: PipeDeploy) -> None:
 
 def test_delete_and_not_found(sdk: PipeDeploy) -> None:
     name = unique("gone")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", name)
+    sdk.create_deployment(f"{PIPELINES}:score", name)
     sdk.delete_deployment(name)
     with pytest.raises(DeploymentNotFound, match=f"no deployment named '{name}'"):
         sdk.get_deployment(name)
@@ -156,9 +157,9 @@ def test_create_refuses_bad_settings(
 @pytest.mark.parametrize(
     "pipeline, words",
     [
-        ("flows/demo.py", "not an entrypoint"),
+        ("tests/support/pipelines.py", "not an entrypoint"),
         ("does/not/exist.py:f", "no file at"),
-        (f"{FLOWS / 'demo.py'}:missing", "could not be imported"),
+        (f"{PIPELINES}:missing", "could not be imported"),
         (42, "must be a flow, a function"),
         (lambda: None, "top level of a Python file"),
     ],

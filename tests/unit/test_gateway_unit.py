@@ -1,6 +1,7 @@
-"""The gateway's pure parts (input checks, multipart, limits, settling, messages), its error
-answers in-process through httpx's ASGI transport, the SDK's reading of gateway answers, the
-trigger automation's shape, and file endpoint inputs at run time. No server, no processes."""
+"""The gateway's pure parts (input checks, multipart, limits, settling, messages), the SDK's
+reading of gateway answers, the trigger automation's shape, and file endpoint inputs at run time.
+No server, no processes. The app's error answers through httpx's ASGI transport are
+tests/integration/test_gateway_asgi.py."""
 
 from __future__ import annotations
 
@@ -17,15 +18,12 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from prefect_pipedeploy.datastore import LocalDataStore
 from prefect_pipedeploy.exceptions import EndpointCallError, EndpointExecutionFailed
-from prefect_pipedeploy.gateway import create_app
 from prefect_pipedeploy.gateway.answers import (
-    INTERNAL_ERROR,
     GatewayError,
     public_message,
     wants_json_only,
 )
 from prefect_pipedeploy.gateway.bodies import UploadedFile, parse_body
-from prefect_pipedeploy.gateway.endpoints import Endpoint, input_fields
 from prefect_pipedeploy.gateway.inputs import (
     FieldError,
     check_inputs,
@@ -53,76 +51,7 @@ from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import build_spec
 from prefect_pipedeploy.status import execution_status, settled
-
-# -- an endpoint like the gateway builds from a deployment --------------------------------------
-
-MAPPING = [
-    {"pipeline_input_name": "text", "endpoint_input_name": "text", "data_type": "string"},
-    {
-        "pipeline_input_name": "repeat",
-        "endpoint_input_name": "times",
-        "data_type": "number",
-        "default_value": 1,
-    },
-    {
-        "pipeline_input_name": "flag",
-        "endpoint_input_name": "flag",
-        "data_type": "boolean",
-        "is_required": False,
-    },
-    {
-        "pipeline_input_name": "tags",
-        "endpoint_input_name": "tags",
-        "data_type": "array",
-        "is_required": False,
-    },
-    {
-        "pipeline_input_name": "extra",
-        "endpoint_input_name": "extra",
-        "data_type": "json",
-        "is_required": False,
-    },
-    {
-        "pipeline_input_name": "key",
-        "endpoint_input_name": "key",
-        "data_type": "string",
-        "is_secret": True,
-        "default_value": "",
-    },
-    {
-        "pipeline_input_name": "doc",
-        "endpoint_input_name": "doc",
-        "data_type": "file",
-        "is_required": False,
-    },
-    {"pipeline_input_name": "scale", "constant_value": 2.5},
-]
-PROPERTIES = {
-    name: {"title": name}
-    for name in ("text", "repeat", "flag", "tags", "extra", "key", "doc", "scale")
-} | {
-    "level": {"title": "level", "type": "integer", "default": 3},
-    "note": {"title": "note", "type": "string"},
-    "anything": {"title": "anything"},
-}
-
-
-def make_endpoint(
-    mapping: list[dict[str, Any]] = MAPPING, required: tuple[str, ...] = ()
-) -> Endpoint:
-    spec = build_spec(inputs_mapping=mapping)
-    fields, set_by = input_fields(spec, PROPERTIES, list(required))
-    return Endpoint(
-        path="team/score",
-        deployment_id=uuid.uuid4(),
-        deployment_name="score",
-        spec=spec,
-        fields=tuple(fields),
-        set_by_deployment=set_by,
-    )
-
-
-ENDPOINT = make_endpoint(required=("note",))
+from tests.support.endpoints import ENDPOINT, make_endpoint
 
 
 def test_valid_body_is_translated_to_pipeline_inputs_with_defaults() -> None:
@@ -460,68 +389,6 @@ def test_openapi_operation_describes_the_body() -> None:
         "429",
         "500",
     }
-
-
-# -- error answers in-process -----------------------------------------------------------------------
-
-
-class ExplodingGateway:
-    """Stands in for `Gateway`: every call fails with an error naming internals."""
-
-    pools = ["p"]
-
-    async def call(self, request: Any, path: str, wait: bool) -> Any:
-        raise RuntimeError('boom in File "/srv/app/secret.py", line 3')
-
-    async def results(self, request: Any, path: str, execution_id: str) -> Any:
-        raise GatewayError(404, "no such execution")
-
-    async def endpoints(self, not_before: float | None = None) -> dict[str, Endpoint]:
-        return {ENDPOINT.path: ENDPOINT}
-
-
-@pytest.fixture
-def asgi_client() -> httpx.Client:
-    app = create_app(["p"], gateway=ExplodingGateway())  # type: ignore[arg-type]
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://gateway")  # type: ignore[return-value]
-
-
-async def _get(client: Any, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    response: httpx.Response = await client.request(method, url, **kwargs)
-    return response
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("method", "url", "status", "phrase"),
-    [
-        ("POST", "/endpoints/team/score", 500, INTERNAL_ERROR),
-        ("GET", "/endpoints/team/score/executions/x", 404, "no such execution"),
-        ("GET", "/nowhere", 404, "no such page"),
-        ("GET", "/endpoints/team/score", 405, "is not allowed here"),
-        ("POST", "/endpoints/team/score?wait_for_completion=perhaps", 400, "wait_for_completion"),
-    ],
-)
-async def test_error_answers_are_json_messages(
-    asgi_client: Any, method: str, url: str, status: int, phrase: str
-) -> None:
-    response = await _get(asgi_client, method, url, json={})
-    assert response.status_code == status
-    body = response.json()
-    assert phrase in body["message"]
-    assert "Traceback" not in response.text and ".py" not in response.text
-
-
-@pytest.mark.anyio
-async def test_openapi_lists_each_endpoint(asgi_client: Any) -> None:
-    response = await _get(asgi_client, "GET", "/openapi.json")
-    document = response.json()
-    assert "/endpoints/team/score" in document["paths"]
-    assert "/health" in document["paths"]
-    assert document["components"]["securitySchemes"]["EndpointToken"]["name"] == "Authorization"
-    docs = await _get(asgi_client, "GET", "/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
 # -- the SDK reading the gateway's answers -----------------------------------------------------------

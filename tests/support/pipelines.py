@@ -1,7 +1,15 @@
-"""Example pipelines deployed by `pipedeploy up --demo` and used by the tests.
+"""The pipelines the tests deploy: a worker imports this file by its path (`PIPELINES` in
+tests/support/paths.py), so it imports nothing from the tests and needs only Prefect.
 
-Each is what a team would write: a plain function or a Prefect flow whose returned dict is
-the execution's outputs.
+For: one small pipeline per behaviour a test needs (module state, async sleeps, failures, RAM
+use, a crash, every kind of input, retries, secrets, file inputs and outputs). Each is what a
+team would write: a plain function or a Prefect flow whose returned dict is the execution's
+outputs.
+Not for: the demo (`prefect_pipedeploy/examples/demo.py`, which `pipedeploy up --demo` and the
+repository's prefect.yaml deploy).
+
+Files a pipeline writes for its file outputs go under $PIPEDEPLOY_TESTS_SCRATCH (a directory
+the test session removes at its end), or the system's temporary directory without it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ from prefect import flow, get_run_logger
 _CALLS = {"count": 0}  # module state: persists between runs in a low-latency pod
 
 
+def _scratch_dir(prefix: str) -> Path:
+    """A fresh directory for a file output, under the test session's scratch directory."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PIPEDEPLOY_TESTS_SCRATCH")))
+
+
 def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
     """A plain-function pipeline: a toy "model" that scores a text."""
     words = text.split()
@@ -26,11 +39,6 @@ def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
         "words": len(words) * repeat,
         "score": round(sum(map(len, words)) / max(len(words), 1), 3),
     }
-
-
-#: `score` as a Prefect flow, for `prefect deploy` (see prefect.yaml): Prefect's CLI deploys only
-#: @flow functions, while the SDK and `pipedeploy` wrap a plain function themselves.
-score_flow = flow(score, name="score")
 
 
 @flow(log_prints=True)
@@ -84,7 +92,7 @@ def enrich(
     """Uses every kind of input and writes a file output (the mapping tests' pipeline)."""
     with open(model_file["path"]) as handle:
         weights = json.load(handle)
-    report = Path(tempfile.mkdtemp(prefix="enrich-")) / "report.txt"
+    report = _scratch_dir("enrich-") / "report.txt"
     report.write_text(f"{text} x{scale} with {weights['name']}")
     return {
         "summary": f"{text.upper()} ({len(token)}-char token, nothing={nothing!r})",
@@ -112,10 +120,8 @@ def greet(name: str, api_key: str = "", times: int = 1) -> dict:
 
 def file_stats(document: dict, label: str = "stats") -> dict:
     """Takes a file input ({"path": ...}) and returns a file output: a one-line report on it."""
-    import tempfile
-
     data = Path(document["path"]).read_bytes()
     lines = data.count(b"\n")
-    report = Path(tempfile.mkdtemp(prefix="pipedeploy-report-")) / "report.txt"
+    report = _scratch_dir("pipedeploy-report-") / "report.txt"
     report.write_text(f"{label}: {len(data)} bytes, {lines} lines\n")
     return {"report": {"path": str(report)}}

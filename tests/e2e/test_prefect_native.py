@@ -1,16 +1,17 @@
 """Prefect-native use: the repository's prefect.yaml deployed with `prefect deploy`, as a user would.
 
-The project (flows/demo.py and prefect.yaml, its pool renamed) is copied to a fresh directory;
-`prefect work-pool create --type pipedeploy` and `prefect --no-prompt deploy --all` run there as
-subprocesses; then a pipedeploy worker and gateway serve the deployments: the SDK reads them,
-the low-latency pod comes up, both run, and the endpoint answers once its token is made with
-`pipedeploy endpoint token` (a deployment made by `prefect deploy` has none yet).
+The repository's prefect.yaml, its pool renamed, is copied to a fresh directory; `prefect
+work-pool create --type pipedeploy` and `prefect --no-prompt deploy --all --prefect-file <the
+copy>` run as subprocesses in the checkout (its entrypoints are paths there: the packaged demo,
+prefect_pipedeploy/examples/demo.py); then a pipedeploy worker and gateway serve the
+deployments: the SDK reads them, the low-latency pod comes up, both run, and the endpoint
+answers once its token is made with `pipedeploy endpoint token` (a deployment made by `prefect
+deploy` has none yet).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,18 +22,18 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess, wait_for_http
-from tests.conftest import FLOWS, ROOT, start_worker, unique
-from tests.test_gateway import start_gateway
-from tests.test_low_latency import wait_until_up
+from tests.support.executions import unique, wait_until_up
+from tests.support.paths import ROOT
+from tests.support.processes import start_gateway, start_worker
 
 ELASTIC = "demo-score-yaml"
 LOW_LATENCY = "demo-counter-low-latency"
 
 
 def run(args: list[str], cwd: Path) -> str:
-    done = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=120, env=os.environ
-    )
+    # $PWD is what prefect.yaml's pull step `{{ $PWD }}` reads: the directory it runs in
+    env = {**os.environ, "PWD": str(cwd)}
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -42,16 +43,15 @@ def project(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
     """The project deployed with Prefect's own CLI to a fresh pipedeploy pool."""
     directory = tmp_path_factory.mktemp("project")
     pool = unique("yaml-pool")
-    (directory / "flows").mkdir()
-    shutil.copy(FLOWS / "demo.py", directory / "flows" / "demo.py")
     manifest = (ROOT / "prefect.yaml").read_text()
     assert manifest.count("name: pipedeploy\n") == 2, "prefect.yaml's pools changed"
-    (directory / "prefect.yaml").write_text(
-        manifest.replace("name: pipedeploy\n", f"name: {pool}\n")
-    )
+    prefect_file = directory / "prefect.yaml"
+    prefect_file.write_text(manifest.replace("name: pipedeploy\n", f"name: {pool}\n"))
     prefect = [sys.executable, "-m", "prefect"]
-    run([*prefect, "work-pool", "create", pool, "--type", "pipedeploy"], directory)
-    deployed = run([*prefect, "--no-prompt", "deploy", "--all"], directory)
+    run([*prefect, "work-pool", "create", pool, "--type", "pipedeploy"], ROOT)
+    deployed = run(
+        [*prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], ROOT
+    )
     assert f"score/{ELASTIC}" in deployed
     assert f"counter/{LOW_LATENCY}" in deployed
     return directory, pool

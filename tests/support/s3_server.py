@@ -1,15 +1,12 @@
 """A real S3 server for tests: moto's server in its own process on a free 127.0.0.1 port.
 
 For: tests that need S3 to behave like a network service (connections, multipart uploads, a
-server that dies). Use the fixtures by importing them into a test module:
-
-    from tests.s3_server import s3_server, s3_bucket, s3_store  # noqa: F401
+server that dies). The fixtures are registered for every test module by tests/conftest.py
+(`pytest_plugins`); ask for them by name:
 
 `s3_server` (one per test session) yields the endpoint URL, `s3_bucket` a fresh bucket on it,
 `s3_store` an `S3DataStore` on that bucket with fake credentials set on the block.
-`running_moto_server()` starts a private server that a test may kill. The fixtures declare
-their names, so they may also be imported under other names (`import s3_store as
-s3_store_fixture`), which keeps ruff's F811 quiet about test parameters named like them.
+`running_moto_server()` starts a private server that a test may kill (an end-to-end test).
 Not for: patching boto3 in-process (moto's `mock_aws`); nothing here touches real AWS.
 """
 
@@ -18,7 +15,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -35,6 +31,7 @@ from botocore.config import Config
 from pydantic import SecretStr
 
 from prefect_pipedeploy.datastore import S3DataStore
+from tests.support.eventually import EventuallyTimeout, eventually
 
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 REGION = "us-east-1"
@@ -92,14 +89,19 @@ def running_moto_server(log_dir: Path) -> Iterator[MotoServer]:
             stderr=subprocess.STDOUT,
         )
     server = MotoServer(process, f"http://127.0.0.1:{port}", log_path)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"it exited with code {process.returncode}")
+        return _answers(server.endpoint_url)
+
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(server.endpoint_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"moto server on port {port} did not start:\n{log_path.read_text()}"
-                )
-            time.sleep(0.1)
+        try:
+            eventually(answers, START_TIMEOUT_S, 0.1)
+        except (RuntimeError, EventuallyTimeout) as exc:
+            raise RuntimeError(
+                f"moto server on port {port} did not start ({exc}):\n{log_path.read_text()}"
+            ) from exc
         yield server
     finally:
         stop_process(process)
@@ -129,6 +131,11 @@ def make_store(endpoint_url: str, bucket: str, **fields: Any) -> S3DataStore:
         aws_secret_access_key=SecretStr(FAKE_CREDENTIALS["aws_secret_access_key"]),
         **fields,
     )
+
+
+def multipart_store(endpoint_url: str, bucket: str) -> S3DataStore:
+    """An `S3DataStore` that uploads anything over 5 MiB in parts of 5 MiB."""
+    return make_store(endpoint_url, bucket, multipart_threshold_mib=5, multipart_part_size_mib=5)
 
 
 @pytest.fixture(scope="session", name="s3_server")

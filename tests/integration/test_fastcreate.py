@@ -21,7 +21,8 @@ from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.prefect_api.runs import QUICK_RETRY_DELAYS_S, create_run
 from prefect_pipedeploy.stack import free_port
-from tests.conftest import FLOWS, unique
+from tests.support.executions import unique
+from tests.support.paths import PIPELINES
 
 CREATE = "/deployments/{id}/create_flow_run"
 
@@ -51,7 +52,7 @@ def proxy(prefect_api: str) -> Iterator[tuple[CountingProxy, Refusals]]:
 @pytest.fixture(scope="module")
 def deployment_id(prefect_api: str) -> uuid.UUID:
     sdk = PipeDeploy(work_pool_name=unique("idle"))  # no worker: runs stay Scheduled
-    created = sdk.create_deployment(f"{FLOWS / 'demo.py'}:score", unique("busy"))
+    created = sdk.create_deployment(f"{PIPELINES}:score", unique("busy"))
     return uuid.UUID(created["id"])
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,9 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, eventual_log_messages, start_worker, unique
+from tests.support.eventually import eventually
+from tests.support.executions import deploy, eventual_log_messages, unique
+from tests.support.processes import start_worker
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,6 @@ def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chil
     )
     yield child
     child.stop()
-
-
-def deploy(sdk: PipeDeploy, function: str, **kwargs: object) -> str:
-    name = unique(function.replace("_", "-"))
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:{function}", name, **kwargs)
-    return name
 
 
 def test_run_succeeds_with_outputs_and_logs(sdk: PipeDeploy, worker: ChildProcess) -> None:
@@ -55,10 +50,13 @@ def test_each_execution_gets_a_fresh_process(sdk: PipeDeploy, worker: ChildProce
     assert first["outputs"]["count"] == second["outputs"]["count"] == 1
     assert first["outputs"]["pid"] != second["outputs"]["pid"]
     # nothing resident while idle: the run's process exits once it has flushed its logs
-    deadline = time.monotonic() + 15
-    while psutil.Process(worker.popen.pid).children(recursive=True):
-        assert time.monotonic() < deadline, "an elastic run's process stayed resident"
-        time.sleep(0.2)
+    eventually(
+        lambda: psutil.Process(worker.popen.pid).children(recursive=True),
+        15,
+        0.2,
+        until=lambda children: not children,
+        what="no elastic run's process stays resident",
+    )
 
 
 def test_plain_function_outputs(sdk: PipeDeploy, worker: ChildProcess) -> None:

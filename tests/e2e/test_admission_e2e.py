@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -15,11 +12,12 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_pipedeploy import PipeDeploy, SpecError
 from prefect_pipedeploy.prefect_api.published import read_capacities
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, cmdline, start_worker, unique
-from tests.test_low_latency import run_many, wait_until_up
+from tests.support.eventually import eventually
+from tests.support.executions import awaiting_ram_messages, run_many, unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import cmdline, peaks_during, start_worker
 
 CAPACITY_MIB = 1200
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +30,9 @@ def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chil
         async with get_client() as client:
             return await read_capacities(client, pool)
 
-    deadline = time.monotonic() + 30
-    while not run_coro_as_sync(published()):
-        assert time.monotonic() < deadline, "the worker never published its capacity"
-        time.sleep(0.5)
+    eventually(
+        lambda: run_coro_as_sync(published()), 30, 0.5, what="the worker published its capacity"
+    )
     yield child
     child.stop()
 
@@ -48,48 +45,13 @@ def execution_processes(worker: ChildProcess) -> list[psutil.Process]:
     ]
 
 
-def peaks_during(probes: dict[str, Callable[[], int]], work: Callable[[], T]) -> tuple[T, dict]:
-    """Run `work` while sampling each probe every 50 ms; its result and each probe's peak."""
-    peak = dict.fromkeys(probes, 0)
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            for key, probe in probes.items():
-                peak[key] = max(peak[key], probe())
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        return work(), peak
-    finally:
-        stop.set()
-        sampler.join()
-
-
-def awaiting_ram_messages(executions: list[dict]) -> list[str]:
-    """The messages of every AwaitingRAM state the executions went through."""
-
-    async def read() -> list[str]:
-        async with get_client() as client:
-            return [
-                state.message or ""
-                for execution in executions
-                for state in await client.read_flow_run_states(execution["execution_id"])
-                if state.name == "AwaitingRAM"
-            ]
-
-    return run_coro_as_sync(read())
-
-
 def test_request_larger_than_capacity_is_refused_at_creation(
     sdk: PipeDeploy, worker: ChildProcess
 ) -> None:
     with pytest.raises(SpecError, match=r"larger than the worker's RAM capacity of 1\.2GiB"):
-        sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", unique("huge"), ram_request="2GiB")
+        sdk.create_deployment(f"{PIPELINES}:hog", unique("huge"), ram_request="2GiB")
     name = unique("fits")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="1GiB")
+    sdk.create_deployment(f"{PIPELINES}:hog", name, ram_request="1GiB")
     with pytest.raises(SpecError, match="lower ram_request or raise --ram-capacity"):
         sdk.update_deployment(name, ram_request="4GiB")
     sdk.delete_deployment(name)
@@ -99,7 +61,7 @@ def test_capacity_shown_in_get_deployment_and_the_pool_form(
     sdk: PipeDeploy, worker: ChildProcess, pool: str
 ) -> None:
     name = unique("shown")
-    created = sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="256MiB")
+    created = sdk.create_deployment(f"{PIPELINES}:hog", name, ram_request="256MiB")
     assert list(created["worker_ram_capacity"].values()) == ["1.2GiB"]
 
     async def form_text() -> str:
@@ -116,7 +78,7 @@ def test_burst_never_exceeds_capacity_and_waiting_runs_say_why(
     sdk: PipeDeploy, worker: ChildProcess
 ) -> None:
     name = unique("burst")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="400MiB")
+    sdk.create_deployment(f"{PIPELINES}:hog", name, ram_request="400MiB")
     results, peak = peaks_during(
         {"processes": lambda: len(execution_processes(worker))},
         lambda: run_many(sdk, name, [{"mib": 32, "hold_s": 2} for _ in range(6)], delay_s=8),
@@ -135,7 +97,7 @@ def test_burst_never_exceeds_capacity_and_waiting_runs_say_why(
 
 def test_elastic_run_over_its_request_is_stopped(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = unique("greedy")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="400MiB", max_retries=0)
+    sdk.create_deployment(f"{PIPELINES}:hog", name, ram_request="400MiB", max_retries=0)
     result = sdk.run_deployment(name, {"mib": 700, "hold_s": 10}, timeout_s=90)
     assert result["status"] == "Error"
     assert "exceeded its RAM request of 400MiB (peak" in result["message"]
@@ -148,7 +110,7 @@ def test_pod_over_its_request_is_stopped_and_recreated(
 ) -> None:
     name = unique("greedy-pod")
     sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:hog", name, mode="low_latency", ram_request="500MiB", max_retries=0
+        f"{PIPELINES}:hog", name, mode="low_latency", ram_request="500MiB", max_retries=0
     )
     wait_until_up(sdk, name)
     result = sdk.run_deployment(name, {"mib": 800, "hold_s": 10}, timeout_s=90)
@@ -161,17 +123,16 @@ def test_pod_over_its_request_is_stopped_and_recreated(
 
 def test_pod_waits_for_ram_until_room_frees(sdk: PipeDeploy, worker: ChildProcess) -> None:
     first, second = unique("big-pod"), unique("big-pod")
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:counter", first, mode="low_latency", ram_request="800MiB"
-    )
+    sdk.create_deployment(f"{PIPELINES}:counter", first, mode="low_latency", ram_request="800MiB")
     wait_until_up(sdk, first)
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:counter", second, mode="low_latency", ram_request="800MiB"
+    sdk.create_deployment(f"{PIPELINES}:counter", second, mode="low_latency", ram_request="800MiB")
+    eventually(
+        lambda: sdk.get_deployment(second),
+        30,
+        until=lambda deployment: (
+            "waiting for 800MiB of RAM" in (deployment["status_message"] or "")
+        ),
     )
-    deadline = time.monotonic() + 30
-    while "waiting for 800MiB of RAM" not in (sdk.get_deployment(second)["status_message"] or ""):
-        assert time.monotonic() < deadline, sdk.get_deployment(second)
-        time.sleep(0.3)
     assert sdk.get_deployment(second)["status"] == "creation_pending"
     assert f"pod of {first}" in sdk.get_deployment(second)["status_message"]
     sdk.delete_deployment(first)

@@ -4,8 +4,6 @@ once the run is final (not before a retry has used them)."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 
 import pytest
 from prefect.blocks.system import Secret
@@ -16,35 +14,11 @@ from prefect_pipedeploy.prefect_api.sealed import (
     BLOCK_PREFIX,
     REFERENCE_PREFIX,
     sealed_key,
-    sealed_keys,
 )
 from prefect_pipedeploy.stack import ChildProcess
-from tests.conftest import FLOWS, start_worker, unique
-from tests.test_low_latency import wait_until_up
-
-HEX = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.mark.parametrize(
-    ("value", "key"),
-    [
-        (f"{REFERENCE_PREFIX}{HEX}", HEX),
-        (f"{REFERENCE_PREFIX}", None),  # no key
-        (f"{REFERENCE_PREFIX}../x", None),  # not a key we made
-        ("pipedeploy-sealed", None),
-        ("k-123", None),
-        (5, None),
-        (None, None),
-        ({"path": "x"}, None),
-    ],
-)
-def test_sealed_key(value: object, key: str | None) -> None:
-    assert sealed_key(value) == key
-
-
-def test_sealed_keys_of_parameters() -> None:
-    assert sealed_keys({"a": f"{REFERENCE_PREFIX}{HEX}", "b": "plain", "c": 3}) == [HEX]
-    assert sealed_keys(None) == []
+from tests.support.eventually import eventually
+from tests.support.executions import unique, wait_until_up
+from tests.support.paths import PIPELINES
 
 
 def sealed_value(key: str) -> object | None:
@@ -61,10 +35,12 @@ def sealed_value(key: str) -> object | None:
 
 
 def wait_deleted(key: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while sealed_value(key) is not None:
-        assert time.monotonic() < deadline, f"sealed value {key} was not deleted"
-        time.sleep(0.3)
+    eventually(
+        lambda: sealed_value(key),
+        timeout_s,
+        until=lambda value: value is None,
+        what=f"sealed value {key} deleted",
+    )
 
 
 SECRET_LABEL = [
@@ -74,21 +50,12 @@ SECRET_LABEL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildProcess]:
-    child = start_worker(pool, tmp_path_factory.mktemp("worker-logs"))
-    yield child
-    child.stop()
-
-
 @pytest.mark.parametrize("mode", ["low_latency", "elastic"])
 def test_a_secret_input_is_in_no_run_and_is_deleted_when_the_run_is_final(
     sdk: PipeDeploy, worker: ChildProcess, mode: str
 ) -> None:
     name = unique(f"sealed-{mode.replace('_', '-')}")
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:queue_step", name, mode=mode, inputs_mapping=SECRET_LABEL
-    )
+    sdk.create_deployment(f"{PIPELINES}:queue_step", name, mode=mode, inputs_mapping=SECRET_LABEL)
     if mode == "low_latency":
         wait_until_up(sdk, name)
     execution = sdk.run_deployment(name, {"label": "s3cr3t-value", "sleep_s": 0}, timeout_s=90)
@@ -109,7 +76,7 @@ def test_a_retry_reads_the_secret_again_and_then_it_is_deleted(
 ) -> None:
     name = unique("sealed-retry")
     sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:queue_step",
+        f"{PIPELINES}:queue_step",
         name,
         mode="low_latency",
         inputs_mapping=SECRET_LABEL,
@@ -130,7 +97,7 @@ def test_a_retry_reads_the_secret_again_and_then_it_is_deleted(
 def test_retries_exhausted_delete_the_secret_too(sdk: PipeDeploy, worker: ChildProcess) -> None:
     name = unique("sealed-fails")
     sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:queue_step",
+        f"{PIPELINES}:queue_step",
         name,
         mode="elastic",
         inputs_mapping=SECRET_LABEL,

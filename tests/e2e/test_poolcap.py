@@ -1,10 +1,11 @@
 """The pool-wide RAM cap: a Prefect global concurrency limit in MiB shared by a pool's workers.
 
-Pure parts get tables; the rest runs real workers against a real Prefect server: two workers
-whose own capacities would allow twice as much never hold more than the cap together, pods wait
-for the cap and start when it frees, a dead worker's slots come back (at once when a worker
-starts on the same machine, by lease expiry otherwise), the cap holds across a restart of the
-server, and with Prefect's in-memory lease storage workers re-take their leases after a restart.
+Real workers against a real Prefect server: two workers whose own capacities would allow twice
+as much never hold more than the cap together, pods wait for the cap and start when it frees, a
+dead worker's slots come back (at once when a worker starts on the same machine, by lease expiry
+otherwise), the cap holds across a restart of the server, and with Prefect's in-memory lease
+storage workers re-take their leases after a restart. The pure parts (does a request fit, who
+holds a lease, the cap's view) are tests/unit/test_poolcap_rules.py.
 """
 
 from __future__ import annotations
@@ -22,73 +23,17 @@ from pathlib import Path
 import psutil
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy, SpecError
-from prefect_pipedeploy.prefect_api.poolcap import cap_view, check_fits_cap, holder_of, limit_name
 from prefect_pipedeploy.prefect_api.published import read_status_variables
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
-from tests.conftest import FLOWS, cmdline, start_worker, unique
-from tests.test_admission_e2e import awaiting_ram_messages, peaks_during
-from tests.test_low_latency import run_many, wait_until_up
+from tests.support.eventually import eventually
+from tests.support.executions import awaiting_ram_messages, run_many, unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.processes import cmdline, peaks_during, start_worker
 
 MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
-
-
-def a_cap(limit: int, held: int = 0) -> GlobalConcurrencyLimitResponse:
-    return GlobalConcurrencyLimitResponse(
-        id=uuid.uuid4(), name="pipedeploy-ram-p", limit=limit, active_slots=held
-    )
-
-
-# ---- pure parts -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("request_mib", "cap", "refused"),
-    [
-        (512, None, False),  # no cap: nothing to check
-        (512, a_cap(1024), False),
-        (1024, a_cap(1024), False),  # exactly the cap fits
-        (1025, a_cap(1024), True),
-        (4096, a_cap(1024, held=1024), True),
-    ],
-)
-def test_check_fits_cap(
-    request_mib: int, cap: GlobalConcurrencyLimitResponse | None, refused: bool
-):
-    if refused:
-        with pytest.raises(SpecError, match=r"larger than the pool's RAM cap of 1GiB.*pipedeploy"):
-            check_fits_cap(request_mib, cap, "deployment 'd'")
-    else:
-        check_fits_cap(request_mib, cap, "deployment 'd'")
-
-
-@pytest.mark.parametrize(
-    ("key", "kind"),
-    [
-        ("pod:6f1f4b0e-1111-4c3e-9a51-0b4f3b1a2c3d", "deployment"),
-        ("run:6f1f4b0e-1111-4c3e-9a51-0b4f3b1a2c3d", "flow_run"),
-    ],
-)
-def test_lease_holder_names_the_deployment_or_the_run(key: str, kind: str) -> None:
-    holder = holder_of(key)
-    assert holder.type == kind
-    assert str(holder.id) == key.split(":", 1)[1]
-
-
-def test_cap_view_and_limit_name() -> None:
-    assert limit_name("gpu-box") == "pipedeploy-ram-gpu-box"
-    assert cap_view("p", None) is None
-    assert cap_view("p", a_cap(2048, held=512)) == {
-        "work_pool_name": "p",
-        "ram_cap": "2GiB",
-        "ram_cap_mib": 2048,
-        "held": "512MiB",
-        "held_mib": 512,
-        "concurrency_limit": "pipedeploy-ram-p",
-    }
 
 
 # ---- one pool, two workers, a cap of 1GiB -----------------------------------------------------
@@ -127,10 +72,11 @@ def held_mib(sdk: PipeDeploy) -> int:
 
 def wait_for_cap_message(sdk: PipeDeploy, name: str) -> None:
     """Wait until the deployment's pod says it waits for the pool's RAM cap."""
-    deadline = time.monotonic() + 30
-    while "pool's RAM cap" not in (sdk.get_deployment(name)["status_message"] or ""):
-        assert time.monotonic() < deadline, sdk.get_deployment(name)
-        time.sleep(0.3)
+    eventually(
+        lambda: sdk.get_deployment(name),
+        30,
+        until=lambda deployment: "pool's RAM cap" in (deployment["status_message"] or ""),
+    )
 
 
 def test_set_show_and_remove_the_cap_from_sdk_and_cli(prefect_api: str) -> None:
@@ -167,7 +113,7 @@ def test_request_larger_than_the_cap_is_refused_at_creation(
 ) -> None:
     # each worker could hold 1200MiB, but the pool's cap is 1GiB
     with pytest.raises(SpecError, match=r"larger than the pool's RAM cap of 1GiB"):
-        sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", unique("huge"), ram_request="1100MiB")
+        sdk.create_deployment(f"{PIPELINES}:hog", unique("huge"), ram_request="1100MiB")
 
 
 def test_burst_on_two_workers_never_exceeds_the_cap(
@@ -175,7 +121,7 @@ def test_burst_on_two_workers_never_exceeds_the_cap(
 ) -> None:
     """Alone, each worker would run two 512MiB runs at once (four in all); the cap allows two."""
     name = unique("burst")
-    sdk.create_deployment(f"{FLOWS / 'demo.py'}:hog", name, ram_request="512MiB")
+    sdk.create_deployment(f"{PIPELINES}:hog", name, ram_request="512MiB")
     results, peak = peaks_during(
         {
             "runs": lambda: children_running(workers, "prefect_pipedeploy.engine.elastic"),
@@ -198,21 +144,18 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
 ) -> None:
     """A low-latency deployment has a pod on each worker: 2 x 512MiB fill the cap."""
     first, second = unique("pod-a"), unique("pod-b")
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:counter", first, mode="low_latency", ram_request="512MiB"
-    )
+    sdk.create_deployment(f"{PIPELINES}:counter", first, mode="low_latency", ram_request="512MiB")
     wait_until_up(sdk, first)
     wait_for_held(sdk, 1024, 30)
     # each worker publishes its own pod; the deployment shows both
-    deadline = time.monotonic() + 30
-    while [p["status"] for p in sdk.get_deployment(first)["pods"]] != ["up", "up"]:
-        assert time.monotonic() < deadline, sdk.get_deployment(first)["pods"]
-        time.sleep(0.3)
+    eventually(
+        lambda: sdk.get_deployment(first)["pods"],
+        30,
+        until=lambda pods: [p["status"] for p in pods] == ["up", "up"],
+    )
     pods = sdk.get_deployment(first)["pods"]
     assert len({p["worker"] for p in pods}) == 2
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:counter", second, mode="low_latency", ram_request="256MiB"
-    )
+    sdk.create_deployment(f"{PIPELINES}:counter", second, mode="low_latency", ram_request="256MiB")
     wait_for_cap_message(sdk, second)
     assert sdk.get_deployment(second)["status"] == "creation_pending"
     assert children_running(workers, "prefect_pipedeploy.engine.pod") == 2
@@ -231,13 +174,12 @@ def test_pods_wait_for_the_cap_and_start_when_it_frees(
 def wait_for_pod_of(sdk: PipeDeploy, name: str, worker: str, what: str, timeout_s: float) -> None:
     """Wait until `worker`'s pod of deployment `name` has status `what` ("up"), or a message
     containing it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pods = [p for p in sdk.get_deployment(name)["pods"] if p["worker"] == worker]
-        if pods and (pods[0]["status"] == what or what in (pods[0]["message"] or "")):
-            return
-        assert time.monotonic() < deadline, sdk.get_deployment(name)["pods"]
-        time.sleep(0.3)
+
+    def of_worker(pods: list[dict]) -> bool:
+        ours = [p for p in pods if p["worker"] == worker]
+        return bool(ours) and (ours[0]["status"] == what or what in (ours[0]["message"] or ""))
+
+    eventually(lambda: sdk.get_deployment(name)["pods"], timeout_s, until=of_worker)
 
 
 def status_variables(deployment_id: uuid.UUID) -> list[str]:
@@ -255,13 +197,17 @@ def kill_worker(worker: ChildProcess) -> None:
     worker.stop()
 
 
-def wait_for_held(sdk: PipeDeploy, mib: int, timeout_s: float) -> float:
-    """Seconds until the cap's held total is `mib`."""
-    started = time.monotonic()
-    while held_mib(sdk) != mib:
-        assert time.monotonic() - started < timeout_s, sdk.get_pool_ram_cap()
-        time.sleep(0.5)
-    return time.monotonic() - started
+def wait_for_held(sdk: PipeDeploy, mib: int, timeout_s: float) -> None:
+    """Wait until the cap's held total is `mib`."""
+
+    def cap() -> dict:
+        shown = sdk.get_pool_ram_cap()
+        assert shown is not None, "the pool has no RAM cap"
+        return shown
+
+    eventually(
+        cap, timeout_s, 0.5, until=lambda shown: shown["held_mib"] == mib, what=f"{mib}MiB held"
+    )
 
 
 def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
@@ -270,9 +216,7 @@ def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
     pool = unique("pool-dead")
     sdk = PipeDeploy(work_pool_name=pool)
     name = unique("pod")
-    sdk.create_deployment(
-        f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
-    )
+    sdk.create_deployment(f"{PIPELINES}:counter", name, mode="low_latency", ram_request="512MiB")
     first = start_worker(pool, tmp_path)
     try:
         wait_until_up(sdk, name)
@@ -284,10 +228,14 @@ def test_a_cap_set_later_counts_running_pods_and_a_dead_workers_slots_come_back(
         second = start_worker(pool, tmp_path)
         try:
             # the lease would expire only ~60 s after its last renewal: this is the reconciliation
-            deadline = killed_at + 40
-            while children_running([second], "prefect_pipedeploy.engine.pod") != 1:
-                assert time.monotonic() < deadline, second.log_tail()
-                time.sleep(0.3)
+            eventually(
+                lambda: {
+                    "pods": children_running([second], "prefect_pipedeploy.engine.pod"),
+                    "log_tail": second.log_tail(),
+                },
+                40 - (time.monotonic() - killed_at),
+                until=lambda seen: seen["pods"] == 1,
+            )
             assert "left by a dead worker" in second.log_path.read_text()
             wait_for_held(sdk, 512, 10)  # the new pod's lease, not the dead one's as well
             assert sdk.run_deployment(name, {"marker": "m"}, timeout_s=60)["status"] == "Succeeded"
@@ -331,7 +279,7 @@ def a_pod_holding_the_cap(
         sdk.set_pool_ram_cap(cap)
         name = unique("pod")
         sdk.create_deployment(
-            f"{FLOWS / 'demo.py'}:counter", name, mode="low_latency", ram_request="512MiB"
+            f"{PIPELINES}:counter", name, mode="low_latency", ram_request="512MiB"
         )
         workers.append(
             start_worker(
@@ -357,7 +305,7 @@ def test_cap_holds_across_a_server_restart_and_dead_leases_expire(tmp_path: Path
         assert "lost the RAM cap lease" not in workers[0].log_path.read_text()
         other = unique("pod")
         sdk.create_deployment(
-            f"{FLOWS / 'demo.py'}:counter", other, mode="low_latency", ram_request="512MiB"
+            f"{PIPELINES}:counter", other, mode="low_latency", ram_request="512MiB"
         )
         wait_for_cap_message(sdk, other)
         sdk.delete_deployment(other)

@@ -1,8 +1,8 @@
 """Tests of the io mapping: inputs resolved before a run, outputs routed after it.
 
 Pure decisions are tested with tables; data-store inputs and outputs go through a real
-`LocalDataStore` under tmp_path, and once through moto's S3 server (tests/s3_server.py).
-No Prefect server is needed here.
+`LocalDataStore` under tmp_path. No server here: the same through moto's S3 server is
+tests/integration/test_iomapping_s3.py, an S3 server that is gone tests/e2e/test_s3_outages.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from prefect_pipedeploy.datastore import DataStore, LocalDataStore, S3DataStore
+from prefect_pipedeploy.datastore import DataStore, LocalDataStore
 from prefect_pipedeploy.datastore.configured import (
     DATA_STORE_VARIABLE,
     data_store_reference,
@@ -38,12 +38,6 @@ from prefect_pipedeploy.iomapping import (
     uses_data_store,
 )
 from prefect_pipedeploy.spec import DeploymentSpec, build_spec
-from tests.s3_server import make_bucket, make_store, running_moto_server
-
-# The shared fixtures, imported under other names (ruff F811); pytest uses their declared names.
-from tests.s3_server import s3_bucket as s3_bucket_fixture  # noqa: F401
-from tests.s3_server import s3_server as s3_server_fixture  # noqa: F401
-from tests.s3_server import s3_store as s3_store_fixture  # noqa: F401
 
 EXECUTION = "0b7d3a5e-1111-4222-8333-444455556666"
 NOW = datetime(2024, 3, 9, 7, 5, 2, tzinfo=timezone.utc)
@@ -615,35 +609,6 @@ def test_upload_failure_names_the_output_the_key_and_the_cause(tmp_path: Path) -
     assert str(caught.value) == (
         f"output 'y' could not be stored at data-store path 'y.json': {cause}"
     )
-
-
-# -- S3 -----------------------------------------------------------------------------------------
-
-
-def test_inputs_and_outputs_through_s3(s3_store: S3DataStore, tmp_path: Path) -> None:
-    s3_store.upload(_file(tmp_path / "model.bin", b"weights"), "models/model.bin")
-    spec = endpoint_spec(
-        inputs=[{"pipeline_input_name": "model", "datastore_path": "models/model.bin"}],
-        outputs=[{"pipeline_output_name": "y", "datastore_path": "results/{execution_id}.json"}],
-    )
-    resolved = resolve(spec, {}, (["model"], ["model"]), workdir=tmp_path / "work", store=s3_store)
-    assert Path(resolved.parameters["model"]["path"]).read_bytes() == b"weights"
-
-    routed = route_outputs(spec, {"y": {"ok": True}}, EXECUTION, NOW, s3_store)
-    assert routed.stored == {"y": f"results/{EXECUTION}.json"}
-    info = s3_store.info(f"results/{EXECUTION}.json")
-    assert info.size == len(b'{"ok": true}')
-    assert info.sha256 is not None
-
-
-def test_an_unreachable_s3_server_fails_the_routing_clearly(tmp_path: Path) -> None:
-    with running_moto_server(tmp_path) as server:
-        store = make_store(server.endpoint_url, make_bucket(server.endpoint_url))
-    spec = endpoint_spec(outputs=[{"pipeline_output_name": "y", "datastore_path": "y.json"}])
-    with pytest.raises(OutputRoutingError) as caught:
-        route_outputs(spec, {"y": 1}, EXECUTION, NOW, store)
-    assert "output 'y' could not be stored at data-store path 'y.json'" in str(caught.value)
-    assert "unreachable" in str(caught.value)
 
 
 # -- helpers ------------------------------------------------------------------------------------

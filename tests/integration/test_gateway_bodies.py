@@ -23,10 +23,11 @@ from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_
 from prefect_pipedeploy.gateway import bodies, create_app
 from prefect_pipedeploy.gateway.service import Gateway
 from prefect_pipedeploy.iomapping import file_input_key
+from tests.support.paths import PIPELINES
 
 pytestmark = pytest.mark.anyio
 
-DEMO = Path(__file__).resolve().parents[2] / "flows" / "demo.py"
+DEMO = PIPELINES
 
 SETTING = "PREFECT_INTEGRATIONS_PIPEDEPLOY_"
 

@@ -5,7 +5,6 @@ the SDK or the gateway made the call."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +18,9 @@ from prefect_pipedeploy.gateway import service
 from prefect_pipedeploy.gateway.app import create_app
 from prefect_pipedeploy.gateway.service import Gateway
 from prefect_pipedeploy.prefect_api.sealed import BLOCK_PREFIX, REFERENCE_PREFIX
+from tests.support.paths import PIPELINES
 
-DEMO = Path(__file__).resolve().parents[2] / "flows" / "demo.py"
+DEMO = PIPELINES
 SECRET_TEXT = [
     {
         "pipeline_input_name": "text",

@@ -5,7 +5,6 @@ Failed), unless a caller replaces a Crashed it caused (`over_crash`)."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -15,8 +14,9 @@ from prefect.states import Completed, Crashed, Failed, Running
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.prefect_api.runs import crash_run, fail_run
+from tests.support.paths import PIPELINES
 
-DEMO = Path(__file__).resolve().parents[2] / "flows" / "demo.py"
+DEMO = PIPELINES
 
 
 async def new_run(client: PrefectClient, deployment_id: UUID, *states: object) -> UUID:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import anyio
 import pytest
@@ -17,8 +16,9 @@ from prefect.states import Failed, Running
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.gateway.waiting import RunWatcher
+from tests.support.paths import PIPELINES
 
-DEMO = Path(__file__).resolve().parents[2] / "flows" / "demo.py"
+DEMO = PIPELINES
 GRACE_S = 3.0
 MAX_RETRIES = 2
 

@@ -12,6 +12,7 @@ import asyncio
 import copy
 import hashlib
 import io
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -363,7 +364,11 @@ def test_overrides_belong_to_their_task() -> None:
     assert asyncio.run(main()) == ["a", "b"]
 
 
-def test_overrides_reach_a_child_process_only_through_its_environment() -> None:
+def test_overrides_reach_a_child_process_only_through_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in [v for v in os.environ if v.startswith("PREFECT_INTEGRATIONS_PIPEDEPLOY_")]:
+        monkeypatch.delenv(variable)  # the test session sets some (its home)
     with temporary_settings(gateway_url="http://127.0.0.1:9", default_pool="p") as settings:
         assert settings.to_environment_variables(exclude_unset=True) == {
             env_name("gateway_url"): "http://127.0.0.1:9",

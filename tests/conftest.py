@@ -8,7 +8,9 @@ session ends, after the server has stopped.
 
 Tiers (README.md, "Tests"): tests/unit (pure), tests/integration (in-process against this
 server, moto's S3 server, the gateway app through httpx's ASGI transport), tests/e2e (real
-worker, gateway, CLI and extra server processes; marked `e2e` here by directory).
+worker, gateway, CLI and extra server processes; marked `e2e` here by directory),
+tests/reliability (faults, load and hostile input on a real stack; marked `e2e` and
+`reliability`).
 Shared helpers live in tests/support; its fixture modules are registered below.
 """
 
@@ -41,14 +43,19 @@ from prefect_pipedeploy.stack import start_prefect_server  # noqa: E402
 pytest_plugins = ["tests.support.s3_server"]
 
 E2E = Path(__file__).resolve().parent / "e2e"
+RELIABILITY = Path(__file__).resolve().parent / "reliability"
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/e2e is marked `e2e` (so `-m "not e2e"` runs the fast tiers)."""
+    """Every test under tests/e2e is marked `e2e` (so `-m "not e2e"` runs the fast tiers), and
+    every test under tests/reliability `e2e` and `reliability`."""
     for item in items:
         if E2E in item.path.parents:
             item.add_marker(pytest.mark.e2e)
+        if RELIABILITY in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.reliability)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

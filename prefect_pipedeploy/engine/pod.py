@@ -9,12 +9,18 @@ Not for: deciding which run starts when (the worker does, see `runtimes.low_late
 itself (the worker re-creates a pod that died).
 
 The worker starts it as
-    python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD
+    python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD \
+        --heartbeat-fd FD2 --drain-grace-s SECONDS
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
-{...}}; the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
+{...}} and {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
+token, timeout); the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
 {"event": "started", "flow_run_id": ...}, {"event": "finished", "flow_run_id": ..., "state":
-..., "message": ...}. When the socket closes (the worker is gone) the pod finishes its runs
-and exits.
+..., "message": ...}. A thread writes a byte to FD2 every second: the worker kills a pod whose
+heartbeats stop (stopped with SIGSTOP, or deadlocked).
+
+Stopping: on SIGTERM the pod drains: it takes no new run, lets the running ones finish within the
+grace, ends the others Crashed saying why, flushes their logs, and exits. When the socket closes
+(the worker is gone) it finishes its runs, however long they take, and exits.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import contextlib
 import contextvars
 import json
 import os
+import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -39,6 +47,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.logging import get_logger
+from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
@@ -46,7 +55,7 @@ from prefect_pipedeploy._compat import shared_suspension_observer, watch_suspens
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
 from prefect_pipedeploy.engine.runner import PipelineRunner
-from prefect_pipedeploy.prefect_api.runs import fail_run
+from prefect_pipedeploy.prefect_api.runs import crash_run, fail_run
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -57,6 +66,7 @@ MAX_ABANDONED_THREADS = 4
 
 
 EXIT_RECYCLE = 75  # the worker re-creates a pod that exits with this code, without back-off
+HEARTBEAT_S = 1.0  # how often the pod tells its worker it is alive
 
 
 def run_in_new_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
@@ -109,14 +119,46 @@ class Pod:
         self.suspensions = suspensions
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.abandoned_threads = 0
+        self.draining = False
+
+    def update(self, deployment: DeploymentResponse) -> None:
+        """Take the deployment's new settings for the next runs (no restart needed)."""
+        self.deployment = deployment
+        self.spec = spec_from_job_variables(deployment.job_variables)
+        self.runner.spec = self.spec
 
     def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message).encode() + b"\n")
 
     def start_run(self, flow_run: FlowRun) -> None:
-        if flow_run.id in self.runs:
-            return
+        if flow_run.id in self.runs or self.draining:
+            return  # a draining pod takes nothing new; the worker re-queues what it sent
         self.runs[flow_run.id] = asyncio.create_task(self._run(flow_run))
+
+    async def drain(self, grace_s: float | None, reason: str) -> None:
+        """Take no new run; let the running ones finish (within `grace_s`, if given); end the
+        others Crashed saying why; flush the logs of every run."""
+        self.draining = True
+        if self.runs:
+            await asyncio.wait(list(self.runs.values()), timeout=grace_s)
+        for flow_run_id, task in list(self.runs.items()):
+            message = (
+                f"The low-latency pod of deployment {self.deployment.name!r} was stopped "
+                f"({reason}) and this execution did not finish within the {grace_s:g} s "
+                "it was given; run it again"
+            )
+            logger.warning("Run %s: %s", flow_run_id, message, extra={"action": "run_drained"})
+            await crash_run(self.client, flow_run_id, message)
+            task.cancel()
+            self.send(
+                {
+                    "event": "finished",
+                    "flow_run_id": str(flow_run_id),
+                    "state": "CRASHED",
+                    "message": message,
+                }
+            )
+        await APILogHandler.aflush()
 
     async def _run(self, flow_run: FlowRun) -> None:
         self.send({"event": "started", "flow_run_id": str(flow_run.id)})
@@ -181,7 +223,7 @@ class Pod:
                 raise
 
 
-async def serve(deployment_id: UUID, control: socket.socket) -> int:
+async def serve(deployment_id: UUID, control: socket.socket, drain_grace_s: float) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
     # One client of each kind for the pod's lifetime: Prefect's engine takes the client of the
     # current client context, so runs reuse these instead of building (and CSRF-probing) a new
@@ -190,7 +232,7 @@ async def serve(deployment_id: UUID, control: socket.socket) -> int:
     # the sync one checks the API version once, blocking the loop before the pod is ready.
     async with AsyncClientContext.get_or_create() as client_context:
         with SyncClientContext.get_or_create():
-            return await _serve(deployment_id, client_context.client, reader, writer)
+            return await _serve(deployment_id, client_context.client, reader, writer, drain_grace_s)
 
 
 async def _serve(
@@ -198,6 +240,7 @@ async def _serve(
     client: PrefectClient,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    drain_grace_s: float,
 ) -> int:
     def send(message: dict[str, Any]) -> None:
         writer.write(json.dumps(message).encode() + b"\n")
@@ -222,21 +265,56 @@ async def _serve(
         sys.stderr.flush()
         send({"event": "ready", "pid": os.getpid()})
         await writer.drain()
-        while line := await reader.readline():
-            command = json.loads(line)
-            if command.get("op") == "run":
-                pod.start_run(FlowRun.model_validate(command["flow_run"]))
-        # the worker went away: finish what runs, then leave
-        if pod.runs:
-            await asyncio.gather(*pod.runs.values(), return_exceptions=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        commands = asyncio.create_task(_follow(pod, reader))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({commands, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        commands.cancel()
+        stopped.cancel()
+        if stop.is_set():
+            await pod.drain(drain_grace_s, "its worker stopped it")
+        else:  # the worker went away: finish what runs, however long, then leave
+            await pod.drain(None, "its worker is gone")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
     return 0
+
+
+async def _follow(pod: Pod, reader: asyncio.StreamReader) -> None:
+    """Carry out the worker's commands until it closes the channel."""
+    while line := await reader.readline():
+        command = json.loads(line)
+        if command.get("op") == "run":
+            pod.start_run(FlowRun.model_validate(command["flow_run"]))
+        elif command.get("op") == "update":
+            pod.update(DeploymentResponse.model_validate(command["deployment"]))
+
+
+def _heartbeats(fd: int) -> None:
+    """Write a byte to `fd` every `HEARTBEAT_S` from a thread of its own, for the worker to see
+    that the pod is alive even while its event loop is busy; stop when the worker is gone."""
+
+    def beat() -> None:
+        while True:
+            try:
+                os.write(fd, b".")
+            except OSError:
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="pod-heartbeat", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefect_pipedeploy.engine.pod")
     parser.add_argument("--deployment-id", required=True, type=UUID)
     parser.add_argument("--control-fd", required=True, type=int)
+    parser.add_argument("--heartbeat-fd", type=int, default=None)
+    parser.add_argument("--drain-grace-s", type=float, default=30.0)
     args = parser.parse_args(argv)
+    if args.heartbeat_fd is not None:
+        _heartbeats(args.heartbeat_fd)
     # Installed once for the pod's lifetime: print routes by run context, so concurrent runs
     # never swap builtins.print under each other.
     builtins.print = print_as_log
@@ -244,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     # Liveness of runs is the pod's (its worker watches the process): no heartbeat thread,
     # which would add about a second to every `def` run.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return asyncio.run(serve(args.deployment_id, control))
+        return asyncio.run(serve(args.deployment_id, control, args.drain_grace_s))
 
 
 if __name__ == "__main__":

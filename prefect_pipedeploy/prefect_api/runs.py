@@ -26,7 +26,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.context import SettingsContext, get_settings_context
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
-from prefect.states import Crashed, Failed
+from prefect.states import Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
@@ -132,3 +132,20 @@ async def _end_run(
     except (Abort, ObjectNotFound):  # Abort: it reached a final state meanwhile
         return False
     return accepted.type == state.type
+
+
+async def requeue_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+    """Put a run that was claimed but never began back in the queue (Scheduled, named
+    "Requeued", due now), so another pod or worker starts it. A run that did begin is marked
+    Crashed with `message` instead, and a final one is left alone. True when it was re-queued."""
+    try:
+        current = (await client.read_flow_run(flow_run_id)).state
+    except ObjectNotFound:
+        return False
+    if current is None or current.type not in (StateType.PENDING, StateType.SCHEDULED):
+        await crash_run(client, flow_run_id, message)
+        return False
+    await client.set_flow_run_state(
+        flow_run_id, Scheduled(name="Requeued", message=message), force=True
+    )
+    return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -41,8 +42,9 @@ from prefect.logging import get_logger
 from prefect_pipedeploy.admission import Request, pod_key
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
-from prefect_pipedeploy.prefect_api.runs import crash_run
+from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher
@@ -51,7 +53,7 @@ logger = get_logger("prefect_pipedeploy.runtimes.low_latency")
 
 LOG_TAIL_CHARS = 3500  # a Prefect variable holds at most 5000 characters
 EXIT_RECYCLE = 75  # a pod that exits with this code asks to be re-created at once (engine.pod)
-STOP_GRACE_S = 10.0  # how long a stopped pod may take to finish before it is killed
+STOP_GRACE_S = 10.0  # beyond its drain grace: how long a stopped pod may take to exit
 
 
 def backoff_s(failures: int) -> float:
@@ -83,6 +85,43 @@ class DeploymentLike(Protocol):
     def created(self) -> Any: ...
 
 
+#: Job variables that change what runs in the pod: a change re-creates it. Any other change
+#: (token, mappings, timeout, retries, description, schedule) reaches the running pod instead.
+POD_JOB_VARIABLES = (
+    "mode",
+    "enable_parallel_executions",
+    "max_parallel_executions_per_pod",
+    "ram_request",
+    "env",
+    "working_dir",
+)
+#: Deployment fields that change the pipeline's code or how it is fetched.
+POD_DEPLOYMENT_FIELDS = ("entrypoint", "path", "pull_steps", "version", "flow_id")
+
+
+def pod_fingerprint(deployment: DeploymentLike) -> str:
+    """What a pod was started from: the pipeline's code and where it comes from, its parameter
+    schema, and the job variables in `POD_JOB_VARIABLES`. Two deployments with one fingerprint
+    can share a pod."""
+    variables = deployment.job_variables or {}
+    basis = {
+        "deployment": {name: getattr(deployment, name, None) for name in POD_DEPLOYMENT_FIELDS},
+        "parameters": getattr(deployment, "parameter_openapi_schema", None),
+        "job_variables": {name: variables.get(name) for name in POD_JOB_VARIABLES},
+    }
+    encoded = json.dumps(basis, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunningPod:
+    """What `plan_pods` knows of a running pod: what it was started from, and the deployment's
+    `updated` time it last saw."""
+
+    fingerprint: str
+    updated: Any
+
+
 @dataclass(frozen=True)
 class PodStop:
     """A pod to stop: why, and whether its deployment is gone (its status is then forgotten
@@ -102,8 +141,11 @@ class PodPlan(Generic[D]):
     """What the supervisor does for the pool's deployments, in this order."""
 
     stop: list[PodStop]
-    """Pods of deployments that are gone, disabled, no longer low latency, or updated."""
-    start: list[D]
+    """Pods of deployments that are gone, disabled, no longer low latency, or changed in what
+    runs in them (`pod_fingerprint`)."""
+    update: list[D] = field(default_factory=list)
+    """Deployments changed in a way their running pod takes as it is (token, mappings, ...)."""
+    start: list[D] = field(default_factory=list)
     """Low-latency deployments without a pod, oldest first (RAM admission decides which)."""
 
 
@@ -119,25 +161,29 @@ def wants_pod(deployment: DeploymentLike) -> bool:
     return spec.mode == Mode.low_latency.value
 
 
-def plan_pods(running: Mapping[UUID, Any], deployments: Sequence[D]) -> PodPlan[D]:
-    """Which pods to stop and start, given the pods running now (deployment id -> the
-    deployment's `updated` time when its pod started) and the pool's deployments."""
+def plan_pods(running: Mapping[UUID, RunningPod], deployments: Sequence[D]) -> PodPlan[D]:
+    """Which pods to stop, update and start, given the pods running now and the pool's
+    deployments."""
     by_id = {deployment.id: deployment for deployment in deployments}
     wanted = {d.id: d for d in deployments if wants_pod(d)}
-    stop = []
-    for deployment_id, started_for in running.items():
+    stop, update = [], []
+    for deployment_id, pod in running.items():
+        deployment = wanted.get(deployment_id)
         if deployment_id not in by_id:
             stop.append(PodStop(deployment_id, "its deployment was deleted", deleted=True))
-        elif deployment_id not in wanted:
+        elif deployment is None:
             stop.append(PodStop(deployment_id, "its deployment was disabled or changed mode"))
-        elif wanted[deployment_id].updated != started_for:
-            stop.append(PodStop(deployment_id, "its deployment was updated", replaced=True))
+        elif pod_fingerprint(deployment) != pod.fingerprint:
+            reason = "its deployment's code, environment or resources changed"
+            stop.append(PodStop(deployment_id, reason, replaced=True))
+        elif deployment.updated != pod.updated:
+            update.append(deployment)
     stopped = {s.deployment_id for s in stop}
     start = sorted(
         (d for d in wanted.values() if d.id not in running or d.id in stopped),
         key=lambda d: (d.created is None, d.created or 0),
     )
-    return PodPlan(stop=stop, start=start)
+    return PodPlan(stop=stop, update=update, start=start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,11 +198,14 @@ class PodHandle:
     deployment: DeploymentResponse
     spec: DeploymentSpec
     log_path: Path
+    fingerprint: str = ""
     status: PodStatus = PodStatus.creation_pending
     message: str | None = None
     process: RuntimeHandle | None = None
     in_flight: set[UUID] = field(default_factory=set)
+    started: set[UUID] = field(default_factory=set)  # runs of in_flight the pod began
     failures: int = 0
+    last_heartbeat: float = 0.0
     kill_reason: str | None = None  # set when the worker kills the pod on purpose
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task[None] | None = None
@@ -171,15 +220,27 @@ class PodHandle:
 
     @property
     def is_up(self) -> bool:
-        return self.status == PodStatus.up and self.writer is not None
+        return self.status == PodStatus.up and self.writer is not None and not self.stopping
 
-    def send_run(self, flow_run: FlowRun) -> bool:
-        """Hand a claimed run to the pod; False when its channel is closed (it is going down)."""
+    def send(self, message: dict[str, Any]) -> bool:
         if self.writer is None or self.writer.is_closing():
             return False
-        self.in_flight.add(flow_run.id)
-        message = {"op": "run", "flow_run": flow_run.model_dump(mode="json")}
         self.writer.write(json.dumps(message).encode() + b"\n")
+        return True
+
+    def update(self, deployment: DeploymentResponse) -> None:
+        """Give the running pod its deployment's new settings (no restart needed)."""
+        self.deployment = deployment
+        self.spec = spec_from_job_variables(deployment.job_variables)
+        self.send({"op": "update", "deployment": deployment.model_dump(mode="json")})
+
+    def send_run(self, flow_run: FlowRun) -> bool:
+        """Hand a claimed run to the pod; False when it is going down (its channel closed)."""
+        if self.stopping or not self.send(
+            {"op": "run", "flow_run": flow_run.model_dump(mode="json")}
+        ):
+            return False
+        self.in_flight.add(flow_run.id)
         return True
 
 
@@ -213,7 +274,16 @@ class PodSupervisor:
 
     async def reconcile(self, deployments: list[DeploymentResponse]) -> None:
         """Start pods for new low-latency deployments, stop those gone, restart changed ones."""
-        plan = plan_pods({i: p.deployment.updated for i, p in self.pods.items()}, deployments)
+        running = {i: RunningPod(p.fingerprint, p.deployment.updated) for i, p in self.pods.items()}
+        plan = plan_pods(running, deployments)
+        for deployment in plan.update:
+            pod = self.pods[deployment.id]
+            pod.update(deployment)
+            logger.info(
+                "pod %s: took its deployment's new settings without a restart",
+                pod.name,
+                extra={"action": "pod_updated"},
+            )
         for stop in plan.stop:
             await self.stop(
                 stop.deployment_id, stop.reason, publish=not (stop.deleted or stop.replaced)
@@ -255,12 +325,16 @@ class PodSupervisor:
             deployment=deployment,
             spec=spec_from_job_variables(deployment.job_variables),
             log_path=self.state_dir / "pods" / f"{deployment.name}-{deployment.id.hex[:8]}.log",
+            fingerprint=pod_fingerprint(deployment),
         )
         self.pods[deployment.id] = pod
         pod.task = asyncio.create_task(self._supervise(pod), name=f"pod-{deployment.name}")
 
     async def stop(self, deployment_id: UUID, reason: str, publish: bool = True) -> None:
-        """Stop a pod (SIGTERM, then SIGKILL after `STOP_GRACE_S`) and free its RAM."""
+        """Stop a pod and free its RAM. It drains first: SIGTERM makes it take no new run and
+        give its running ones `pod_drain_grace_s` to finish (it ends the others Crashed and
+        flushes their logs); past that and a margin, it is killed, and what it still held ends
+        Crashed (or, never started, goes back to the queue) with `reason`."""
         pod = self.pods.pop(deployment_id, None)
         if pod is None:
             return
@@ -268,19 +342,23 @@ class PodSupervisor:
         if pod.process is not None:
             pod.process.signal(signal.SIGTERM)
         if pod.task is not None:
+            grace_s = get_settings().pod_drain_grace_s + STOP_GRACE_S
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(pod.task), grace_s)
+            if pod.process is not None:
+                pod.process.signal(signal.SIGKILL)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pod.task), STOP_GRACE_S)
             pod.task.cancel()
-        if pod.process is not None:
-            pod.process.signal(signal.SIGKILL)
+        await self._end_in_flight(pod, f"was stopped ({reason})", recreated=False)
         await self.admission.release(pod_key(deployment_id))  # its RAM is free once it is gone
         self._event(pod, "stopped", reason=reason)
         if publish:
             await self._publish(pod, PodStatus.down, f"stopped: {reason}")
 
     async def stop_all(self) -> None:
-        for deployment_id in list(self.pods):
-            await self.stop(deployment_id, "its worker stopped")
+        """Stop every pod, all draining at once."""
+        await asyncio.gather(*(self.stop(i, "its worker stopped") for i in list(self.pods)))
 
     # ---- one pod's life -------------------------------------------------------------------
 
@@ -290,7 +368,7 @@ class PodSupervisor:
             exit_explanation, load_error = await self._run_once(pod)
             if pod.stopping:
                 break
-            await self._crash_in_flight(pod, exit_explanation)
+            await self._end_in_flight(pod, exit_explanation, recreated=True)
             if load_error is not None:
                 pod.failures += 1
                 await self._publish(
@@ -310,6 +388,7 @@ class PodSupervisor:
     async def _run_once(self, pod: PodHandle) -> tuple[str, str | None]:
         """Start the pod process and serve its channel until it exits."""
         ours, theirs = socket.socketpair()
+        beats_in, beats_out = os.pipe()
         env = {
             **os.environ,
             **{
@@ -328,19 +407,28 @@ class PodSupervisor:
                     str(pod.deployment.id),
                     "--control-fd",
                     str(theirs.fileno()),
+                    "--heartbeat-fd",
+                    str(beats_out),
+                    "--drain-grace-s",
+                    str(get_settings().pod_drain_grace_s),
                 ],
                 env=env,
                 log_path=pod.log_path,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), beats_out),
             )
+        except BaseException:
+            os.close(beats_in)
+            raise
         finally:
             theirs.close()
+            os.close(beats_out)
         key = pod_key(pod.deployment.id)
         self.rss.watch(
             key, pod.process, pod.spec.ram_request_mib, pod.spec.ram_request, self._over_ram(pod)
         )
         await self._publish(pod, PodStatus.creation_pending, "importing the pipeline")
         reader, pod.writer = await asyncio.open_connection(sock=ours)
+        watchdog = asyncio.create_task(self._watch_heartbeats(pod, beats_in))
         load_error: str | None = None
         try:
             while line := await reader.readline():
@@ -349,6 +437,7 @@ class PodSupervisor:
         finally:
             pod.writer.close()
             pod.writer = None
+            watchdog.cancel()
         ended = await pod.process.wait()
         self.rss.unwatch(key)
         pod.process = None
@@ -358,6 +447,35 @@ class PodSupervisor:
             reason, pod.kill_reason = pod.kill_reason, None
             return reason, load_error
         return ended.explanation, load_error
+
+    async def _watch_heartbeats(self, pod: PodHandle, fd: int) -> None:
+        """Kill a pod whose heartbeats stop (stopped with SIGSTOP, or deadlocked): its runs then
+        end Crashed and it is re-created, like a pod that died."""
+        loop = asyncio.get_running_loop()
+        beats = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(beats), os.fdopen(fd, "rb", buffering=0)
+        )
+        pod.last_heartbeat = time.monotonic()
+        timeout_s = get_settings().pod_heartbeat_timeout_s
+        try:
+            while pod.process is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    if await asyncio.wait_for(beats.read(64), timeout=1.0):
+                        pod.last_heartbeat = time.monotonic()
+                silent_s = time.monotonic() - pod.last_heartbeat
+                if silent_s > timeout_s and pod.kill_reason is None:
+                    pod.kill_reason = (
+                        f"stopped responding (no heartbeat for {silent_s:.0f} s: stopped, or "
+                        "deadlocked) and was killed"
+                    )
+                    logger.warning(
+                        "pod %s %s", pod.name, pod.kill_reason, extra={"action": "pod_unresponsive"}
+                    )
+                    pod.process.signal(signal.SIGKILL)
+                    return
+        finally:
+            transport.close()
 
     def _over_ram(self, pod: PodHandle) -> Callable[[str], None]:
         def exceeded(message: str) -> None:
@@ -372,9 +490,12 @@ class PodSupervisor:
             await self._publish(pod, PodStatus.up, None)
             self._event(pod, "ready", pid=message.get("pid"))
             self.on_change()
+        elif event == "started":
+            pod.started.add(UUID(message["flow_run_id"]))
         elif event == "finished":
             flow_run_id = UUID(message["flow_run_id"])
             pod.in_flight.discard(flow_run_id)
+            pod.started.discard(flow_run_id)
             if pod.runs_held_back:
                 self.on_change()
             await self.on_finished(pod.deployment.id, flow_run_id, str(message.get("state")))
@@ -382,19 +503,30 @@ class PodSupervisor:
             return str(message.get("error"))
         return None
 
-    async def _crash_in_flight(self, pod: PodHandle, explanation: str) -> None:
-        """Runs that were inside a pod that died end Crashed, saying so."""
-        message = (
-            f"The low-latency pod of deployment {pod.name!r} {explanation} while running this "
-            "execution; the pod is being re-created."
+    async def _end_in_flight(self, pod: PodHandle, explanation: str, recreated: bool) -> None:
+        """What a pod that went down still held: runs it began end Crashed, saying why; runs it
+        never began go back to the queue. Nothing waits on a pod that is gone."""
+        if not pod.in_flight:
+            return
+        then = "; the pod is being re-created" if recreated else ""
+        crashed = f"The low-latency pod of deployment {pod.name!r} {explanation} while running this execution{then}."
+        requeued = (
+            f"Re-queued: the low-latency pod of deployment {pod.name!r} {explanation} before it "
+            "began this execution"
         )
-        crashed = list(pod.in_flight)
+        held = list(pod.in_flight)
+        ended = []
         async with self._client() as client:
-            for flow_run_id in crashed:
-                await crash_run(client, flow_run_id, message)
+            for flow_run_id in held:
+                if flow_run_id in pod.started:
+                    await crash_run(client, flow_run_id, crashed)
+                    ended.append(flow_run_id)
+                else:
+                    await requeue_run(client, flow_run_id, requeued)
         pod.in_flight.clear()
+        pod.started.clear()
         self.on_change()
-        for flow_run_id in crashed:
+        for flow_run_id in ended:
             await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED")
 
     # ---- reporting ------------------------------------------------------------------------

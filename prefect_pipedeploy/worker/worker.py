@@ -39,7 +39,7 @@ from prefect_pipedeploy.admission import RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
-from prefect_pipedeploy.prefect_api.runs import crash_run
+from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
 from prefect_pipedeploy.runtimes.elastic import run_elastic
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
@@ -357,13 +357,13 @@ class PipeDeployWorker(
                 self._sealed.add(flow_run.id)
             if pod.send_run(flow_run):
                 self.worker_logger.debug("Run %s sent to the pod of %s", flow_run.id, pod.name)
-            else:  # the pod went down between the check and the hand-off
-                await self._report_crash(
-                    flow_run,
-                    f"The low-latency pod of deployment {pod.name!r} went down as this "
-                    "execution was handed to it; it is retried.",
+            else:  # the pod went down between the check and the hand-off: back to the queue
+                await requeue_run(
+                    self.client,
+                    flow_run.id,
+                    f"Re-queued: the low-latency pod of deployment {pod.name!r} went down as "
+                    "this execution was handed to it",
                 )
-                await self.after_run(deployment_id, flow_run.id)
 
     async def _claim(self, flow_run: FlowRun) -> bool:
         try:

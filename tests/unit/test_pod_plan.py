@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from prefect_pipedeploy.runtimes.low_latency import PodStop, backoff_s, plan_pods, wants_pod
+from prefect_pipedeploy.runtimes.low_latency import (
+    PodStop,
+    RunningPod,
+    backoff_s,
+    plan_pods,
+    pod_fingerprint,
+    wants_pod,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -26,6 +33,12 @@ class Deployment:
     created_s: int = 0
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     extra: dict[str, Any] = field(default_factory=dict)
+    entrypoint: str = "pipeline.py:score"
+    path: str = "/srv/pipelines"
+    pull_steps: list[dict[str, Any]] = field(default_factory=list)
+    version: str | None = None
+    flow_id: uuid.UUID = field(default_factory=lambda: uuid.UUID(int=1))
+    parameter_openapi_schema: dict[str, Any] = field(default_factory=dict)
 
     @property
     def job_variables(self) -> dict[str, Any]:
@@ -61,36 +74,73 @@ def test_new_low_latency_deployments_start_oldest_first() -> None:
     assert [d.name for d in plan.start] == ["old", "young"]
 
 
+def running(deployment: Deployment) -> dict[uuid.UUID, RunningPod]:
+    return {deployment.id: RunningPod(pod_fingerprint(deployment), deployment.updated)}
+
+
 def test_unchanged_pods_are_left_alone() -> None:
     kept = Deployment("kept", updated_s=5)
-    plan = plan_pods({kept.id: kept.updated}, [kept])
-    assert plan.stop == [] and plan.start == []
+    plan = plan_pods(running(kept), [kept])
+    assert plan.stop == [] and plan.start == [] and plan.update == []
+
+
+RECREATE = "its deployment's code, environment or resources changed"
+STOPPED = "its deployment was disabled or changed mode"
+CHANGES: dict[str, dict[str, Any]] = {
+    "ram_request": {"ram_request": "1GiB"},
+    "env": {"env": {"MODEL": "v2"}},
+    "parallelism": {"enable_parallel_executions": True},
+    "token": {"endpoint_token_hash": "sha256:new"},
+    "mapping": {"inputs_mapping": [{"pipeline_input_name": "x", "is_null": True}]},
+    "timeout": {"execution_timeout_s": 5},
+    "retries": {"max_retries": 3},
+}
 
 
 @pytest.mark.parametrize(
-    ("change", "reason", "deleted", "replaced", "restarted"),
+    ("change", "reason", "deleted", "replaced", "updated_in_place"),
     [
         ("deleted", "its deployment was deleted", True, False, False),
-        ("paused", "its deployment was disabled or changed mode", False, False, False),
-        ("elastic", "its deployment was disabled or changed mode", False, False, False),
-        ("updated", "its deployment was updated", False, True, True),
+        ("paused", STOPPED, False, False, False),
+        ("elastic", STOPPED, False, False, False),
+        # what runs in the pod changed: a new pod
+        ("ram_request", RECREATE, False, True, False),
+        ("env", RECREATE, False, True, False),
+        ("parallelism", RECREATE, False, True, False),
+        ("entrypoint", RECREATE, False, True, False),
+        ("version", RECREATE, False, True, False),
+        ("signature", RECREATE, False, True, False),
+        # what the running pod takes as it is: no restart (any update used to restart it)
+        ("token", None, False, False, True),
+        ("mapping", None, False, False, True),
+        ("timeout", None, False, False, True),
+        ("retries", None, False, False, True),
     ],
 )
-def test_pods_stop_when_their_deployment_changes(
-    change: str, reason: str, deleted: bool, replaced: bool, restarted: bool
+def test_only_changes_to_what_runs_in_the_pod_recreate_it(
+    change: str, reason: str | None, deleted: bool, replaced: bool, updated_in_place: bool
 ) -> None:
-    running = Deployment("running", updated_s=5)
-    started_for = running.updated
+    before = Deployment("running", updated_s=5)
+    pods = running(before)
+    after = Deployment("running", updated_s=6, id=before.id)
     if change == "paused":
-        running.paused = True
+        after.paused = True
     elif change == "elastic":
-        running.mode = "elastic"
-    elif change == "updated":
-        running.updated_s = 6
-    deployments = [] if change == "deleted" else [running]
-    plan = plan_pods({running.id: started_for}, deployments)
-    assert plan.stop == [PodStop(running.id, reason, deleted=deleted, replaced=replaced)]
-    assert [d.name for d in plan.start] == (["running"] if restarted else [])
+        after.mode = "elastic"
+    elif change == "entrypoint":
+        after.entrypoint = "pipeline.py:other"
+    elif change == "version":
+        after.version = "2"
+    elif change == "signature":
+        after.parameter_openapi_schema = {"properties": {"y": {}}}
+    else:
+        after.extra = CHANGES.get(change, {})
+    deployments = [] if change == "deleted" else [after]
+    plan = plan_pods(pods, deployments)
+    stops = [PodStop(before.id, reason, deleted=deleted, replaced=replaced)] if reason else []
+    assert plan.stop == stops
+    assert [d.name for d in plan.start] == (["running"] if replaced else [])
+    assert [d.name for d in plan.update] == (["running"] if updated_in_place else [])
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,11 @@ class RamLedger:
                 self.holdings[request.key] = Holding(request.key, request.mib, request.label)
         return decisions
 
+    def hold(self, holding: Holding) -> None:
+        """Count something already running (e.g. adopted from a worker that died), whether or
+        not it fits: it holds that RAM, admitted or not."""
+        self.holdings[holding.key] = holding
+
     def release(self, key: str) -> None:
         self.holdings.pop(key, None)
 

@@ -141,12 +141,12 @@ class PipeDeploySettings(PrefectBaseSettings):
             "and the SDK stop waiting for its worker to queue the retry and report it final."
         ),
     )
-    pod_drain_grace_s: float = Field(
+    drain_grace_s: float = Field(
         default=30.0,
         ge=0,
         description=(
-            "How long a pod being stopped or re-created lets its running executions finish; "
-            "those still running then end Crashed, saying so."
+            "How long a pod being stopped or re-created, or a worker being stopped, lets its "
+            "running executions finish; those still running then end Crashed, saying so."
         ),
     )
     pod_heartbeat_timeout_s: float = Field(

@@ -29,7 +29,7 @@ from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
 from prefect.states import Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys
+from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys, sealed_tag
 from prefect_pipedeploy.spec import DeploymentSpec
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
@@ -90,6 +90,9 @@ async def create_execution(
     sealed: dict[str, Any] = {}
     try:
         sealed = await seal_inputs(client, spec, parameters)
+        # each sealed value is named in a tag of its run, so a value whose run is deleted
+        # before it ran is found and deleted (`sealed.sweep_sealed`)
+        tags = [*tags, *(sealed_tag(key) for key in sealed_keys(sealed))]
         return await create_run(client, deployment_id, parameters=sealed, tags=tags)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up

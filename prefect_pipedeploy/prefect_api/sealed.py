@@ -9,13 +9,15 @@ its inputs; the worker calls `discard` once the run is final (succeeded, or fail
 left), deleting the blocks.
 Not for: masking values in records and events (`iomapping`, `gateway` do that).
 
-A sealed value outlives a run that never finishes (deleted before it ran, or lost with its
-worker); such blocks are visible in the UI under Blocks by their `pipedeploy-sealed-` names.
+Each run carries a tag `pipedeploy-sealed:<hex>` per sealed value; `sweep_sealed` (the worker
+runs it now and then) deletes the values whose run no longer exists (deleted before it ran),
+once they are older than an hour (a run is created within moments of its values).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import uuid
 from collections.abc import Mapping
@@ -23,6 +25,8 @@ from typing import Any
 
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from prefect_pipedeploy.exceptions import (
@@ -108,3 +112,29 @@ async def discard(client: PrefectClient, keys: list[str]) -> None:
     for key in keys:
         with contextlib.suppress(Exception):
             await Secret.adelete(BLOCK_PREFIX + key, client=client)
+
+
+def sealed_tag(key: str) -> str:
+    """The tag that names a sealed value on its run."""
+    return REFERENCE_PREFIX + key
+
+
+async def sweep_sealed(client: PrefectClient, older_than_s: float = 3600) -> int:
+    """Delete the sealed values (older than `older_than_s`) whose run no longer exists; how many."""
+    documents = await client.read_block_documents_by_type("secret", include_secrets=False)
+    cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
+    swept = 0
+    for document in documents:
+        name = document.name or ""
+        created = document.created
+        if not name.startswith(BLOCK_PREFIX) or created is None or created > cutoff:
+            continue
+        key = name.removeprefix(BLOCK_PREFIX)
+        runs = await client.count_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[sealed_tag(key)]))
+        )
+        if runs == 0:
+            with contextlib.suppress(ObjectNotFound):
+                await client.delete_block_document(document.id)  # type: ignore[arg-type]
+                swept += 1
+    return swept

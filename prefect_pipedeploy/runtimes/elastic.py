@@ -18,7 +18,7 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect_pipedeploy.admission import run_key
-from prefect_pipedeploy.runtimes.base import Runtime
+from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.worker.ram import RssWatcher
 
 
@@ -50,9 +50,9 @@ async def run_elastic(
     working_dir: Path | None,
     ram_request: str,
     ram_request_mib: int,
-    started: Callable[[str], None],
+    started: Callable[[RuntimeHandle], None],
 ) -> ElasticOutcome:
-    """Run one execution's process to its end; `started(identifier)` is called once it runs."""
+    """Run one execution's process to its end; `started(handle)` is called once it runs."""
     exceeded: list[str] = []
     key = run_key(flow_run_id)
     with _working_dir(working_dir) as cwd:
@@ -61,7 +61,7 @@ async def run_elastic(
             env=env,
             cwd=cwd,
         )
-        started(process.identifier)
+        started(process)
         rss.watch(key, process, ram_request_mib, ram_request, exceeded.append)
         try:
             ended = await process.wait()

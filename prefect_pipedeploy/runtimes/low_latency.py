@@ -332,7 +332,7 @@ class PodSupervisor:
 
     async def stop(self, deployment_id: UUID, reason: str, publish: bool = True) -> None:
         """Stop a pod and free its RAM. It drains first: SIGTERM makes it take no new run and
-        give its running ones `pod_drain_grace_s` to finish (it ends the others Crashed and
+        give its running ones `drain_grace_s` to finish (it ends the others Crashed and
         flushes their logs); past that and a margin, it is killed, and what it still held ends
         Crashed (or, never started, goes back to the queue) with `reason`."""
         pod = self.pods.pop(deployment_id, None)
@@ -342,7 +342,7 @@ class PodSupervisor:
         if pod.process is not None:
             pod.process.signal(signal.SIGTERM)
         if pod.task is not None:
-            grace_s = get_settings().pod_drain_grace_s + STOP_GRACE_S
+            grace_s = get_settings().drain_grace_s + STOP_GRACE_S
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pod.task), grace_s)
             if pod.process is not None:
@@ -410,7 +410,7 @@ class PodSupervisor:
                     "--heartbeat-fd",
                     str(beats_out),
                     "--drain-grace-s",
-                    str(get_settings().pod_drain_grace_s),
+                    str(get_settings().drain_grace_s),
                 ],
                 env=env,
                 log_path=pod.log_path,

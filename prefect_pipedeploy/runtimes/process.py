@@ -172,3 +172,71 @@ def start_child(
             args, env=dict(env) if env is not None else None, cwd=cwd, **options
         )
     return ChildProcess(name=name, popen=popen, log_path=log_path)
+
+
+@dataclass
+class AdoptedProcess:
+    """A process this worker did not start but takes charge of (an execution or a pod left by a
+    worker that died): it can be measured, signalled and waited for like one it started."""
+
+    pid: int
+
+    @property
+    def identifier(self) -> str:
+        return str(self.pid)
+
+    async def wait(self) -> ProcessExit:
+        """Wait until it has ended (it is not our child: its exit code is not ours to read)."""
+        while True:
+            try:
+                process = psutil.Process(self.pid)
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            await asyncio.sleep(0.5)
+        return ProcessExit(exit_code=0, explanation="ended (its exit code is unknown)")
+
+    def signal(self, sig: int) -> None:
+        kill_process_tree(self.pid, sig)
+
+    def rss_mib(self) -> float:
+        return tree_rss_mib(self.pid)
+
+
+def runtime_process_of(cmdline: Sequence[str]) -> tuple[str, str] | None:
+    """What a process started by a runtime is, from its command line: ("elastic", flow run id)
+    or ("pod", deployment id); None for any other process."""
+    args = list(cmdline)
+    for index, arg in enumerate(args[:-1]):
+        if arg != "-m":
+            continue
+        module, rest = args[index + 1], args[index + 2 :]
+        if module == "prefect_pipedeploy.engine.elastic" and rest:
+            return "elastic", rest[0]
+        if module == "prefect_pipedeploy.engine.pod" and "--deployment-id" in rest:
+            position = rest.index("--deployment-id")
+            if position + 1 < len(rest):
+                return "pod", rest[position + 1]
+    return None
+
+
+def orphaned_runtime_processes() -> list[tuple[int, str, str]]:
+    """(pid, kind, id) of every execution or pod process on this machine whose worker is gone
+    (its parent is no longer the worker process that started it)."""
+    found = []
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        what = runtime_process_of(process.info.get("cmdline") or [])
+        if what is None:
+            continue
+        try:
+            parent = psutil.Process(process.info["ppid"])
+            parent_cmdline = " ".join(parent.cmdline())
+        except psutil.Error:
+            parent_cmdline = ""
+        if "worker" in parent_cmdline and (
+            "prefect_pipedeploy" in parent_cmdline or "pipedeploy" in parent_cmdline
+        ):
+            continue  # a live worker's own
+        found.append((process.info["pid"], *what))
+    return found

@@ -13,9 +13,11 @@ keeping the pool's base job template in step with the deployment spec. The decis
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -35,15 +37,21 @@ from prefect.utilities.services import start_client_metrics_server, stop_client_
 from prefect.workers.server import build_healthcheck_server
 
 from prefect_pipedeploy._compat import WorkerBase
-from prefect_pipedeploy.admission import RamLedger, run_key
+from prefect_pipedeploy.admission import Holding, RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
-from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
+from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
+from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.runtimes.elastic import run_elastic
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
-from prefect_pipedeploy.runtimes.process import ProcessRuntime, kill_process_tree
+from prefect_pipedeploy.runtimes.process import (
+    AdoptedProcess,
+    ProcessRuntime,
+    kill_process_tree,
+    orphaned_runtime_processes,
+)
 from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
@@ -66,6 +74,9 @@ from prefect_pipedeploy.worker.recovery import recover_abandoned
 
 #: How often a worker re-publishes its RAM capacity (readers drop entries older than 10 min).
 CAPACITY_REFRESH_S = 60.0
+
+#: How often a worker deletes sealed secret values whose run is gone (`sealed.sweep_sealed`).
+SEALED_SWEEP_S = 600.0
 
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
@@ -101,7 +112,9 @@ class PipeDeployWorker(
         )
         self._awaiting_ram: dict[UUID, str] = {}
         self._sealed: set[UUID] = set()  # runs sent to a pod with sealed secret inputs
-        self._elastic_running: set[UUID] = set()
+        self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
+        self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
+        self._adopted: set[asyncio.Task[None]] = set()  # watchers of orphans taken in charge
         self.pods = PodSupervisor(
             runtime=self.runtime,
             rss=self.rss,
@@ -114,8 +127,24 @@ class PipeDeployWorker(
         )
 
     async def teardown(self, *exc_info: Any) -> None:
-        await self.pods.stop_all()
+        """Stop gracefully: pods and elastic runs drain at once (`drain_grace_s`)."""
+        await asyncio.gather(self.pods.stop_all(), self._drain_elastic())
         await super().teardown(*exc_info)
+
+    async def _drain_elastic(self) -> None:
+        """Let running elastic executions finish within the grace; end the others Crashed,
+        saying why, and stop their processes."""
+        grace_s = get_settings().drain_grace_s
+        with anyio.move_on_after(grace_s):
+            while self._elastic:
+                await anyio.sleep(0.1)
+        for flow_run_id, process in list(self._elastic.items()):
+            message = (
+                f"The worker {self.name!r} was stopped and this execution did not finish within "
+                f"the {grace_s:g} s it was given; run it again"
+            )
+            await crash_run(self.client, flow_run_id, message)
+            process.signal(signal.SIGKILL)
 
     # ---- loops ------------------------------------------------------------------------------
 
@@ -210,6 +239,7 @@ class PipeDeployWorker(
         poll_s = get_settings().poll_seconds
         recovered = False
         capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
+        swept_at = time.monotonic()  # sweep after the first interval
         while True:
             if self.has_synced and not recovered:
                 try:
@@ -225,6 +255,9 @@ class PipeDeployWorker(
                             self.client, self.pool_name, self.name, self.ledger.capacity_mib
                         )
                         capacity_published_at = time.monotonic()
+                    if time.monotonic() - swept_at > SEALED_SWEEP_S:
+                        swept_at = time.monotonic()
+                        await sweep_sealed(self.client)
                 except Exception as exc:
                     self.worker_logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
@@ -237,12 +270,57 @@ class PipeDeployWorker(
         await self.pods.reconcile(deployments)
 
     async def _recover(self) -> None:
-        """Give back the pool-cap slots of dead workers of this machine, and re-queue the runs
-        dead workers claimed but never started."""
+        """Give back the pool-cap slots of dead workers of this machine, take charge of the
+        executions and pods they left running, and re-queue the runs they claimed but never
+        started."""
         await self.admission.release_dead_leases()
+        await self._adopt_orphans()
         await recover_abandoned(
             self.client, self.pool_name, get_settings().pending_recovery_s, self.worker_logger
         )
+        self.wake()
+
+    async def _adopt_orphans(self) -> None:
+        """Executions and pods left running by a worker of this machine that died keep their
+        RAM counted here until they end (and are watched against their request); an orphaned
+        execution that ends without a final state is marked Crashed, saying so."""
+        for pid, kind, ident in orphaned_runtime_processes():
+            try:
+                if kind == "elastic":
+                    flow_run = await self.client.read_flow_run(UUID(ident))
+                    deployment_id = flow_run.deployment_id
+                    key = run_key(flow_run.id)
+                else:
+                    deployment_id, key = UUID(ident), f"orphan-pod:{pid}"
+                deployment = await self._read_deployment(deployment_id) if deployment_id else None
+                spec = spec_from_job_variables(deployment.job_variables if deployment else None)
+            except Exception as exc:  # gone meanwhile, or not ours to know
+                self.worker_logger.debug("Not adopting process %s: %s", pid, exc)
+                continue
+            label = f"{kind} process {pid} of {deployment.name if deployment else 'a deleted deployment'}"
+            self.ledger.hold(Holding(key, spec.ram_request_mib, label))
+            process = AdoptedProcess(pid)
+            self.rss.watch(key, process, spec.ram_request_mib, spec.ram_request, lambda _: None)
+            self.worker_logger.info(
+                "Adopted the %s left by a worker that died", label, extra={"action": "adopted"}
+            )
+            watcher = asyncio.create_task(self._outlive(process, key, kind, ident))
+            self._adopted.add(watcher)
+            watcher.add_done_callback(self._adopted.discard)
+
+    async def _outlive(self, process: AdoptedProcess, key: str, kind: str, ident: str) -> None:
+        """Wait for an adopted process to end, then free its RAM (and end its run if it did
+        not say how it ended)."""
+        await process.wait()
+        self.rss.unwatch(key)
+        self.ledger.release(key)
+        if kind == "elastic":
+            await crash_run(
+                self.client,
+                UUID(ident),
+                "The execution's process ended after the worker that started it died, without "
+                "reporting how it ended",
+            )
         self.wake()
 
     def wake(self) -> None:
@@ -410,9 +488,10 @@ class PipeDeployWorker(
         """Run one elastic execution as a fresh process; returns when it has exited."""
         env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
 
-        def started(identifier: str) -> None:
+        def started(process: RuntimeHandle) -> None:
+            self._elastic[flow_run.id] = process
             if task_status is not None:
-                task_status.started(int(identifier))
+                task_status.started(int(process.identifier))
 
         self._elastic_running.add(flow_run.id)
         try:
@@ -432,6 +511,7 @@ class PipeDeployWorker(
                 await self.after_run(flow_run.deployment_id, flow_run.id)
         finally:
             self._elastic_running.discard(flow_run.id)
+            self._elastic.pop(flow_run.id, None)
         return PipeDeployWorkerResult(identifier=outcome.identifier, status_code=outcome.exit_code)
 
     async def _report_crash(self, flow_run: FlowRun, message: str) -> None:

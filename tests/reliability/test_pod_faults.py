@@ -29,7 +29,7 @@ HEARTBEAT_TIMEOUT_S = 3
 @pytest.fixture(scope="module")
 def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildProcess]:
     env = {
-        "PREFECT_INTEGRATIONS_PIPEDEPLOY_POD_DRAIN_GRACE_S": str(DRAIN_GRACE_S),
+        "PREFECT_INTEGRATIONS_PIPEDEPLOY_DRAIN_GRACE_S": str(DRAIN_GRACE_S),
         "PREFECT_INTEGRATIONS_PIPEDEPLOY_POD_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
     }
     child = start_worker(pool, tmp_path_factory.mktemp("worker-logs"), env=env)

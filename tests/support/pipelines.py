@@ -75,6 +75,12 @@ def hog(mib: int = 64, hold_s: float = 2.0) -> dict:
 
 
 @flow
+def exits(code: int = 3) -> dict:
+    """Ends its process with `os._exit` (no cleanup, no final state reported)."""
+    os._exit(code)
+
+
+@flow
 def suicide() -> dict:
     """Kills its own process (a crash the worker must explain)."""
     os.kill(os.getpid(), 9)

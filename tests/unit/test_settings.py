@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "gateway_max_files": 100,
     "gateway_max_part_bytes": 1024 * 1024,
     "retry_grace_s": 10.0,
-    "pod_drain_grace_s": 30.0,
+    "drain_grace_s": 30.0,
     "pod_heartbeat_timeout_s": 10.0,
 }
 

@@ -308,7 +308,7 @@ def _download(
                 f"{store.location()}; call the endpoint again with the file"
             ) from exc
         raise InputResolutionError(
-            f"input {name!r}: data-store path {key!r} does not exist in {store.location()}; "
+            f"input {name!r}: data-store path {key!r} does not exist in {store.public_name()}; "
             "upload it (`pipedeploy datastore put FILE "
             f"{key}`) or fix the input's datastore_path"
         ) from exc

@@ -46,6 +46,7 @@ from prefect_pipedeploy.exceptions import (
     InputResolutionError,
     OutputRoutingError,
 )
+from prefect_pipedeploy.settings import env_name
 from prefect_pipedeploy.spec import OUTPUT_PLACEHOLDERS, DeploymentSpec, ExecutionRule, InputSource
 
 SECRET_MASK = "***"
@@ -308,7 +309,8 @@ def _download(
         if is_file_endpoint_input(source):
             raise InputResolutionError(
                 f"input {name!r}: the uploaded file {key!r} is no longer in "
-                f"{store.location()}; call the endpoint again with the file"
+                f"{store.public_name()} (uploads are kept for "
+                f"{env_name('gateway_upload_retention_s')}); call the endpoint again with the file"
             ) from exc
         raise InputResolutionError(
             f"input {name!r}: data-store path {key!r} does not exist in {store.public_name()}; "

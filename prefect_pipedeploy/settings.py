@@ -108,6 +108,14 @@ class PipeDeploySettings(PrefectBaseSettings):
         gt=0,
         description="Waiting executions per deployment before the gateway answers 429.",
     )
+    gateway_upload_retention_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description=(
+            "How long files uploaded to endpoints are kept in the data store (uploads/...); "
+            "older ones are removed unless an execution that may still read them refers to them."
+        ),
+    )
     gateway_bad_token_limit: int = Field(
         default=20,
         gt=0,

@@ -1,8 +1,9 @@
 """The gateway's effects: the one place that talks to the Prefect API, the data store and events.
 
 For: `Gateway`: the endpoint table (cached, re-read on a miss or a wrong token), token checks,
-storing uploads, creating executions (429 past the waiting limit), emitting the called event,
-and answering with the result, a 303, or an error. Not for: HTTP routing (`app`).
+storing uploads and sweeping expired ones (`uploads`), creating executions (429 past the
+waiting limit), emitting the called event, and answering with the result, a 303, or an error.
+Not for: HTTP routing (`app`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import math
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -63,6 +63,7 @@ from prefect_pipedeploy.gateway.inputs import (
     invalid_inputs_message,
     safe_filename,
 )
+from prefect_pipedeploy.gateway.uploads import sweep_interval_s, sweep_uploads, upload_key
 from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
 from prefect_pipedeploy.iomapping import file_input_marker
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
@@ -85,10 +86,6 @@ RUN_TAGS = ["pipedeploy", "endpoint"]
 
 #: How old the table of endpoints may be before a request re-reads it.
 ENDPOINT_CACHE_TTL_S = 1.5
-
-
-#: Where uploaded files go in the data store: `uploads/<uuid>/<file name>`.
-UPLOADS_PREFIX = "uploads"
 
 
 TOKEN_HEADER_HELP = "send the header 'Authorization: EndpointToken <token>'"
@@ -246,7 +243,7 @@ class Gateway:
         keys: list[str] = []
         try:
             for pipeline_input, upload in checked.files.items():
-                key = f"{UPLOADS_PREFIX}/{uuid.uuid4().hex}/{safe_filename(upload.filename)}"
+                key = upload_key(safe_filename(upload.filename))
                 await store.aupload(upload.stream(), key)
                 keys.append(key)
                 checked.parameters[pipeline_input] = file_input_marker(key)
@@ -259,6 +256,33 @@ class Gateway:
                 headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
             ) from exc
         return keys
+
+    async def sweep_uploads(self, now: datetime | None = None) -> list[str]:
+        """Remove the uploads past their retention that no execution may still read
+        (`uploads.sweep_uploads`); their keys. Nothing when no data store is configured."""
+        try:
+            store = await aload_data_store(None, self.client)
+        except DataStoreError:
+            return []
+        return await sweep_uploads(
+            self.client,
+            store,
+            now or datetime.now(timezone.utc),
+            get_settings().gateway_upload_retention_s,
+        )
+
+    async def keep_sweeping_uploads(self) -> None:
+        """Sweep uploads now and then every `uploads.sweep_interval_s`, until cancelled."""
+        while True:
+            try:
+                await self.sweep_uploads()
+            except Exception as exc:  # the API or the store is away: next time
+                logger.warning(
+                    "Could not remove expired uploads: %s",
+                    public_message(str(exc)),
+                    extra={"action": "uploads_sweep_failed"},
+                )
+            await asyncio.sleep(sweep_interval_s(get_settings().gateway_upload_retention_s))
 
     async def delete_uploads(self, keys: Sequence[str]) -> None:
         if not keys:

@@ -98,9 +98,23 @@ def execution_location(request: Request, path: str, run_id: UUID, token: str | N
 
 
 def _detail_of(response: httpx.Response) -> str:
+    """What a Prefect API error answer says: its `detail`, or the messages of the validation
+    errors of a 422 (`exception_detail`; never its `request_body`, which echoes the request)."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except Exception:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    detail = body.get("detail")
+    if detail is None and isinstance(body.get("exception_detail"), list):
+        messages = [
+            str(error.get("msg", "")).removeprefix("Value error, ")
+            for error in body["exception_detail"]
+            if isinstance(error, dict)
+        ]
+        detail = "; ".join(message for message in messages if message)
+    if detail is None:
         return ""
     return detail if isinstance(detail, str) else json.dumps(detail)[:500]
 

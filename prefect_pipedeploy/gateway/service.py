@@ -37,6 +37,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
 from prefect.exceptions import EventTooLarge, ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_logger
+from prefect.settings import get_current_settings
 from starlette.background import BackgroundTask
 
 from prefect_pipedeploy.datastore.base import DataStore
@@ -61,6 +62,7 @@ from prefect_pipedeploy.gateway.inputs import (
     CheckedInputs,
     check_inputs,
     invalid_inputs_message,
+    oversized_message,
     safe_filename,
 )
 from prefect_pipedeploy.gateway.uploads import sweep_interval_s, sweep_uploads, upload_key
@@ -327,9 +329,19 @@ class Gateway:
                 raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
             except PrefectHTTPStatusError as exc:
                 if exc.response.status_code in (409, 422):
-                    detail = _detail_of(exc.response)
+                    detail = public_message(_detail_of(exc.response))
+                    if "must be less than" in detail and "bytes" in detail:  # max_parameter_size
+                        raise GatewayError(
+                            413,
+                            f"the Prefect server refused the inputs as too large: {detail}; "
+                            "send large data as a file input (multipart/form-data) or through "
+                            "the data store",
+                        ) from None
                     raise GatewayError(
-                        400, f"the pipeline refused the inputs: {public_message(detail)}"
+                        400,
+                        "the Prefect server refused the inputs: "
+                        f"{detail or 'it gave no reason'}; check them against the endpoint's "
+                        "inputs (GET /openapi.json)",
                     ) from None
                 raise
 
@@ -479,6 +491,9 @@ class Gateway:
                     invalid_inputs_message(checked.errors),
                     errors=[asdict(error) for error in checked.errors],
                 )
+            limit = get_current_settings().server.api.max_parameter_size
+            if (too_large := oversized_message(endpoint, checked, limit)) is not None:
+                raise GatewayError(413, too_large)
             keys = await self.store_uploads(checked)
         finally:
             close_files(items)

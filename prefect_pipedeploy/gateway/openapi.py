@@ -118,8 +118,10 @@ CALL_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     415: _error("The body is neither JSON nor a form."),
     429: _error(
-        "Too many waiting executions of this deployment, or too many wrong tokens from this "
-        "client (see Retry-After)."
+        "The gateway's queue of calls waiting to create an execution is full "
+        "(GATEWAY_MAX_QUEUED), too many executions of this deployment wait "
+        "(GATEWAY_MAX_WAITING), or too many wrong tokens came from this client; try again "
+        "after Retry-After seconds."
     ),
 }
 

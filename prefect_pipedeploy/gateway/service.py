@@ -1,8 +1,9 @@
 """The gateway's effects: the one place that talks to the Prefect API, the data store and events.
 
 For: `Gateway`: the endpoint table (cached, re-read on a miss or a wrong token), token checks,
-storing uploads and sweeping expired ones (`uploads`), creating executions (429 past the
-waiting limit), emitting the called event, and answering with the result, a 303, or an error.
+storing uploads and sweeping expired ones (`uploads`), creating executions in turn (429 when
+the gateway's queue or the deployment's waiting executions are full; none for a caller that has
+gone), emitting the called event, and answering with the result, a 303, or an error.
 Not for: HTTP routing (`app`).
 """
 
@@ -14,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -65,8 +66,19 @@ from prefect_pipedeploy.gateway.inputs import (
     oversized_message,
     safe_filename,
 )
-from prefect_pipedeploy.gateway.uploads import sweep_interval_s, sweep_uploads, upload_key
-from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
+from prefect_pipedeploy.gateway.uploads import (
+    sweep_interval_s,
+    sweep_uploads,
+    upload_key,
+)
+from prefect_pipedeploy.gateway.waiting import (
+    BadTokenLimiter,
+    CallerGone,
+    CreateQueue,
+    QueueFull,
+    RunWatcher,
+    never_gone,
+)
 from prefect_pipedeploy.iomapping import file_input_marker
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
@@ -76,7 +88,7 @@ from prefect_pipedeploy.prefect_api.triggers import (
     deployment_resource_id,
     endpoint_resource_id,
 )
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.status import execution_status, settled
 from prefect_pipedeploy.tokens import token_matches
 
@@ -124,7 +136,7 @@ class Gateway:
         self.client = client
         self.limiter = BadTokenLimiter()
         self.watcher = RunWatcher(client)
-        self.create_lock = asyncio.Lock()
+        self.queue = CreateQueue()
         self._table: dict[str, Endpoint] = {}
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
@@ -294,56 +306,98 @@ class Gateway:
             for key in keys:
                 await store.adelete_object(key, missing_ok=True)
 
-    async def create_execution(self, endpoint: Endpoint, parameters: dict[str, Any]) -> FlowRun:
+    async def create_execution(
+        self,
+        endpoint: Endpoint,
+        parameters: dict[str, Any],
+        gone: Callable[[], Awaitable[bool]] = never_gone,
+    ) -> FlowRun:
         """Create the execution (`prefect_api.runs.create_execution`: secret inputs sealed,
-        and discarded again if the create fails), unless too many of the deployment's executions
-        wait already (429).
+        and discarded again if the create fails) when its turn comes in the gateway's queue;
+        429 when the queue is full (`gateway_max_queued`) or too many of the deployment's
+        executions wait already (`gateway_max_waiting`). Nothing is created for a caller that
+        has gone (`gone()` is checked while the call waits and right before the create).
 
-        Creates are serialised, and a 503 from a busy SQLite server is retried within
+        Creates go one at a time, and a 503 from a busy SQLite server is retried within
         milliseconds instead of Prefect's seconds.
         """
-        limit = get_settings().gateway_max_waiting
-        async with self.create_lock:
-            waiting = await self.client.count_flow_runs(
-                deployment_filter=DeploymentFilter(
-                    id=DeploymentFilterId(any_=[endpoint.deployment_id])
-                ),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-                    )
-                ),
+        settings = get_settings()
+        try:
+            async with self.queue.turn(settings.gateway_max_queued, gone):
+                return await self._create(endpoint, parameters, settings.gateway_max_waiting, gone)
+        except QueueFull as full:
+            logger.warning(
+                "Endpoint %r: %d calls already wait to create an execution; refused with 429",
+                endpoint.path,
+                full.queued,
+                extra={"action": "create_queue_full"},
             )
-            if waiting >= limit:
-                raise GatewayError(
-                    429,
-                    f"this endpoint has {waiting} executions waiting, its limit; try again later",
-                    headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            raise GatewayError(
+                429,
+                f"the gateway is busy: {full.queued} calls wait to create an execution, its "
+                f"limit ({env_name('gateway_max_queued')}); try again in {full.retry_after_s} s",
+                headers={"Retry-After": str(full.retry_after_s)},
+            ) from None
+        except CallerGone:
+            logger.info(
+                "Endpoint %r: the caller went away before its execution was created; none was",
+                endpoint.path,
+                extra={"action": "caller_gone"},
+            )
+            raise GatewayError(
+                499, "the caller went away before its execution was created; none was created"
+            ) from None
+
+    async def _create(
+        self,
+        endpoint: Endpoint,
+        parameters: dict[str, Any],
+        limit: int,
+        gone: Callable[[], Awaitable[bool]],
+    ) -> FlowRun:
+        waiting = await self.client.count_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[endpoint.deployment_id])
+            ),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
                 )
-            try:
-                return await create_execution(
-                    self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
-                )
-            except ObjectNotFound:
-                self._loaded_at = -math.inf
-                raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
-            except PrefectHTTPStatusError as exc:
-                if exc.response.status_code in (409, 422):
-                    detail = public_message(_detail_of(exc.response))
-                    if "must be less than" in detail and "bytes" in detail:  # max_parameter_size
-                        raise GatewayError(
-                            413,
-                            f"the Prefect server refused the inputs as too large: {detail}; "
-                            "send large data as a file input (multipart/form-data) or through "
-                            "the data store",
-                        ) from None
+            ),
+        )
+        if waiting >= limit:
+            raise GatewayError(
+                429,
+                f"this endpoint has {waiting} executions waiting, its limit "
+                f"({env_name('gateway_max_waiting')}); try again later",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            )
+        if await gone():  # right before the create: a caller that left gets no execution
+            raise CallerGone()
+        try:
+            return await create_execution(
+                self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
+            )
+        except ObjectNotFound:
+            self._loaded_at = -math.inf
+            raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code in (409, 422):
+                detail = public_message(_detail_of(exc.response))
+                if "must be less than" in detail and "bytes" in detail:  # max_parameter_size
                     raise GatewayError(
-                        400,
-                        "the Prefect server refused the inputs: "
-                        f"{detail or 'it gave no reason'}; check them against the endpoint's "
-                        "inputs (GET /openapi.json)",
+                        413,
+                        f"the Prefect server refused the inputs as too large: {detail}; send "
+                        "large data as a file input (multipart/form-data) or through the "
+                        "data store",
                     ) from None
-                raise
+                raise GatewayError(
+                    400,
+                    "the Prefect server refused the inputs: "
+                    f"{detail or 'it gave no reason'}; check them against the endpoint's "
+                    "inputs (GET /openapi.json)",
+                ) from None
+            raise
 
     def emit_called(self, endpoint: Endpoint, run_id: UUID, public: dict[str, Any]) -> None:
         """Emit `prefect-pipedeploy.endpoint.called` (never fails the call)."""
@@ -498,7 +552,9 @@ class Gateway:
         finally:
             close_files(items)
         try:
-            run = await self.create_execution(endpoint, checked.parameters)
+            run = await self.create_execution(
+                endpoint, checked.parameters, gone=request.is_disconnected
+            )
         except BaseException:
             await self.delete_uploads(keys)
             raise

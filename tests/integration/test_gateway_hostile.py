@@ -210,6 +210,7 @@ async def test_openapi_says_the_real_limits(endpoint: dict[str, str]) -> None:
     assert "10 MiB, files included" in operation["description"]
     assert "512 KiB once encoded as JSON" in operation["description"]
     assert "PREFECT_SERVER_API_MAX_PARAMETER_SIZE" in operation["responses"]["413"]["description"]
+    assert "GATEWAY_MAX_QUEUED" in operation["responses"]["429"]["description"]
 
 
 @pytest.mark.parametrize(

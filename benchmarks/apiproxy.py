@@ -7,7 +7,8 @@ Give a process PREFECT_API_URL=http://127.0.0.1:PORT/<role>/api. REST calls and 
 Prefect's clients open (`/api/events/in` to emit events, `/api/events/out` to subscribe) are
 forwarded; each websocket message is counted (events sent in are counted by event name).
 Tests also use it to inject faults: `refuse(method, endpoint)` may answer a call with an HTTP
-status instead of forwarding it (recorded like any call).
+status instead of forwarding it (recorded like any call), and `delay(method, endpoint)` may hold
+a call for some seconds before forwarding it (a slow or stalled server).
 Not for: anything but measurement and fault injection (no streaming bodies, no TLS, one upstream).
 """
 
@@ -83,9 +84,11 @@ class CountingProxy:
         host: str = "127.0.0.1",
         port: int = 0,
         refuse: Callable[[str, str], int | None] | None = None,
+        delay: Callable[[str, str], float] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.refuse = refuse
+        self.delay = delay
         self.host = host
         self.port = port
         self.calls: list[Call] = []
@@ -149,6 +152,9 @@ class CountingProxy:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
         body = await request.body()
         started = time.monotonic()
+        held_s = self.delay(request.method, path_template(path)) if self.delay else 0.0
+        if held_s > 0:
+            await asyncio.sleep(held_s)
         refused = self.refuse(request.method, path_template(path)) if self.refuse else None
         if refused is not None:
             self._record(Call(role, request.method, path_template(path), refused, started, 0.0))

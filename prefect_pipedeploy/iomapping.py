@@ -5,7 +5,8 @@ For: turning an execution's parameters into the pipeline's keyword arguments bef
 and passed as {"path": ...}, null; a file endpoint input arrives as a data-store marker
 {"datastore_path": key} and is downloaded the same way), and sending its returned outputs where the mapping says
 after it ends (`route_outputs`: back to the caller, into the data store under a path with
-{execution_id}, {date} and {date_time} filled in, or dropped).
+{execution_id}, {date} and {date_time} filled in, or dropped; a returned `pathlib.Path` is a
+file output, uploaded as its bytes when it lies where the execution may write).
 Not for: validating mappings when a deployment is created (`spec`), running the pipeline or
 deciding its final state (the runtimes and `engine`), or recording what was
 resolved (`prefect_api.records`). Elastic runs and low-latency pods call the same functions.
@@ -27,11 +28,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+import stat
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import _CONFIGURE_FIX
@@ -43,6 +46,7 @@ from prefect_pipedeploy.exceptions import (
     InputResolutionError,
     OutputRoutingError,
 )
+from prefect_pipedeploy.settings import env_name
 from prefect_pipedeploy.spec import OUTPUT_PLACEHOLDERS, DeploymentSpec, ExecutionRule, InputSource
 
 SECRET_MASK = "***"
@@ -305,10 +309,11 @@ def _download(
         if is_file_endpoint_input(source):
             raise InputResolutionError(
                 f"input {name!r}: the uploaded file {key!r} is no longer in "
-                f"{store.location()}; call the endpoint again with the file"
+                f"{store.public_name()} (uploads are kept for "
+                f"{env_name('gateway_upload_retention_s')}); call the endpoint again with the file"
             ) from exc
         raise InputResolutionError(
-            f"input {name!r}: data-store path {key!r} does not exist in {store.location()}; "
+            f"input {name!r}: data-store path {key!r} does not exist in {store.public_name()}; "
             "upload it (`pipedeploy datastore put FILE "
             f"{key}`) or fix the input's datastore_path"
         ) from exc
@@ -360,14 +365,60 @@ class RoutedOutputs:
 
 
 def file_output_path(value: Any) -> Path | None:
-    """The file a pipeline returned as an output ({"path": "<file>"} or a Path), else None."""
+    """The file a pipeline marked as a file output by returning a `pathlib.Path` (any
+    `os.PathLike`), else None. A dict such as {"path": ...} is a JSON value like any other:
+    a caller can send one, and a pipeline echoing it must not hand out the file it names."""
     if isinstance(value, os.PathLike):
-        return Path(value)
-    if isinstance(value, dict) and set(value) == {"path"}:
-        path = value["path"]
-        if isinstance(path, (str, os.PathLike)):
-            return Path(path)
+        return Path(os.fspath(value))
     return None
+
+
+def file_output_roots() -> tuple[Path, ...]:
+    """Where an execution may write the files it returns: its working directory and the
+    system's temporary directory (each resolved; a root that is the filesystem's root, such as
+    a process started in `/`, does not count)."""
+    roots = []
+    for root in (Path.cwd(), Path(tempfile.gettempdir())):
+        resolved = root.resolve()
+        if resolved != Path(resolved.anchor) and resolved not in roots:
+            roots.append(resolved)
+    return tuple(roots)
+
+
+def open_file_output(name: str, path: Path, roots: Sequence[Path]) -> BinaryIO:
+    """Open the file of output `name` for reading, if it is a regular file that lies under one
+    of `roots` once every symbolic link is resolved (a link may point anywhere under a root,
+    not out of it). A relative path is taken from the working directory, where the pipeline
+    wrote it. Raises `OutputRoutingError` naming the output and the rule otherwise."""
+    where = " or ".join(str(root) for root in roots) or "nowhere (no usable directory)"
+    fix = f"write the file under {where} and return its Path"
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise OutputRoutingError(
+            f"output {name!r} is the file {str(path)!r}, which cannot be read "
+            f"({getattr(exc, 'strerror', None) or exc}); {fix}"
+        ) from None
+    if not any(real.is_relative_to(root) for root in roots):
+        raise OutputRoutingError(
+            f"output {name!r} is the file {str(path)!r}, which lies outside where the execution "
+            f"may write; {fix}"
+        )
+    try:
+        # not through a link swapped in meanwhile; a FIFO must not block the open
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        descriptor = os.open(real, flags)
+    except OSError as exc:
+        raise OutputRoutingError(
+            f"output {name!r} is the file {str(path)!r}, which cannot be read ({exc.strerror}); "
+            f"{fix}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OutputRoutingError(
+            f"output {name!r} is {str(path)!r}, which is not a regular file; {fix}"
+        )
+    return os.fdopen(descriptor, "rb")
 
 
 def route_outputs(
@@ -376,14 +427,17 @@ def route_outputs(
     execution_id: str,
     now: datetime,
     store: DataStore | None,
+    file_roots: Sequence[Path] | None = None,
 ) -> RoutedOutputs:
     """Send each output where the deployment's outputs mapping says.
 
-    Endpoint outputs come back in `endpoint`; data-store outputs are uploaded (a file output
-    {"path": ...} as that file's bytes, any other value as its UTF-8 JSON) and listed in
-    `stored`; null outputs are dropped. Unmapped outputs keep their name in `endpoint`.
-    A relative file path resolves against the current working directory, where the pipeline
-    wrote it.
+    Endpoint outputs come back in `endpoint`; data-store outputs are uploaded and listed in
+    `stored`: a file output (the pipeline returned a `pathlib.Path`) as that file's bytes,
+    any other value, dicts like {"path": ...} included, as its UTF-8 JSON. A file output must
+    be a regular file under one of `file_roots` (default `file_output_roots()`: the working
+    directory and the temporary directory), symbolic links resolved; a relative path resolves
+    against the working directory, where the pipeline wrote it. Null outputs are dropped.
+    Unmapped outputs keep their name in `endpoint`.
 
     Raises `OutputRoutingError` naming the output and its destination, `DataStoreNotConfigured`
     when a data-store output has no store. Uploads run last, once every check passed.
@@ -439,25 +493,27 @@ def route_outputs(
         )
 
     stored: dict[str, str] = {}
+    roots = file_output_roots() if file_roots is None else tuple(file_roots)
     for key, (name, value) in uploads.items():
         assert store is not None
-        _upload(store, name, value, key)
+        _upload(store, name, value, key, roots)
         stored[name] = key
     return RoutedOutputs(endpoint=endpoint, stored=stored)
 
 
-def _upload(store: DataStore, name: str, value: Any, key: str) -> None:
+def _upload(store: DataStore, name: str, value: Any, key: str, file_roots: Sequence[Path]) -> None:
     path = file_output_path(value)
     try:
         if path is not None:
-            store.upload(path, key)
+            with open_file_output(name, path, file_roots) as file:
+                store.upload(file, key)
             return
         try:
             body = json.dumps(value, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise OutputRoutingError(
                 f"output {name!r} cannot go to data-store path {key!r}: it is not JSON ({exc});"
-                " return JSON values, or write a file and return {'path': <file>}"
+                " return JSON values, or write a file and return its pathlib.Path"
             ) from exc
         store.upload(io.BytesIO(body), key)
     except DataStoreError as exc:

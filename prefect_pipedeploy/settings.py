@@ -108,6 +108,22 @@ class PipeDeploySettings(PrefectBaseSettings):
         gt=0,
         description="Waiting executions per deployment before the gateway answers 429.",
     )
+    gateway_max_queued: int = Field(
+        default=10,
+        gt=0,
+        description=(
+            "Calls the gateway holds waiting for their turn to create an execution (creates go "
+            "one at a time); past it, 429 with Retry-After."
+        ),
+    )
+    gateway_upload_retention_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description=(
+            "How long files uploaded to endpoints are kept in the data store (uploads/...); "
+            "older ones are removed unless an execution that may still read them refers to them."
+        ),
+    )
     gateway_bad_token_limit: int = Field(
         default=20,
         gt=0,

@@ -248,6 +248,29 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 OUTPUT_PLACEHOLDERS = ("execution_id", "date", "date_time")
 
 
+#: Placeholders filled with sample values to check an output's datastore_path as a key.
+_SAMPLE_PLACEHOLDERS = {
+    "execution_id": "00000000-0000-0000-0000-000000000000",
+    "date": "20240101",
+    "date_time": "20240101_000000",
+}
+
+
+def _store_key_problem(path: str) -> str | None:
+    """Why the data store would refuse `path` as a key (its placeholders filled with sample
+    values), or None. The data store's own rule (`datastore.keys`, pure: it imports nothing
+    above this module), imported here so that the spec refuses what every execution would."""
+    from prefect_pipedeploy.datastore.keys import validate_key
+    from prefect_pipedeploy.exceptions import InvalidDataStoreKey
+
+    sample = _PLACEHOLDER_RE.sub(lambda m: _SAMPLE_PLACEHOLDERS.get(m.group(1), "x"), path)
+    try:
+        validate_key(sample)
+    except InvalidDataStoreKey as exc:
+        return str(exc).removeprefix(f"data store key {sample!r} ")
+    return None
+
+
 class InputSource(_FormModel):
     """Where one input of the pipeline comes from: exactly one source per input."""
 
@@ -331,6 +354,13 @@ class InputSource(_FormModel):
                 f"input {name!r}: data_type 'file' is for endpoint inputs; "
                 "use datastore_path to pass a stored file"
             )
+        if self.datastore_path is not None:
+            problem = _store_key_problem(self.datastore_path)
+            if problem:
+                raise ValueError(
+                    f"input {name!r}: datastore_path {self.datastore_path!r} is no data-store "
+                    f"key: it {problem}"
+                )
         return self
 
 
@@ -382,6 +412,12 @@ class OutputDestination(_FormModel):
                         f"output {name!r}: datastore_path placeholder {{{placeholder}}} is "
                         f"unknown; use {{execution_id}}, {{date}} or {{date_time}}"
                     )
+            problem = _store_key_problem(self.datastore_path)
+            if problem:
+                raise ValueError(
+                    f"output {name!r}: datastore_path {self.datastore_path!r} gives no data-store "
+                    f"key (placeholders filled in): it {problem}"
+                )
         return self
 
 

@@ -1,8 +1,8 @@
 """Trivial pipelines the benchmarks deploy: the work is nothing, so what is measured is the path.
 
 For: `benchmarks/latency.py`, which deploys these to a pipedeploy pool, a Prefect process pool
-and `flow.serve()`. Not for: the tests (tests/support/pipelines.py) or the demo
-(prefect_pipedeploy/examples/demo.py).
+and `flow.serve()`, and `benchmarks/gateway_burst.py` (`bench_caller`). Not for: the tests
+(tests/support/pipelines.py) or the demo (prefect_pipedeploy/examples/demo.py).
 
     python benchmarks/flows/bench_flows.py serve NAME    # flow.serve() of bench_noop_sync
 """
@@ -32,6 +32,12 @@ async def bench_sleep_async(sleep_s: float = 0.5) -> dict:
     """An `async def` pipeline that sleeps: the throughput benchmark's unit of work."""
     await asyncio.sleep(sleep_s)
     return {"slept_s": sleep_s}
+
+
+@flow
+def bench_caller(caller: str = "") -> dict:
+    """A `def` pipeline that names its caller (`gateway_burst.py` finds each call's run so)."""
+    return {"caller": caller}
 
 
 if __name__ == "__main__":

@@ -152,7 +152,14 @@ class DataStore(Block, ABC):
 
     @abstractmethod
     def location(self) -> str:
-        """Where the objects are, for messages: a directory or an S3 URL and endpoint."""
+        """Where the objects are, for the store's operator: a directory or an S3 URL and
+        endpoint. Messages use `public_name`: they reach callers, who must not learn paths."""
+
+    def public_name(self) -> str:
+        """The store as messages name it: no local path, which they may reach a caller with
+        (an execution's failure is an endpoint's answer)."""
+        name = getattr(self, "_block_document_name", None)
+        return f"the data store {name!r}" if name else f"the data store {self.location()}"
 
     @abstractmethod
     def _write_object(self, key: str, source: BinaryReader) -> ObjectInfo: ...
@@ -175,6 +182,5 @@ class DataStore(Block, ABC):
 
     def _not_found(self, key: str) -> DataStoreObjectNotFound:
         return DataStoreObjectNotFound(
-            f"no object {key!r} in the data store {self.location()}; check the key against"
-            " the store's listing"
+            f"no object {key!r} in {self.public_name()}; check the key against the store's listing"
         )

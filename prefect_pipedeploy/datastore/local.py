@@ -57,6 +57,10 @@ class LocalDataStore(DataStore):
     def location(self) -> str:
         return str(self._root())
 
+    def public_name(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return f"the data store {name!r}" if name else "the local data store"
+
     def _root(self) -> Path:
         return Path(self.root).expanduser().absolute()
 
@@ -66,8 +70,9 @@ class LocalDataStore(DataStore):
         path = root / key
         if not path.resolve().is_relative_to(root.resolve()):
             raise InvalidDataStoreKey(
-                f"data store key {key!r} leads out of the root directory {root} through a"
-                " symbolic link; use a key that stays inside the root"
+                f"data store key {key!r} leads out of the root directory of "
+                f"{self.public_name()} through a symbolic link; use a key that stays inside the"
+                " root"
             )
         return path
 
@@ -80,13 +85,13 @@ class LocalDataStore(DataStore):
             raise self._not_found(key) from exc
         except OSError as exc:
             raise DataStoreError(
-                f"cannot {action} {key!r} in the local data store {self.location()}: {exc};"
-                " check that the directory exists and this process may read and write it"
+                f"cannot {action} {key!r} in {self.public_name()}: {exc.strerror or exc};"
+                " check that its directory exists and this process may read and write it"
             ) from exc
 
     def _folder_conflict(self, key: str) -> DataStoreError:
         return DataStoreError(
-            f"cannot store {key!r} in the local data store {self.location()}: the key, or a"
+            f"cannot store {key!r} in {self.public_name()}: the key, or a"
             " folder on its path, is both an object and a folder here (a local key cannot be"
             " both); pick another key"
         )
@@ -98,7 +103,7 @@ class LocalDataStore(DataStore):
         try:
             with _atomic_file(path, f"object {key!r}") as file:
                 sha256, size = _copy_hashing(
-                    source, file, reading=f"the source of {key!r}", writing=str(path)
+                    source, file, reading=f"the source of {key!r}", writing=f"object {key!r}"
                 )
         except DataStoreError as exc:
             if isinstance(exc.__cause__, (NotADirectoryError, FileExistsError)):
@@ -115,7 +120,7 @@ class LocalDataStore(DataStore):
             modified = os.fstat(file.fileno()).st_mtime
         with file:
             sha256, size = _copy_hashing(
-                file, destination, reading=f"object {key!r} at {path}", writing="the destination"
+                file, destination, reading=f"object {key!r}", writing="the destination"
             )
         return ObjectInfo(key=key, size=size, last_modified=_utc(modified), sha256=sha256)
 

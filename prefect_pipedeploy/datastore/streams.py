@@ -86,7 +86,9 @@ def _copy_hashing(
 
 @contextmanager
 def _atomic_file(path: Path, what: str) -> Iterator[IO[bytes]]:
-    """A temporary file beside `path` that replaces it on success and vanishes on any error."""
+    """A temporary file beside `path` that replaces it on success and vanishes on any error.
+
+    Errors name `what`, not `path`: a store's messages reach callers, its directories must not."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.parent / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}"
@@ -94,7 +96,7 @@ def _atomic_file(path: Path, what: str) -> Iterator[IO[bytes]]:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise DataStoreError(
-            f"cannot create {what} at {path}: {exc}; check that the directory is writable"
+            f"cannot create {what}: {exc.strerror or exc}; check that its directory is writable"
         ) from exc
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -104,13 +106,13 @@ def _atomic_file(path: Path, what: str) -> Iterator[IO[bytes]]:
                 os.fsync(file.fileno())
             except OSError as exc:
                 raise DataStoreError(
-                    f"cannot write {what} at {path}: {exc}; free some disk space"
+                    f"cannot write {what}: {exc.strerror or exc}; free some disk space"
                 ) from exc
         try:
             os.replace(temporary, path)
         except OSError as exc:
             raise DataStoreError(
-                f"cannot put {what} in place at {path}: {exc}; check that it is not a folder"
+                f"cannot put {what} in place: {exc.strerror or exc}; check that it is not a folder"
             ) from exc
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -25,15 +25,24 @@ Where DESIGN.md is silent, this module decides:
 - Bodies are read as they stream, within `GATEWAY_MAX_BODY_BYTES` (413), `GATEWAY_MAX_FIELDS`
   and `GATEWAY_MAX_FILES` (400) and `GATEWAY_MAX_PART_BYTES` for one text field of a form (413).
   File parts are spooled to temporary files (Starlette's parser), closed once stored.
+- Values no execution can take are refused with 400 naming the input: nested deeper than 100
+  levels, lone surrogates, numbers beyond a 64-bit float. Inputs other than files over what the
+  Prefect server stores for one execution (`max_parameter_size`, 512 KiB) get 413 before any
+  upload or create.
+- Executions are created one at a time through the gateway's own queue (`GATEWAY_MAX_QUEUED`
+  calls, then 429 with Retry-After); a caller that disconnects while it waits, or before its
+  create, gets no execution.
 - File inputs are stored in the data store under `uploads/<uuid>/<file name>` before the
   execution is created (its id does not exist yet); the run's parameter is
   {"datastore_path": key} and the execution downloads it and passes {"path": <local file>}.
+  Uploads are removed after `GATEWAY_UPLOAD_RETENTION_S` unless an execution may still read
+  them (`uploads`).
 - A single file output: a succeeded execution that returned no outputs to the caller and wrote
   exactly one output to the data store (an output mapped to a datastore_path). Its bytes are the
   answer, as application/octet-stream with the file name in Content-Disposition, the execution
   id in X-Execution-Id and the output name in X-Output-Name, unless the caller accepts only
-  application/json. A pipeline's {"path": ...} output sent to the caller stays JSON: that path is
-  on the machine that ran the execution, not this one.
+  application/json. Only a `pathlib.Path` the pipeline returned is a file (`iomapping`); a
+  {"path": ...} output is JSON, to the caller and in the store.
 - A Failed or Crashed execution the worker will retry (attempts left under `max_retries`) is
   not final: the gateway waits for the retry (up to the `retry_grace_s` setting for it to be
   queued; `status.settled` is the rule, the SDK's too).
@@ -42,7 +51,8 @@ Where DESIGN.md is silent, this module decides:
 
 Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
 limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP
-answers and error bodies), `waiting` (waiting for executions, wrong token limits), `service`
+answers and error bodies), `waiting` (waiting for executions, the create queue, wrong token
+limits), `uploads` (upload keys and their retention), `service`
 (the effects: Prefect API, data store, events), `openapi`, `app`.
 """
 

@@ -59,17 +59,22 @@ _TRACEBACK_START = "Traceback (most recent call last)"
 _FRAME_LINE = re.compile(r'^\s*File "[^"]*", line \d+.*$', re.MULTILINE)
 
 
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\"'\\/:;,()<>]+)+[\\/]([^\s\"'\\/:;,()<>]+\.py)\b")
+_SEGMENT = r"[^\s\"'`\\/:;,()<>\[\]{}]+"
+
+
+#: An absolute path (POSIX, or Windows with a drive), not part of a URL or a relative key.
+_ABSOLUTE_PATH = re.compile(rf"(?<![\w.~:/\\-])(?:[A-Za-z]:)?[\\/](?:{_SEGMENT}[\\/])*({_SEGMENT})")
 
 
 def public_message(text: str | None, limit: int = 2000) -> str:
-    """A state message fit for a response: no traceback, no file paths (a path to a Python
-    file keeps only its file name), at most `limit` characters."""
+    """A state message fit for a response: no traceback, no server paths (an absolute path
+    keeps only its last name: "/srv/app/flows/demo.py" becomes "demo.py"; URLs and data-store
+    keys stay), at most `limit` characters."""
     if not text:
         return ""
     text = text.split(_TRACEBACK_START, 1)[0]
     text = _FRAME_LINE.sub("", text)
-    text = _PATH.sub(r"\1", text).strip()
+    text = _ABSOLUTE_PATH.sub(r"\1", text).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -93,9 +98,23 @@ def execution_location(request: Request, path: str, run_id: UUID, token: str | N
 
 
 def _detail_of(response: httpx.Response) -> str:
+    """What a Prefect API error answer says: its `detail`, or the messages of the validation
+    errors of a 422 (`exception_detail`; never its `request_body`, which echoes the request)."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except Exception:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    detail = body.get("detail")
+    if detail is None and isinstance(body.get("exception_detail"), list):
+        messages = [
+            str(error.get("msg", "")).removeprefix("Value error, ")
+            for error in body["exception_detail"]
+            if isinstance(error, dict)
+        ]
+        detail = "; ".join(message for message in messages if message)
+    if detail is None:
         return ""
     return detail if isinstance(detail, str) else json.dumps(detail)[:500]
 

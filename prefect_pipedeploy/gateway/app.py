@@ -1,13 +1,14 @@
 """The gateway as an ASGI app, and `serve` (uvicorn), which `pipedeploy gateway` runs.
 
 For: routes, error handlers (every error answers {"message": ...}, never a traceback), the app's
-lifespan (its Prefect client). Not for: the work behind a route (`service`).
+lifespan (its Prefect client, and the sweep of expired uploads while it serves). Not for: the work behind a route (`service`).
 
     pipedeploy gateway --pool pipedeploy --host 127.0.0.1 --port 8080
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -133,9 +134,13 @@ def create_app(pools: Sequence[str], gateway: Gateway | None = None) -> FastAPI:
                 ", ".join(pools),
                 extra={"action": "gateway_started"},
             )
+            sweeper = asyncio.create_task(app.state.gateway.keep_sweeping_uploads())
             try:
                 yield
             finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
                 await app.state.gateway.close()
 
     app = FastAPI(

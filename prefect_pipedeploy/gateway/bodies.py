@@ -13,12 +13,15 @@ import email.message
 import email.utils
 import io
 import json
+import math
+import sys
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_plus
 
 from fastapi import Request
+from prefect.settings import get_current_settings
 from python_multipart import QuerystringParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
@@ -88,17 +91,112 @@ def refuse_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+#: How deep a value of a body may nest (arrays and objects); deeper is refused with 400.
+MAX_DEPTH = 100
+
+
+_LARGEST_DOUBLE = sys.float_info.max
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """`('a', 0, 'b')` -> "'a'[0]['b']", for messages."""
+    head, *rest = path
+    return repr(head) + "".join(f"[{step!r}]" for step in rest)
+
+
+def _text_problem(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"holds the lone surrogate {text[exc.start]!r} (at character {exc.start}), which is"
+            " not Unicode text; send the text as UTF-8, with surrogate pairs joined"
+        )
+    return None
+
+
+def json_value_problem(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The first part of a parsed JSON value that is no value an execution can take, and why:
+    nested deeper than `MAX_DEPTH`, a string (or an object key) with a lone surrogate (Prefect
+    cannot encode it), a number beyond a 64-bit float (`1e400` parses as infinity, a 400-digit
+    integer fits no pipeline's float). None when it is fine. Iterative: any depth is safe."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path, (
+                f"is nested deeper than {MAX_DEPTH} levels of arrays and objects; send "
+                "flatter data, or pass it as a file"
+            )
+        problem: str | None = None
+        if isinstance(item, str):
+            problem = _text_problem(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            problem = (
+                "holds a number too large for a 64-bit float (such as 1e400); numbers must lie"
+                " within ±1.8e308"
+            )
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > _LARGEST_DOUBLE:
+            problem = (
+                f"holds an integer of {len(str(abs(item)))} digits, too large for a 64-bit float;"
+                " numbers must lie within ±1.8e308 (send larger integers as strings)"
+            )
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                key_problem = _text_problem(key)
+                if key_problem:
+                    return path, f"has a key that {key_problem}"
+                stack.append((child, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*path, index)) for index, child in enumerate(item))
+        if problem:
+            return path, problem
+    return None
+
+
+def refuse_unusable_json(data: dict[str, Any]) -> None:
+    """400 naming the input whose value `json_value_problem` finds unusable (the key itself
+    when it is the problem)."""
+    found = json_value_problem(data)
+    if found is None:
+        return
+    path, problem = found
+    if not path:  # a key of the body itself
+        raise GatewayError(400, f"the body {problem}")
+    field_name = str(path[0])
+    shown = _where(path) if len(path) <= 6 else _where(path[:6]) + "..."
+    where = "" if len(path) == 1 else f" (at {shown})"
+    message = f"input {_where(path[:1])}{where} {problem}"
+    raise GatewayError(
+        400,
+        f"the inputs are invalid: {message}",
+        errors=[{"field": field_name, "message": f"{problem}{where}"}],
+    )
+
+
 def _setting(name: str) -> str:
     """The environment variable of a setting, for messages that tell an operator what to raise."""
     prefix = PipeDeploySettings.model_config.get("env_prefix") or "PREFECT_INTEGRATIONS_PIPEDEPLOY_"
     return f"{prefix}{name}".upper()
 
 
-def _format_bytes(size: int) -> str:
+def format_bytes(size: int) -> str:
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if size >= scale:
             return f"{size / scale:g} {unit}"
     return f"{size} bytes"
+
+
+def inputs_limit() -> str:
+    """The limit on an execution's inputs other than files, in words (it is below the body's)."""
+    limit = get_current_settings().server.api.max_parameter_size
+    if limit <= 0:
+        return "inputs other than files have no limit of their own"
+    return (
+        f"inputs other than files may take at most {format_bytes(limit)} once encoded as "
+        "JSON, what the Prefect server stores for one execution "
+        "(PREFECT_SERVER_API_MAX_PARAMETER_SIZE)"
+    )
 
 
 @dataclass(frozen=True)
@@ -129,9 +227,9 @@ class BodyLimits:
     def body_too_large(self) -> GatewayError:
         return GatewayError(
             413,
-            f"the body is larger than this gateway's limit of {_format_bytes(self.body_bytes)} "
-            f"({_setting('gateway_max_body_bytes')}); send less, or ask the gateway's operator "
-            "to raise the limit",
+            f"the body is larger than this gateway's limit of {format_bytes(self.body_bytes)} "
+            f"({_setting('gateway_max_body_bytes')}), files included; {inputs_limit()}; send "
+            "less, or ask the gateway's operator to raise the limit",
         )
 
     def too_many_fields(self) -> GatewayError:
@@ -152,7 +250,7 @@ class BodyLimits:
         return GatewayError(
             413,
             f"form field {name!r} is larger than this gateway's limit of "
-            f"{_format_bytes(self.part_bytes)} for one text field "
+            f"{format_bytes(self.part_bytes)} for one text field "
             f"({_setting('gateway_max_part_bytes')}); send large values in a JSON body "
             "(application/json), or ask the gateway's operator to raise the limit",
         )
@@ -374,6 +472,12 @@ async def parse_body(
             data = json.loads(raw, parse_constant=refuse_json_constant)
         except UnicodeDecodeError:
             raise GatewayError(400, "the body is not UTF-8 JSON") from None
+        except RecursionError:
+            raise GatewayError(
+                400,
+                f"the body is nested deeper than {MAX_DEPTH} levels of arrays and objects; "
+                "send a JSON object of the inputs with flatter values",
+            ) from None
         except ValueError as exc:
             raise GatewayError(
                 400, f"the body is not valid JSON ({exc}); send a JSON object of the inputs"
@@ -384,6 +488,7 @@ async def parse_body(
             )
         if len(data) > limits.fields:
             raise limits.too_many_fields()
+        refuse_unusable_json(data)
         return list(data.items()), False
     if media == "multipart/form-data":
         return list(await _parse_multipart(content_type or "", chunks, limits)), True

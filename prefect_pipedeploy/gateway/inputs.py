@@ -15,9 +15,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_pipedeploy.gateway.bodies import UploadedFile, json_type, refuse_json_constant
+from prefect_pipedeploy.gateway.bodies import (
+    MAX_DEPTH,
+    UploadedFile,
+    json_type,
+    json_value_problem,
+    refuse_json_constant,
+)
 from prefect_pipedeploy.gateway.endpoints import Endpoint, InputField
-from prefect_pipedeploy.iomapping import SECRET_MASK
+from prefect_pipedeploy.gateway.uploads import UPLOADS_PREFIX
+from prefect_pipedeploy.iomapping import SECRET_MASK, file_input_marker
+from prefect_pipedeploy.prefect_api.sealed import REFERENCE_PREFIX, secret_inputs
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,17 @@ def _from_form_text(field_: InputField, text: str) -> tuple[Any, str | None]:
     ):
         return text, None
     try:
-        return json.loads(text, parse_constant=refuse_json_constant), None
+        value = json.loads(text, parse_constant=refuse_json_constant)
+    except RecursionError:
+        return _ABSENT, f"is nested deeper than {MAX_DEPTH} levels of arrays and objects"
     except ValueError:
         if field_.data_type is None or field_.data_type == "json":
             return text, None  # not JSON: the text itself
         return _ABSENT, f"must be {_expected(field_)} written as JSON; got {_preview(text)}"
+    found = json_value_problem(value)
+    if found is not None:
+        return _ABSENT, found[1]
+    return value, None
 
 
 def _check_value(field_: InputField, raw: Any, form: bool) -> tuple[Any, str | None]:
@@ -197,6 +211,39 @@ def check_inputs(
 def invalid_inputs_message(errors: Sequence[FieldError]) -> str:
     """One sentence naming every invalid field."""
     return "the inputs are invalid: " + "; ".join(f"{e.field!r} {e.message}" for e in errors)
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as JSON the way the Prefect server measures an execution's parameters
+    against its `max_parameter_size`: compact, with non-ASCII characters escaped."""
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def oversized_message(endpoint: Endpoint, checked: CheckedInputs, limit: int) -> str | None:
+    """Why the execution's parameters, as they will be sent (secret inputs sealed into a
+    reference, files as their data-store markers), are over what the Prefect server stores for
+    one run (`limit`, its `max_parameter_size`; 0: no limit), naming the largest input; None
+    when they fit."""
+    sent = dict(checked.parameters)
+    for name in secret_inputs(endpoint.spec):
+        if name in sent:
+            sent[name] = REFERENCE_PREFIX + "0" * 32
+    for name, upload in checked.files.items():
+        sent[name] = file_input_marker(
+            f"{UPLOADS_PREFIX}/{'0' * 32}/{safe_filename(upload.filename)}"
+        )
+    size = encoded_size(sent)
+    if limit <= 0 or size <= limit:
+        return None
+    names = {f.pipeline_input: f.name for f in endpoint.fields}
+    largest = max(sent, key=lambda name: encoded_size(sent[name]))
+    return (
+        f"the inputs take {size:,} bytes once encoded as JSON, over the {limit:,} bytes the "
+        "Prefect server stores for one execution (PREFECT_SERVER_API_MAX_PARAMETER_SIZE); the "
+        "largest is "
+        f"{names.get(largest, largest)!r} ({encoded_size(sent[largest]):,} bytes): send large "
+        "data as a file input (multipart/form-data) or through the data store"
+    )
 
 
 def safe_filename(name: str | None) -> str:

@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from prefect_pipedeploy.gateway.bodies import format_bytes, inputs_limit
 from prefect_pipedeploy.gateway.endpoints import Endpoint, InputField
+from prefect_pipedeploy.settings import get_settings
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -101,16 +103,25 @@ CALL_RESPONSES: dict[int | str, dict[str, Any]] = {
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
     400: _error(
-        "Invalid inputs, each invalid field named in `errors`; or a malformed body, or more "
-        "fields or file parts than the gateway's limits.",
+        "Invalid inputs, each invalid field named in `errors` (values no execution can take "
+        "included: nested deeper than 100 levels, a lone surrogate in a string, a number beyond "
+        "a 64-bit float); or a malformed body, or more fields or file parts than the gateway's "
+        "limits.",
         "InvalidInputs",
     ),
     409: _error("The endpoint's deployment is disabled."),
-    413: _error("The body, or one text field of a form, is over the gateway's limit."),
+    413: _error(
+        "The body is over the gateway's limit (GATEWAY_MAX_BODY_BYTES, files included), one "
+        "text field of a form is over GATEWAY_MAX_PART_BYTES, or the inputs other than files "
+        "take more than the Prefect server stores for one execution once encoded as JSON "
+        "(PREFECT_SERVER_API_MAX_PARAMETER_SIZE, 512 KiB by default); the message says which."
+    ),
     415: _error("The body is neither JSON nor a form."),
     429: _error(
-        "Too many waiting executions of this deployment, or too many wrong tokens from this "
-        "client (see Retry-After)."
+        "The gateway's queue of calls waiting to create an execution is full "
+        "(GATEWAY_MAX_QUEUED), too many executions of this deployment wait "
+        "(GATEWAY_MAX_WAITING), or too many wrong tokens came from this client; try again "
+        "after Retry-After seconds."
     ),
 }
 
@@ -151,9 +162,13 @@ def endpoint_operation(endpoint: Endpoint) -> dict[str, Any]:
         "additionalProperties": False,
     }
     media = "multipart/form-data" if endpoint.takes_files else "application/json"
+    limits = get_settings()
     return {
         "summary": f"Call {endpoint.path}",
-        "description": f"Runs deployment {endpoint.deployment_name!r}.",
+        "description": (
+            f"Runs deployment {endpoint.deployment_name!r}. The body may take at most "
+            f"{format_bytes(limits.gateway_max_body_bytes)}, files included; {inputs_limit()}."
+        ),
         "operationId": f"call_{re.sub(r'[^A-Za-z0-9_]', '_', endpoint.path)}",
         "tags": ["endpoints"],
         "security": [{"EndpointToken": []}],

@@ -1,8 +1,10 @@
 """The gateway's effects: the one place that talks to the Prefect API, the data store and events.
 
 For: `Gateway`: the endpoint table (cached, re-read on a miss or a wrong token), token checks,
-storing uploads, creating executions (429 past the waiting limit), emitting the called event,
-and answering with the result, a 303, or an error. Not for: HTTP routing (`app`).
+storing uploads and sweeping expired ones (`uploads`), creating executions in turn (429 when
+the gateway's queue or the deployment's waiting executions are full; none for a caller that has
+gone), emitting the called event, and answering with the result, a 303, or an error.
+Not for: HTTP routing (`app`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import math
 import os
 import tempfile
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +38,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
 from prefect.exceptions import EventTooLarge, ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_logger
+from prefect.settings import get_current_settings
 from starlette.background import BackgroundTask
 
 from prefect_pipedeploy.datastore.base import DataStore
@@ -61,9 +63,22 @@ from prefect_pipedeploy.gateway.inputs import (
     CheckedInputs,
     check_inputs,
     invalid_inputs_message,
+    oversized_message,
     safe_filename,
 )
-from prefect_pipedeploy.gateway.waiting import BadTokenLimiter, RunWatcher
+from prefect_pipedeploy.gateway.uploads import (
+    sweep_interval_s,
+    sweep_uploads,
+    upload_key,
+)
+from prefect_pipedeploy.gateway.waiting import (
+    BadTokenLimiter,
+    CallerGone,
+    CreateQueue,
+    QueueFull,
+    RunWatcher,
+    never_gone,
+)
 from prefect_pipedeploy.iomapping import file_input_marker
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
@@ -73,7 +88,7 @@ from prefect_pipedeploy.prefect_api.triggers import (
     deployment_resource_id,
     endpoint_resource_id,
 )
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.status import execution_status, settled
 from prefect_pipedeploy.tokens import token_matches
 
@@ -85,10 +100,6 @@ RUN_TAGS = ["pipedeploy", "endpoint"]
 
 #: How old the table of endpoints may be before a request re-reads it.
 ENDPOINT_CACHE_TTL_S = 1.5
-
-
-#: Where uploaded files go in the data store: `uploads/<uuid>/<file name>`.
-UPLOADS_PREFIX = "uploads"
 
 
 TOKEN_HEADER_HELP = "send the header 'Authorization: EndpointToken <token>'"
@@ -125,7 +136,7 @@ class Gateway:
         self.client = client
         self.limiter = BadTokenLimiter()
         self.watcher = RunWatcher(client)
-        self.create_lock = asyncio.Lock()
+        self.queue = CreateQueue()
         self._table: dict[str, Endpoint] = {}
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
@@ -246,7 +257,7 @@ class Gateway:
         keys: list[str] = []
         try:
             for pipeline_input, upload in checked.files.items():
-                key = f"{UPLOADS_PREFIX}/{uuid.uuid4().hex}/{safe_filename(upload.filename)}"
+                key = upload_key(safe_filename(upload.filename))
                 await store.aupload(upload.stream(), key)
                 keys.append(key)
                 checked.parameters[pipeline_input] = file_input_marker(key)
@@ -260,6 +271,33 @@ class Gateway:
             ) from exc
         return keys
 
+    async def sweep_uploads(self, now: datetime | None = None) -> list[str]:
+        """Remove the uploads past their retention that no execution may still read
+        (`uploads.sweep_uploads`); their keys. Nothing when no data store is configured."""
+        try:
+            store = await aload_data_store(None, self.client)
+        except DataStoreError:
+            return []
+        return await sweep_uploads(
+            self.client,
+            store,
+            now or datetime.now(timezone.utc),
+            get_settings().gateway_upload_retention_s,
+        )
+
+    async def keep_sweeping_uploads(self) -> None:
+        """Sweep uploads now and then every `uploads.sweep_interval_s`, until cancelled."""
+        while True:
+            try:
+                await self.sweep_uploads()
+            except Exception as exc:  # the API or the store is away: next time
+                logger.warning(
+                    "Could not remove expired uploads: %s",
+                    public_message(str(exc)),
+                    extra={"action": "uploads_sweep_failed"},
+                )
+            await asyncio.sleep(sweep_interval_s(get_settings().gateway_upload_retention_s))
+
     async def delete_uploads(self, keys: Sequence[str]) -> None:
         if not keys:
             return
@@ -268,46 +306,98 @@ class Gateway:
             for key in keys:
                 await store.adelete_object(key, missing_ok=True)
 
-    async def create_execution(self, endpoint: Endpoint, parameters: dict[str, Any]) -> FlowRun:
+    async def create_execution(
+        self,
+        endpoint: Endpoint,
+        parameters: dict[str, Any],
+        gone: Callable[[], Awaitable[bool]] = never_gone,
+    ) -> FlowRun:
         """Create the execution (`prefect_api.runs.create_execution`: secret inputs sealed,
-        and discarded again if the create fails), unless too many of the deployment's executions
-        wait already (429).
+        and discarded again if the create fails) when its turn comes in the gateway's queue;
+        429 when the queue is full (`gateway_max_queued`) or too many of the deployment's
+        executions wait already (`gateway_max_waiting`). Nothing is created for a caller that
+        has gone (`gone()` is checked while the call waits and right before the create).
 
-        Creates are serialised, and a 503 from a busy SQLite server is retried within
+        Creates go one at a time, and a 503 from a busy SQLite server is retried within
         milliseconds instead of Prefect's seconds.
         """
-        limit = get_settings().gateway_max_waiting
-        async with self.create_lock:
-            waiting = await self.client.count_flow_runs(
-                deployment_filter=DeploymentFilter(
-                    id=DeploymentFilterId(any_=[endpoint.deployment_id])
-                ),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-                    )
-                ),
+        settings = get_settings()
+        try:
+            async with self.queue.turn(settings.gateway_max_queued, gone):
+                return await self._create(endpoint, parameters, settings.gateway_max_waiting, gone)
+        except QueueFull as full:
+            logger.warning(
+                "Endpoint %r: %d calls already wait to create an execution; refused with 429",
+                endpoint.path,
+                full.queued,
+                extra={"action": "create_queue_full"},
             )
-            if waiting >= limit:
-                raise GatewayError(
-                    429,
-                    f"this endpoint has {waiting} executions waiting, its limit; try again later",
-                    headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            raise GatewayError(
+                429,
+                f"the gateway is busy: {full.queued} calls wait to create an execution, its "
+                f"limit ({env_name('gateway_max_queued')}); try again in {full.retry_after_s} s",
+                headers={"Retry-After": str(full.retry_after_s)},
+            ) from None
+        except CallerGone:
+            logger.info(
+                "Endpoint %r: the caller went away before its execution was created; none was",
+                endpoint.path,
+                extra={"action": "caller_gone"},
+            )
+            raise GatewayError(
+                499, "the caller went away before its execution was created; none was created"
+            ) from None
+
+    async def _create(
+        self,
+        endpoint: Endpoint,
+        parameters: dict[str, Any],
+        limit: int,
+        gone: Callable[[], Awaitable[bool]],
+    ) -> FlowRun:
+        waiting = await self.client.count_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[endpoint.deployment_id])
+            ),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
                 )
-            try:
-                return await create_execution(
-                    self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
-                )
-            except ObjectNotFound:
-                self._loaded_at = -math.inf
-                raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
-            except PrefectHTTPStatusError as exc:
-                if exc.response.status_code in (409, 422):
-                    detail = _detail_of(exc.response)
+            ),
+        )
+        if waiting >= limit:
+            raise GatewayError(
+                429,
+                f"this endpoint has {waiting} executions waiting, its limit "
+                f"({env_name('gateway_max_waiting')}); try again later",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
+            )
+        if await gone():  # right before the create: a caller that left gets no execution
+            raise CallerGone()
+        try:
+            return await create_execution(
+                self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
+            )
+        except ObjectNotFound:
+            self._loaded_at = -math.inf
+            raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code in (409, 422):
+                detail = public_message(_detail_of(exc.response))
+                if "must be less than" in detail and "bytes" in detail:  # max_parameter_size
                     raise GatewayError(
-                        400, f"the pipeline refused the inputs: {public_message(detail)}"
+                        413,
+                        f"the Prefect server refused the inputs as too large: {detail}; send "
+                        "large data as a file input (multipart/form-data) or through the "
+                        "data store",
                     ) from None
-                raise
+                raise GatewayError(
+                    400,
+                    "the Prefect server refused the inputs: "
+                    f"{detail or 'it gave no reason'}; check them against the endpoint's "
+                    "inputs (GET /openapi.json)",
+                ) from None
+            raise
 
     def emit_called(self, endpoint: Endpoint, run_id: UUID, public: dict[str, Any]) -> None:
         """Emit `prefect-pipedeploy.endpoint.called` (never fails the call)."""
@@ -455,11 +545,16 @@ class Gateway:
                     invalid_inputs_message(checked.errors),
                     errors=[asdict(error) for error in checked.errors],
                 )
+            limit = get_current_settings().server.api.max_parameter_size
+            if (too_large := oversized_message(endpoint, checked, limit)) is not None:
+                raise GatewayError(413, too_large)
             keys = await self.store_uploads(checked)
         finally:
             close_files(items)
         try:
-            run = await self.create_execution(endpoint, checked.parameters)
+            run = await self.create_execution(
+                endpoint, checked.parameters, gone=request.is_disconnected
+            )
         except BaseException:
             await self.delete_uploads(keys)
             raise

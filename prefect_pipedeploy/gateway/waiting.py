@@ -1,8 +1,10 @@
-"""Waiting for executions, and the limit on wrong tokens: small in-memory state.
+"""Waiting for executions, for a turn to create one, and the limit on wrong tokens: small
+in-memory state.
 
-For: `RunWatcher` (one API call per tick serves every request waiting for an execution) and
-`BadTokenLimiter` (wrong tokens per client over a sliding minute). Not for: when an execution
-is settled (`status.settled`).
+For: `RunWatcher` (one API call per tick serves every request waiting for an execution),
+`CreateQueue` (the calls waiting for their turn to create an execution: bounded, first come
+first served, a caller that leaves gives up its place) and `BadTokenLimiter` (wrong tokens per
+client over a sliding minute). Not for: when an execution is settled (`status.settled`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from uuid import UUID
@@ -63,6 +67,79 @@ class BadTokenLimiter:
         if not times:
             del self._seen[client]
         return times
+
+
+class QueueFull(Exception):
+    """The create queue holds its limit of calls; `retry_after_s` is when a place may be free."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} calls wait to create an execution")
+        self.queued = queued
+        self.retry_after_s = retry_after_s
+
+
+class CallerGone(Exception):
+    """The caller disconnected while its call waited for its turn to create an execution."""
+
+
+async def never_gone() -> bool:
+    """A caller that never leaves (calls made in-process)."""
+    return False
+
+
+class CreateQueue:
+    """The gateway's own queue of calls waiting to create an execution, one create at a time.
+
+    The Prefect server takes creates one by one best (SQLite: concurrent ones collide and are
+    retried after seconds), so calls take turns, first come first served. At most `limit` calls
+    hold a place (the one creating included); the next is refused at once (`QueueFull`), with
+    how long the calls ahead should take by the recent pace of creates. A call whose caller
+    disconnects gives up its place while it waits (`CallerGone`; `gone` is checked every
+    `check_s`); the call itself checks once more right before it creates.
+    """
+
+    def __init__(self, check_s: float = 0.25) -> None:
+        self._lock = asyncio.Lock()
+        self._check_s = check_s
+        self.queued = 0
+        self.create_s = 0.5
+        """Recent time one turn takes (an exponential average)."""
+
+    def retry_after_s(self) -> int:
+        return min(60, max(1, math.ceil(self.queued * self.create_s)))
+
+    @contextlib.asynccontextmanager
+    async def turn(self, limit: int, gone: Callable[[], Awaitable[bool]]) -> AsyncIterator[None]:
+        """Hold a place until it is this call's turn, then the turn for the block."""
+        if self.queued >= limit:
+            raise QueueFull(self.queued, self.retry_after_s())
+        self.queued += 1
+        try:
+            await self._wait_for_turn(gone)
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self._lock.release()
+                self.create_s = 0.8 * self.create_s + 0.2 * (time.monotonic() - started)
+        finally:
+            self.queued -= 1
+
+    async def _wait_for_turn(self, gone: Callable[[], Awaitable[bool]]) -> None:
+        acquire = asyncio.ensure_future(self._lock.acquire())
+        try:
+            while True:
+                done, _ = await asyncio.wait({acquire}, timeout=self._check_s)
+                if done:
+                    return
+                if await gone():
+                    raise CallerGone()
+        except BaseException:
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                self._lock.release()
+            else:
+                acquire.cancel()
+            raise
 
 
 @dataclass

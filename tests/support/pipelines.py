@@ -103,7 +103,7 @@ def enrich(
     return {
         "summary": f"{text.upper()} ({len(token)}-char token, nothing={nothing!r})",
         "scaled": len(text) * scale * weights["bias"],
-        "report": {"path": str(report.resolve())},
+        "report": report.resolve(),  # a Path: a file output, uploaded as its bytes
     }
 
 
@@ -125,9 +125,16 @@ def greet(name: str, api_key: str = "", times: int = 1) -> dict:
 
 
 def file_stats(document: dict, label: str = "stats") -> dict:
-    """Takes a file input ({"path": ...}) and returns a file output: a one-line report on it."""
+    """Takes a file input ({"path": ...}) and returns a file output (a Path): a one-line report
+    on it."""
     data = Path(document["path"]).read_bytes()
     lines = data.count(b"\n")
     report = _scratch_dir("pipedeploy-report-") / "report.txt"
     report.write_text(f"{label}: {len(data)} bytes, {lines} lines\n")
-    return {"report": {"path": str(report)}}
+    return {"report": report}
+
+
+def echo(o: object = None) -> dict:
+    """Returns its input as output `o` (the file-output tests: a caller's {"path": ...} sent
+    back through a data-store output stays the JSON it was, never the file it names)."""
+    return {"o": o}

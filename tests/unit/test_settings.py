@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "gateway_wait_s": 25.0,
     "gateway_max_body_bytes": 10 * 1024 * 1024,
     "gateway_max_waiting": 100,
+    "gateway_max_queued": 10,
+    "gateway_upload_retention_s": 86400.0,
     "gateway_bad_token_limit": 20,
     "gateway_max_fields": 1000,
     "gateway_max_files": 100,

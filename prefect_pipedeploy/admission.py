@@ -24,7 +24,7 @@ from datetime import datetime
 from uuid import UUID
 
 from prefect_pipedeploy.exceptions import SpecError
-from prefect_pipedeploy.spec import format_mib
+from prefect_pipedeploy.sizes import format_mib
 
 #: The least capacity `default_capacity_mib` gives, whatever the reserve.
 MIN_CAPACITY_MIB = 256

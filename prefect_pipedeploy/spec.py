@@ -13,144 +13,20 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 from prefect_pipedeploy.exceptions import SpecError
-
-# ---------------------------------------------------------------------------------------------
-# RAM sizes
-# ---------------------------------------------------------------------------------------------
-
-_RAM_UNITS_BYTES = {
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-    "TiB": 1024**4,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
-}
-_RAM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
-RAM_UNITS = ", ".join(_RAM_UNITS_BYTES)
-
-
-def parse_ram(value: str | int | float, field: str = "ram_request") -> int:
-    """Parse a RAM size like "512MiB" or "1GiB" into whole MiB (rounded up).
-
-    A bare number is refused: "512" could mean bytes or MiB, so the unit is required.
-    """
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise SpecError(
-            f"{field}: {value!r} has no unit; write it with one of {RAM_UNITS} "
-            "(for example '512MiB' or '1GiB')"
-        )
-    match = _RAM_RE.match(value)
-    units = {u.lower(): u for u in _RAM_UNITS_BYTES}
-    if not match or match.group(2).lower() not in units:
-        raise SpecError(
-            f"{field}: {value!r} is not a RAM size with a unit; write it with one of "
-            f"{RAM_UNITS} (for example '512MiB' or '1GiB')"
-        )
-    amount = float(match.group(1))
-    unit = units[match.group(2).lower()]
-    size_bytes = amount * _RAM_UNITS_BYTES[unit]
-    mib = int(-(-size_bytes // 1024**2))
-    if mib <= 0:
-        raise SpecError(f"{field}: {value!r} is zero; ask for at least '1MiB'")
-    return mib
-
-
-def format_mib(mib: float) -> str:
-    """The human form of a size in MiB: 512MiB, 1GiB, 1.5GiB."""
-    if mib >= 1024 and mib % 1024 == 0:
-        return f"{int(mib // 1024)}GiB"
-    if mib >= 1024:
-        return f"{mib / 1024:.1f}GiB"
-    return f"{int(mib)}MiB" if float(mib).is_integer() else f"{mib:.1f}MiB"
-
-
-# ---------------------------------------------------------------------------------------------
-# The work pool's form: a compact JSON schema
-# ---------------------------------------------------------------------------------------------
-
-_NULL_SCHEMA = {"type": "null"}
-
-
-def compact_form_schema(
-    schema: dict[str, Any], resolve: Callable[[dict[str, Any]], dict[str, Any]]
-) -> dict[str, Any]:
-    """Shrink the JSON schema of one model, in place, for the work pool's form; return it.
-
-    On every flow-run create the Prefect server checks the pool's whole `variables` schema
-    against the JSON Schema meta-schema, twice, at about 0.3 ms per sub-schema on 2 cores: each
-    sub-schema pydantic adds is paid by every execution. The form keeps its fields, titles and
-    descriptions; what goes (`resolve` looks up a `$ref`):
-    - `anyOf: [X, {"type": "null"}]` becomes X when X has a type, and `default: null` goes. The
-      server still accepts null there: before validating values it adds the null branch back to
-      every optional property that has a type, at the top level and in definitions. The UI shows
-      a property without a default as an empty field.
-    - A `$ref` to an enum becomes the enum inline (one sub-schema instead of two).
-    - A discriminated union's `discriminator` (an OpenAPI keyword that JSON Schema ignores)
-      goes, and its `oneOf` inside an optional's `anyOf` is flattened into that `anyOf`.
-    """
-    for name, prop in schema.get("properties", {}).items():
-        _inline_enum(prop, name, resolve)
-        options = prop.get("anyOf")
-        if not isinstance(options, list) or _NULL_SCHEMA not in options:
-            continue
-        others = [option for option in options if option != _NULL_SCHEMA]
-        for option in others:
-            _inline_enum(option, None, resolve)
-        if len(others) == 1 and "type" in others[0]:
-            del prop["anyOf"]
-            prop.update({key: value for key, value in others[0].items() if key not in prop})
-            if "default" in prop and prop["default"] is None:
-                del prop["default"]
-        elif len(others) == 1 and "oneOf" in others[0]:
-            prop["anyOf"] = [*others[0]["oneOf"], _NULL_SCHEMA]
-    return schema
-
-
-def _inline_enum(
-    prop: dict[str, Any], name: str | None, resolve: Callable[[dict[str, Any]], dict[str, Any]]
-) -> None:
-    if "$ref" not in prop:
-        return
-    target = resolve({"$ref": prop["$ref"]})
-    if "enum" not in target:
-        return
-    del prop["$ref"]
-    prop.update({"type": target.get("type", "string"), "enum": target["enum"]})
-    if name is not None:
-        prop.setdefault("title", name.replace("_", " ").title())
-
-
-class _FormModel(BaseModel):
-    """A model whose JSON schema is the compact form of `compact_form_schema`."""
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        json_schema = handler(core_schema)
-        compact_form_schema(handler.resolve_ref_schema(json_schema), handler.resolve_ref_schema)
-        return json_schema
-
+from prefect_pipedeploy.form_schema import FormModel
+from prefect_pipedeploy.sizes import parse_ram
 
 # ---------------------------------------------------------------------------------------------
 # Enumerations
@@ -181,7 +57,7 @@ _UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 _EVERY_RE = re.compile(r"^\s*every\s+(\d+)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 
 
-class BasicSchedule(_FormModel):
+class BasicSchedule(FormModel):
     """Every N seconds, minutes, hours or days (the platform's "basic" schedule)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -196,7 +72,7 @@ class BasicSchedule(_FormModel):
         return datetime.timedelta(seconds=self.every * _UNIT_SECONDS[self.unit])
 
 
-class AdvancedSchedule(_FormModel):
+class AdvancedSchedule(FormModel):
     """A cron expression in UTC (the platform's "advanced" schedule)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -271,7 +147,7 @@ def _store_key_problem(path: str) -> str | None:
     return None
 
 
-class InputSource(_FormModel):
+class InputSource(FormModel):
     """Where one input of the pipeline comes from: exactly one source per input."""
 
     model_config = ConfigDict(extra="forbid")
@@ -364,7 +240,7 @@ class InputSource(_FormModel):
         return self
 
 
-class OutputDestination(_FormModel):
+class OutputDestination(FormModel):
     """Where one output of the pipeline goes: exactly one destination per output."""
 
     model_config = ConfigDict(extra="forbid")
@@ -428,7 +304,7 @@ class OutputDestination(_FormModel):
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9][A-Za-z0-9._~-]*)*$")
 
 
-class DeploymentSpec(_FormModel):
+class DeploymentSpec(FormModel):
     """The platform settings of one deployment, kept in the Prefect deployment's job variables."""
 
     model_config = ConfigDict(use_enum_values=True)

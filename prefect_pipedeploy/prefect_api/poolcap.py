@@ -30,7 +30,7 @@ from prefect.logging import get_logger
 from prefect_pipedeploy.exceptions import (
     SpecError,
 )
-from prefect_pipedeploy.spec import format_mib
+from prefect_pipedeploy.sizes import format_mib
 
 logger = get_logger("prefect_pipedeploy.prefect_api.poolcap")
 

@@ -21,9 +21,7 @@ from prefect.client.schemas.objects import Variable
 from prefect.exceptions import ObjectNotFound
 
 from prefect_pipedeploy._compat import read_variables_by_prefix
-from prefect_pipedeploy.spec import (
-    format_mib,
-)
+from prefect_pipedeploy.sizes import format_mib
 from prefect_pipedeploy.status import merge_pod_statuses
 
 STATUS_VARIABLE_PREFIX = "pipedeploy_pod_"

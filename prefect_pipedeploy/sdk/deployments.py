@@ -39,6 +39,7 @@ from prefect_pipedeploy.prefect_api.triggers import (
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
 from prefect_pipedeploy.sdk.views import deployment_view
 from prefect_pipedeploy.settings import WORKER_TYPE
+from prefect_pipedeploy.sizes import format_mib
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
     ExecutionRule,
@@ -46,7 +47,6 @@ from prefect_pipedeploy.spec import (
     Mode,
     OutputDestination,
     build_spec,
-    format_mib,
     spec_from_job_variables,
 )
 from prefect_pipedeploy.tokens import hash_token, new_token

@@ -25,9 +25,7 @@ from prefect_pipedeploy.prefect_api.poolcap import (
 )
 from prefect_pipedeploy.sdk.base import Verbs
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import (
-    parse_ram,
-)
+from prefect_pipedeploy.sizes import parse_ram
 
 
 class PoolVerbs(Verbs):

@@ -54,10 +54,7 @@ from prefect_pipedeploy.prefect_api.poolcap import (
 )
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import (
-    format_mib,
-    parse_ram,
-)
+from prefect_pipedeploy.sizes import format_mib, parse_ram
 
 logger = get_logger("prefect_pipedeploy.worker.ram")
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from prefect_pipedeploy.exceptions import SpecError
+from prefect_pipedeploy.sizes import format_mib, parse_ram
 from prefect_pipedeploy.spec import (
     AdvancedSchedule,
     BasicSchedule,
@@ -15,8 +16,6 @@ from prefect_pipedeploy.spec import (
     InputSource,
     OutputDestination,
     build_spec,
-    format_mib,
-    parse_ram,
     spec_from_job_variables,
 )
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+import psutil
+
 from prefect_pipedeploy.admission import run_key
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.worker.ram import RssWatcher
@@ -33,13 +35,33 @@ class ElasticOutcome:
     when the process reported the run's state itself."""
 
 
+WORKDIR_PREFIX = "pipedeploy-run-"
+#: Names the temporary working directory in the execution's environment (its loader may change
+#: directory), so a worker that adopts the process after its own worker died can remove it.
+WORKDIR_VARIABLE = "PIPEDEPLOY_RUN_WORKDIR"
+
+
 @contextlib.contextmanager
 def _working_dir(path: Path | None) -> Iterator[Path]:
     if path is not None:
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="pipedeploy-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as tmp:
         yield Path(tmp)
+
+
+def elastic_workdir_of(pid: int) -> Path | None:
+    """The temporary working directory this runtime made for the execution process `pid`
+    (None when it runs in a directory of the deployment's, or is gone)."""
+    try:
+        named = psutil.Process(pid).environ().get(WORKDIR_VARIABLE)
+    except psutil.Error:
+        return None
+    if not named:
+        return None
+    workdir = Path(named)
+    in_temp = workdir.parent == Path(tempfile.gettempdir()).resolve()
+    return workdir if in_temp and workdir.name.startswith(WORKDIR_PREFIX) else None
 
 
 async def run_elastic(
@@ -58,7 +80,7 @@ async def run_elastic(
     with _working_dir(working_dir) as cwd:
         process = await runtime.start(
             [sys.executable, "-m", "prefect_pipedeploy.engine.elastic", str(flow_run_id)],
-            env=env,
+            env={**env, WORKDIR_VARIABLE: str(cwd.resolve())},
             cwd=cwd,
         )
         started(process)

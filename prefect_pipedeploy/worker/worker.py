@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import shutil
 import signal
 import threading
 import time
@@ -44,7 +45,7 @@ from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
-from prefect_pipedeploy.runtimes.elastic import run_elastic
+from prefect_pipedeploy.runtimes.elastic import elastic_workdir_of, run_elastic
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
     AdoptedProcess,
@@ -309,11 +310,14 @@ class PipeDeployWorker(
             watcher.add_done_callback(self._adopted.discard)
 
     async def _outlive(self, process: AdoptedProcess, key: str, kind: str, ident: str) -> None:
-        """Wait for an adopted process to end, then free its RAM (and end its run if it did
-        not say how it ended)."""
+        """Wait for an adopted process to end, then free its RAM, remove the temporary working
+        directory its dead worker made for it, and end its run if it did not say how it ended."""
+        workdir = elastic_workdir_of(process.pid)
         await process.wait()
         self.rss.unwatch(key)
         self.ledger.release(key)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         if kind == "elastic":
             await crash_run(
                 self.client,

@@ -122,6 +122,9 @@ def test_a_killed_workers_executions_are_adopted_by_the_next(
     orphans = eventually(orphaned_runtime_processes, 10, until=lambda found: len(found) >= 2)
     kinds = {kind for _, kind, _ in orphans}
     assert {"elastic", "pod"} <= kinds, orphans
+    (orphan_pid,) = [pid for pid, kind, ident in orphans if ident == in_process]
+    workdir = Path(psutil.Process(orphan_pid).environ()["PIPEDEPLOY_RUN_WORKDIR"])
+    assert workdir.name.startswith("pipedeploy-run-") and workdir.exists()  # the dead worker's
     second = start_worker(pool, logs, env=ENV)
     try:
         adopted = eventually(
@@ -141,6 +144,7 @@ def test_a_killed_workers_executions_are_adopted_by_the_next(
             30,
             until=lambda left: not left,
         )
+        eventually(workdir.exists, 30, until=lambda exists: not exists)  # removed after it
         after = sdk.run_deployment(pod_deployment, {"marker": "new worker"})
         assert after["status"] == "Succeeded"
         check_ledger(pool, max_attempts=1)

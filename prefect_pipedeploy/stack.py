@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from prefect_pipedeploy.exceptions import ServerUnavailable
+from prefect_pipedeploy.prefect_api.poolcap import FILE_LEASE_STORAGE
 from prefect_pipedeploy.runtimes.process import ChildProcess, start_child
 
 
@@ -45,9 +46,7 @@ def server_environment(home: Path, base: Mapping[str, str] | None = None) -> dic
             "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
             # concurrency leases (the pool RAM cap's) on disk, so they survive a restart
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
-                "prefect.server.concurrency.lease_storage.filesystem"
-            ),
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILE_LEASE_STORAGE,
             "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
         }
     )

@@ -103,8 +103,8 @@ def deploy(sdk: PipeDeploy, pipelines: Path, function: str, mode: str, **kwargs:
     )
     if mode == "low_latency":
         deadline = time.monotonic() + 90
-        while sdk.get_deployment(name)["status"] != "up":
-            assert time.monotonic() < deadline, sdk.get_deployment(name)
+        while (status := sdk.get_deployment(name))["status"] != "up":
+            assert time.monotonic() < deadline, (status["status"], status["status_message"])
             time.sleep(0.3)
     return {"name": name, **created}
 
@@ -292,3 +292,18 @@ def test_a_run_of_a_killed_pod_keeps_the_lines_it_sent(
     )
     assert final["status"] == "Error", final
     assert lines_of(tag, messages) == numbered(tag), messages
+
+
+def test_a_pod_run_that_times_out_has_all_its_logs_when_failed(
+    sdk: PipeDeploy, pipelines: Path, worker: ChildProcess
+) -> None:
+    """The pod ends a `def` run past its timeout itself (Failed, outside Prefect's engine).
+    Before the fix its lines were still waiting for the next 2 s batch when it was Failed."""
+    deployment = deploy(
+        sdk, pipelines, "numbered", "low_latency", execution_timeout_s=1, max_retries=0
+    )
+    tag = tag_of("timeout")
+    execution = sdk.run_deployment(deployment["name"], {"tag": tag, "sleep_s": 20})
+    assert execution["status"] == "Failed", execution
+    assert "timed out" in (execution["message"] or ""), execution
+    assert_complete(tag, sdk_messages(sdk, execution["execution_id"]), "SDK status Failed")

@@ -17,6 +17,10 @@ Sections:
    process worker.
 3. Prefect API calls per low-latency execution, by endpoint and by caller (worker, pod, the
    triggering client), counted by a reverse proxy in front of the server.
+4. logs complete at final (`benchmarks/logs_at_final.py`): the round trip of pipelines printing
+   14 lines with the run's logs stored before its final state (the default) and without (as
+   before), runs alternating in the same benchmark, and whether every line was stored when the
+   run was seen final.
 Results: a Markdown report on stdout, and benchmarks/results/latency-<timestamp>.json.
 """
 
@@ -69,6 +73,10 @@ from prefect.events.filters import EventFilter, EventNameFilter  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from benchmarks.apiproxy import Call, CountingProxy, calls_as_dicts  # noqa: E402
+from benchmarks.logs_at_final import (  # noqa: E402
+    logs_at_final_section,
+    report_logs_at_final,
+)
 from prefect_pipedeploy import PipeDeploy  # noqa: E402
 from prefect_pipedeploy.stack import (  # noqa: E402
     ChildProcess,
@@ -954,6 +962,7 @@ def report(results: dict[str, Any]) -> str:
                 lines.append(
                     f"({k}) had {len(row['failures'])} failed run(s): {row['failures'][0].get('message')}"
                 )
+    lines += report_logs_at_final(results)
     create_cost = results.get("create_cost")
     if create_cost:
         lines += [
@@ -1086,6 +1095,7 @@ async def run_all(
             sections: list[tuple[str, Callable[[Bench], Awaitable[None]]]] = [
                 ("create", create_cost_section),
                 ("pipedeploy", pipedeploy_section),
+                ("logs", logs_section),
                 ("process", process_worker_section),
                 ("serve", serve_section),
                 ("api", api_count_section),
@@ -1104,6 +1114,10 @@ async def run_all(
                 say(f"  [{name}: {time.monotonic() - started:.0f} s]")
     finally:
         await watcher.stop()
+
+
+async def logs_section(bench: Bench) -> None:
+    await logs_at_final_section(bench, FLOWS_FILE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1164,7 +1178,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         nargs="*",
         default=[],
-        choices=["create", "pipedeploy", "elastic", "throughput", "process", "serve", "api"],
+        choices=[
+            "create",
+            "pipedeploy",
+            "logs",
+            "elastic",
+            "throughput",
+            "process",
+            "serve",
+            "api",
+        ],
         help="sections to leave out",
     )
     parser.add_argument(

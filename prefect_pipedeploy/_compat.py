@@ -2,12 +2,14 @@
 
 For: every use prefect-pipedeploy makes of what Prefect does not promise to keep: the flow-run
 suspension registry and observer (one observer per pod instead of one per run), flow engines
-with that observer swapped out, the raw `/variables/filter` endpoint, the status codes of
+with that observer swapped out and a call right before a run's final state, the API log sink
+(a process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status codes of
 concurrency leases, the `_sync=True` switch of Prefect's dual sync/async methods, and the
 private hooks and attributes of `BaseWorker` (wrapped in `WorkerBase`, which the `pipedeploy`
 worker derives from). Each function or class says the Prefect version it was checked against
 (`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins the shapes relied on here, so a Prefect
-upgrade fails there first, naming what changed. Not for: anything Prefect offers publicly (use
+upgrade fails there first, naming what changed (`tests/unit/test_compat_run_logs.py` for the
+final-state call and the log sink). Not for: anything Prefect offers publicly (use
 the public API where it exists, elsewhere).
 
 Upgrading Prefect: run `pytest tests/unit/test_compat.py tests/integration/test_compat_api.py`,
@@ -17,7 +19,7 @@ fix what it names here, then raise `CHECKED_AGAINST`.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
@@ -32,10 +34,11 @@ from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State, Variable
 from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
+from prefect.logging.handlers import set_api_log_sink
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 if TYPE_CHECKING:
-    from prefect.client.orchestration import PrefectClient
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
     from prefect.client.schemas.responses import WorkerFlowRunResponse
     from prefect.flows import Flow
 
@@ -93,20 +96,56 @@ class _WithoutSuspensionObserver:
             yield request
 
 
-class _PodFlowRunEngine(_WithoutSuspensionObserver, FlowRunEngine[Any, Any]):
+# ---------------------------------------------------------------------------------------------
+# Flow engines that call back right before a run's final state (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Prefect's engine proposes a run's final state in `set_state` (from `handle_success`,
+# `handle_exception`, `handle_timeout`, `handle_crash`, `handle_cancellation`), then runs the
+# state's hooks and logs "Finished in state ...". The engines here call `before_final` with the
+# engine's client and the run's id right before that proposal, so a process can store the run's
+# log lines before the run is seen final. No public API offers that moment.
+
+#: Called in the engine's thread with its sync client; must not raise.
+BeforeFinal = Callable[["SyncPrefectClient", UUID], None]
+#: Awaited on the engine's loop with its async client; must not raise.
+ABeforeFinal = Callable[["PrefectClient", UUID], Awaitable[None]]
+
+
+def _about_to_be_final(engine: Any, state: State[Any]) -> bool:
+    return bool(state.is_final() and not engine.short_circuit and engine.flow_run is not None)
+
+
+class _FlowRunEngine(FlowRunEngine[Any, Any]):
+    before_final: BeforeFinal | None = None
+
+    def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
+        if self.before_final is not None and _about_to_be_final(self, state):
+            assert self.flow_run is not None
+            self.before_final(self.client, self.flow_run.id)
+        return super().set_state(state, force)
+
+
+class _AsyncFlowRunEngine(AsyncFlowRunEngine[Any, Any]):
+    before_final: ABeforeFinal | None = None
+
+    async def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
+        if self.before_final is not None and _about_to_be_final(self, state):
+            assert self.flow_run is not None
+            await self.before_final(self.client, self.flow_run.id)
+        return await super().set_state(state, force)
+
+
+class _PodFlowRunEngine(_WithoutSuspensionObserver, _FlowRunEngine):
     pass
 
 
-class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, AsyncFlowRunEngine[Any, Any]):
+class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, _AsyncFlowRunEngine):
     pass
 
 
-def run_in_pod_engine_sync(
-    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any]
-) -> State[Any]:
-    """Run a `def` flow's run to its final state in this thread, without a per-run suspension
-    observer (the driving loop of `prefect.flow_engine.run_flow_sync`, 3.9.1)."""
-    engine = _PodFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+def _drive_sync(engine: _FlowRunEngine) -> State[Any]:
+    """The driving loop of `prefect.flow_engine.run_flow_sync` (3.9.1)."""
     with engine.start():
         while engine.is_running():
             with engine.run_context():
@@ -114,17 +153,77 @@ def run_in_pod_engine_sync(
     return engine.state
 
 
-async def run_in_pod_engine_async(
-    flow: Flow[..., Any], flow_run: FlowRun, parameters: dict[str, Any]
-) -> State[Any]:
-    """Run an `async def` flow's run to its final state on this loop, without a per-run
-    suspension observer (the driving loop of `run_flow_async`, 3.9.1)."""
-    engine = _PodAsyncFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+async def _drive_async(engine: _AsyncFlowRunEngine) -> State[Any]:
+    """The driving loop of `prefect.flow_engine.run_flow_async` (3.9.1)."""
     async with engine.start():
         while engine.is_running():
             async with engine.run_context():
                 _ = await engine.call_flow_fn()  # the result is kept on the engine
     return engine.state
+
+
+def run_in_engine_sync(
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any],
+    before_final: BeforeFinal | None = None,
+) -> State[Any]:
+    """Run a `def` flow's run to its final state in this thread, as `run_flow` does, calling
+    `before_final` right before the final state is proposed (3.9.1)."""
+    engine = _FlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+    engine.before_final = before_final
+    return _drive_sync(engine)
+
+
+async def run_in_engine_async(
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any],
+    before_final: ABeforeFinal | None = None,
+) -> State[Any]:
+    """Run an `async def` flow's run to its final state on this loop, as `run_flow` does,
+    awaiting `before_final` right before the final state is proposed (3.9.1)."""
+    engine = _AsyncFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+    engine.before_final = before_final
+    return await _drive_async(engine)
+
+
+def run_in_pod_engine_sync(
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any],
+    before_final: BeforeFinal | None = None,
+) -> State[Any]:
+    """`run_in_engine_sync` without a per-run suspension observer (a pod's shared one watches
+    the run, see `watch_suspension`; 3.9.1)."""
+    engine = _PodFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+    engine.before_final = before_final
+    return _drive_sync(engine)
+
+
+async def run_in_pod_engine_async(
+    flow: Flow[..., Any],
+    flow_run: FlowRun,
+    parameters: dict[str, Any],
+    before_final: ABeforeFinal | None = None,
+) -> State[Any]:
+    """`run_in_engine_async` without a per-run suspension observer (3.9.1)."""
+    engine = _PodAsyncFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
+    engine.before_final = before_final
+    return await _drive_async(engine)
+
+
+# ---------------------------------------------------------------------------------------------
+# The API log sink (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+
+
+def install_api_log_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
+    """Hand every line Prefect's API log handler prepares (a `LogCreate` dict with a
+    `__payload_size__` key) to `sink` instead of Prefect's `APILogWorker`; None restores it.
+    `prefect.logging.handlers.set_api_log_sink` is undocumented: Prefect's process-pool task
+    runner uses it to forward its workers' lines (3.9.1)."""
+    set_api_log_sink(sink)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,6 +149,14 @@ class PipeDeploySettings(PrefectBaseSettings):
         ),
     )
 
+    flush_logs_before_final: bool = Field(
+        default=True,
+        description=(
+            "Store a run's log lines before its final state is set, so an execution reported "
+            "final has all its logs (one API call per run on the way to its final state); "
+            "off, they follow in Prefect's 2 s batches. Read once by each execution process."
+        ),
+    )
     retry_grace_s: float = Field(
         default=10.0,
         ge=0,

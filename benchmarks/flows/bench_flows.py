@@ -40,6 +40,22 @@ def bench_caller(caller: str = "") -> dict:
     return {"caller": caller}
 
 
+@flow(log_prints=True)
+def bench_print_sync(n: int = 14, tag: str = "bench") -> dict:
+    """A `def` pipeline that prints `n` numbered lines (the logs-at-final section)."""
+    for i in range(n):
+        print(f"{tag} line {i:03d}")
+    return {"lines": n}
+
+
+@flow(log_prints=True)
+async def bench_print_async(n: int = 14, tag: str = "bench") -> dict:
+    """An `async def` pipeline that prints `n` numbered lines."""
+    for i in range(n):
+        print(f"{tag} line {i:03d}")
+    return {"lines": n}
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "serve":
         sys.exit("usage: python benchmarks/flows/bench_flows.py serve DEPLOYMENT_NAME")

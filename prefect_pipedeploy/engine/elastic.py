@@ -1,7 +1,8 @@
 """One elastic execution: this module as a fresh process, started by the worker per run.
 
 For: loading the pipeline of one flow run, running it through Prefect's engine with its io
-mapping, and reporting a pipeline that cannot load on the run. Not for: watching the process
+mapping, and reporting a pipeline that cannot load on the run; the run's log lines are stored
+before it is final (`runlogs`). Not for: watching the process
 (`runtimes.process` and the worker do).
 
     python -m prefect_pipedeploy.engine.elastic <flow-run-id>
@@ -21,27 +22,32 @@ from prefect.logging.loggers import flow_run_logger
 
 from prefect_pipedeploy.engine.flow_engine import execute_flow_run
 from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
+from prefect_pipedeploy.engine.runlogs import fail_after_logs, process_run_logs
 from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
-from prefect_pipedeploy.prefect_api.runs import fail_run
 from prefect_pipedeploy.spec import spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.elastic")
 
 
 async def _main(flow_run_id: UUID) -> int:
+    # from here on the run's log lines go out through `RunLogs`, loading's included, and are
+    # stored before the run is final; what is left is sent when the process exits
+    process_run_logs()
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
         if flow_run.deployment_id is None:
-            await fail_run(client, flow_run_id, "The execution has no deployment to run.")
+            await fail_after_logs(client, flow_run_id, "The execution has no deployment to run.")
             return 0
         deployment = await client.read_deployment(flow_run.deployment_id)
         try:
             spec = spec_from_job_variables(deployment.job_variables)
         except PipeDeployError as exc:
-            await fail_run(client, flow_run_id, f"The deployment's settings are invalid: {exc}")
+            await fail_after_logs(
+                client, flow_run_id, f"The deployment's settings are invalid: {exc}"
+            )
             return 0
         run_logger = flow_run_logger(flow_run)
         try:
@@ -49,7 +55,7 @@ async def _main(flow_run_id: UUID) -> int:
         except Exception as exc:
             message = f"Could not load the pipeline: {load_error(exc)}"
             logger.error(message)
-            await fail_run(client, flow_run_id, message)
+            await fail_after_logs(client, flow_run_id, message)
             return 0
         await execute_flow_run(client, PipelineRunner(flow, spec), flow_run)
     return 0

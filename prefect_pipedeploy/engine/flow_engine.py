@@ -1,9 +1,14 @@
-"""Run one flow run through Prefect's flow engine in this process.
+"""Run one flow run through Prefect's flow engine in this process, its logs stored before its
+final state.
 
 For: `run_pipeline_sync` (a `def` pipeline, blocking its thread) and `run_pipeline_async` (an
 `async def` pipeline, on the current loop), optionally without Prefect's per-run suspension
-observer (a pod watches all its runs with one), and `execute_flow_run` (inputs, run, clean up).
-Not for: loading the pipeline or its io mapping (`runner`).
+observer (a pod watches all its runs with one); `execute_flow_run` (inputs, run, clean up).
+Every run goes through
+an engine that stores the lines the run has logged right before its final state is set
+(`runlogs`), so an execution reported final has them all; the lines Prefect logs after that
+state ("Finished in state ...") follow with the run's end-of-run flush.
+Not for: loading the pipeline or its io mapping (`runner`), sending log lines (`runlogs`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from prefect.flows import Flow
 from prefect.states import State
 from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
 
-from prefect_pipedeploy._compat import run_in_pod_engine_async, run_in_pod_engine_sync
+from prefect_pipedeploy._compat import (
+    run_in_engine_async,
+    run_in_engine_sync,
+    run_in_pod_engine_async,
+    run_in_pod_engine_sync,
+)
+from prefect_pipedeploy.engine.runlogs import flush_run_logs, process_run_logs
 from prefect_pipedeploy.engine.runner import PipelineRunner
 
 
@@ -42,13 +53,19 @@ def run_pipeline_sync(
     """Run a `def` pipeline's flow run through the sync engine; blocks this thread.
 
     `shared_observer`: the caller watches for suspension itself (a pod), so the engine starts
-    no per-run observer.
+    no per-run observer. A generator pipeline runs in Prefect's own engine: its lines are
+    stored by the end-of-run flush, after its final state.
     """
-    if shared_observer and not flow.isgenerator:
-        return run_in_pod_engine_sync(flow, flow_run, _call_parameters(flow, flow_run, parameters))
-    state = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
-    assert isinstance(state, State)
-    return state
+    run_logs = process_run_logs()
+    if flow.isgenerator:
+        state = run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        assert isinstance(state, State)
+        return state
+    before_final = run_logs.flush if run_logs is not None else None
+    call_parameters = _call_parameters(flow, flow_run, parameters)
+    if shared_observer:
+        return run_in_pod_engine_sync(flow, flow_run, call_parameters, before_final)
+    return run_in_engine_sync(flow, flow_run, call_parameters, before_final)
 
 
 async def run_pipeline_async(
@@ -58,23 +75,27 @@ async def run_pipeline_async(
     *,
     shared_observer: bool = False,
 ) -> State[Any]:
-    """Run an `async def` pipeline's flow run on the current event loop (`shared_observer`:
-    see `run_pipeline_sync`)."""
-    if shared_observer and not flow.isgenerator:
-        return await run_in_pod_engine_async(
-            flow, flow_run, _call_parameters(flow, flow_run, parameters)
+    """Run an `async def` pipeline's flow run on the current event loop (`shared_observer`,
+    generator pipelines: see `run_pipeline_sync`)."""
+    run_logs = process_run_logs()
+    if flow.isgenerator:
+        state = await run_flow(  # type: ignore[misc]
+            flow, flow_run=flow_run, parameters=parameters, return_type="state"
         )
-    state = await run_flow(  # type: ignore[misc]
-        flow, flow_run=flow_run, parameters=parameters, return_type="state"
-    )
-    assert isinstance(state, State)
-    return state
+        assert isinstance(state, State)
+        return state
+    before_final = run_logs.aflush if run_logs is not None else None
+    call_parameters = _call_parameters(flow, flow_run, parameters)
+    if shared_observer:
+        return await run_in_pod_engine_async(flow, flow_run, call_parameters, before_final)
+    return await run_in_engine_async(flow, flow_run, call_parameters, before_final)
 
 
 async def execute_flow_run(
     client: PrefectClient, runner: PipelineRunner, flow_run: FlowRun
 ) -> State[Any] | None:
-    """Resolve inputs, run `flow_run` in this process, clean up; None if it never started.
+    """Resolve inputs, run `flow_run` in this process, store its last log lines, clean up;
+    None if it never started.
 
     An `async def` pipeline runs on the current event loop; a `def` pipeline runs in a thread
     of its own (the sync engine blocks), keeping the loop responsive.
@@ -87,4 +108,5 @@ async def execute_flow_run(
             return await run_pipeline_async(runner.flow, flow_run, parameters)
         return await asyncio.to_thread(run_pipeline_sync, runner.flow, flow_run, parameters)
     finally:
+        await flush_run_logs(client, flow_run.id)
         runner.cleanup(flow_run)

@@ -47,15 +47,19 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.logging import get_logger
-from prefect.logging.handlers import APILogHandler
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from prefect_pipedeploy._compat import shared_suspension_observer, watch_suspension
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
+from prefect_pipedeploy.engine.runlogs import (
+    fail_after_logs,
+    flush_all_run_logs,
+    flush_run_logs,
+)
 from prefect_pipedeploy.engine.runner import PipelineRunner
-from prefect_pipedeploy.prefect_api.runs import crash_run, fail_run
+from prefect_pipedeploy.prefect_api.runs import crash_run
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -148,6 +152,7 @@ class Pod:
                 "it was given; run it again"
             )
             logger.warning("Run %s: %s", flow_run_id, message, extra={"action": "run_drained"})
+            await flush_run_logs(self.client, flow_run_id)  # its logs complete at final
             await crash_run(self.client, flow_run_id, message)
             task.cancel()
             self.send(
@@ -158,7 +163,7 @@ class Pod:
                     "message": message,
                 }
             )
-        await APILogHandler.aflush()
+        await asyncio.to_thread(flush_all_run_logs)
 
     async def _run(self, flow_run: FlowRun) -> None:
         self.send({"event": "started", "flow_run_id": str(flow_run.id)})
@@ -174,16 +179,19 @@ class Pod:
             timeout = self.spec.execution_timeout_s
             message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
             # an async run's engine, cancelled, has just ended it Crashed: the timeout is why
-            await fail_run(self.client, flow_run.id, message, over_crash=True)
+            await fail_after_logs(self.client, flow_run.id, message, over_crash=True)
             state_name = "FAILED"
         except Exception as exc:  # the engine itself failed: report on the run, keep the pod
             message = f"The pod could not execute the run: {type(exc).__name__}: {exc}"
             logger.exception(message)
-            await fail_run(self.client, flow_run.id, message)
+            await fail_after_logs(self.client, flow_run.id, message)
             state_name = "FAILED"
         finally:
             self.runs.pop(flow_run.id, None)
             self.runner.cleanup(flow_run)
+            # what Prefect logged after the final state ("Finished in state ..."), before the
+            # worker hears the run is over
+            await flush_run_logs(self.client, flow_run.id)
         self.send(
             {
                 "event": "finished",
@@ -197,6 +205,7 @@ class Pod:
             logger.warning(
                 "%d timed-out threads are still running; recycling the pod", self.abandoned_threads
             )
+            flush_all_run_logs()  # os._exit skips the at-exit flush
             os._exit(EXIT_RECYCLE)
 
     async def _execute_with_timeout(self, flow_run: FlowRun, parameters: dict[str, Any]) -> Any:

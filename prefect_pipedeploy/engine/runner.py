@@ -36,6 +36,7 @@ from prefect.results import aget_default_result_storage, get_default_persist_set
 
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import aload_data_store
+from prefect_pipedeploy.engine.runlogs import fail_after_logs
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
@@ -51,7 +52,6 @@ from prefect_pipedeploy.prefect_api.records import (
     record_outputs,
     record_outputs_sync,
 )
-from prefect_pipedeploy.prefect_api.runs import fail_run
 from prefect_pipedeploy.prefect_api.sealed import unseal_inputs
 from prefect_pipedeploy.spec import DeploymentSpec
 
@@ -129,7 +129,7 @@ class PipelineRunner:
                 dict(os.environ),
             )
         except PipeDeployError as exc:
-            await fail_run(
+            await fail_after_logs(
                 client, flow_run.id, f"The execution's inputs could not be resolved: {exc}"
             )
             return None

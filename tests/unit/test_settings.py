@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "gateway_max_fields": 1000,
     "gateway_max_files": 100,
     "gateway_max_part_bytes": 1024 * 1024,
+    "flush_logs_before_final": True,
     "retry_grace_s": 10.0,
     "drain_grace_s": 30.0,
     "pod_heartbeat_timeout_s": 10.0,

@@ -456,13 +456,17 @@ class PodSupervisor:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(beats), os.fdopen(fd, "rb", buffering=0)
         )
-        pod.last_heartbeat = time.monotonic()
+        pod.last_heartbeat = 0.0  # watched from its first heartbeat (Python and imports first)
         timeout_s = get_settings().pod_heartbeat_timeout_s
         try:
             while pod.process is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     if await asyncio.wait_for(beats.read(64), timeout=1.0):
                         pod.last_heartbeat = time.monotonic()
+                if beats.at_eof():
+                    return  # the process is gone (its end is handled by the supervisor)
+                if not pod.last_heartbeat:
+                    continue
                 silent_s = time.monotonic() - pod.last_heartbeat
                 if silent_s > timeout_s and pod.kill_reason is None:
                     pod.kill_reason = (

@@ -34,7 +34,9 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import InputSource, PipeDeploy
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
-from tests.conftest import cmdline, unique
+from tests.support.eventually import eventually
+from tests.support.executions import unique, wait_until_up
+from tests.support.processes import cmdline
 
 N = 12
 
@@ -102,10 +104,7 @@ def deploy(sdk: PipeDeploy, pipelines: Path, function: str, mode: str, **kwargs:
         **kwargs,
     )
     if mode == "low_latency":
-        deadline = time.monotonic() + 90
-        while (status := sdk.get_deployment(name))["status"] != "up":
-            assert time.monotonic() < deadline, (status["status"], status["status_message"])
-            time.sleep(0.3)
+        wait_until_up(sdk, name, timeout_s=90)
     return {"name": name, **created}
 
 
@@ -145,7 +144,7 @@ def final_in_prefect(deployment: dict, tag: str) -> list[str]:
             flow_run = await client.create_flow_run_from_deployment(
                 uuid.UUID(deployment["id"]), parameters={"tag": tag}
             )
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 120  # polled here, async, every 20 ms: what it measures
             while True:
                 flow_run = await client.read_flow_run(flow_run.id)
                 if flow_run.state is not None and flow_run.state.is_final():
@@ -228,11 +227,7 @@ def test_parallel_runs_of_a_pod_each_have_their_own_logs_when_final(
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-    return value
+    return eventually(predicate, timeout_s, 0.2, what=what)
 
 
 def process_of(worker: ChildProcess, needle: str) -> psutil.Process | None:

@@ -23,7 +23,7 @@ from tests.support.ledger import check_ledger
 from tests.support.processes import cmdline, pod_processes, start_worker
 
 DRAIN_GRACE_S = 6
-HEARTBEAT_TIMEOUT_S = 3
+HEARTBEAT_TIMEOUT_S = 5
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +172,14 @@ def test_a_killed_pod_crashes_its_runs_and_strands_none(
         time.sleep(0.5)
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
+        crashed = eventually(
+            lambda: [status_of(sdk, e) for e in long_runs],
+            30,
+            until=lambda runs: all(r["status"] == "Error" for r in runs),
+        )
+        crashed_after_s = time.monotonic() - killed_at
         short_runs = later.result()
-    crashed = eventually(
-        lambda: [status_of(sdk, e) for e in long_runs],
-        30,
-        until=lambda runs: all(r["status"] == "Error" for r in runs),
-    )
-    assert time.monotonic() - killed_at < 15
+    assert crashed_after_s < 15, crashed_after_s  # in words: within seconds, not minutes
     assert all("SIGKILL" in r["message"] for r in crashed), crashed
     ledger = check_ledger(pool, max_attempts=1, settle_s=120)
     short = [r for r in ledger.runs if str(r.id) in short_runs]

@@ -5,14 +5,13 @@ Every test here is marked `e2e` by tests/conftest.py.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.stack import ChildProcess
 from tests.support.executions import unique
+from tests.support.files import local_data_store
 from tests.support.processes import start_worker
 
 
@@ -28,7 +27,5 @@ def worker(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chil
 def data_store(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local data store block saved on the server and set as the module's data store
     (PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE, inherited by the processes it starts)."""
-    reference = ensure_local_data_store(tmp_path_factory.mktemp("datastore"), unique("store"))
-    os.environ[DATA_STORE_VARIABLE] = reference
-    yield reference
-    os.environ.pop(DATA_STORE_VARIABLE, None)
+    with local_data_store(tmp_path_factory.mktemp("datastore"), unique("store")) as reference:
+        yield reference

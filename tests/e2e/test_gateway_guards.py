@@ -29,11 +29,11 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
 from prefect_pipedeploy.datastore import LocalDataStore
-from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.iomapping import file_input_key
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_child, wait_for_http
 from tests.support.eventually import eventually
 from tests.support.executions import unique
+from tests.support.files import local_data_store
 from tests.support.paths import PIPELINES
 from tests.support.processes import start_worker
 
@@ -51,13 +51,8 @@ def store(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("guarded-store-root")
     outside = tmp_path_factory.mktemp("outside-the-store")
     (root / "linked").symlink_to(outside)
-    before = os.environ.get(DATA_STORE_VARIABLE)
-    os.environ[DATA_STORE_VARIABLE] = ensure_local_data_store(root, unique("guarded"))
-    yield LocalDataStore(root=str(root))
-    if before is None:
-        os.environ.pop(DATA_STORE_VARIABLE, None)
-    else:
-        os.environ[DATA_STORE_VARIABLE] = before
+    with local_data_store(root, unique("guarded")):
+        yield LocalDataStore(root=str(root))
 
 
 @pytest.fixture(scope="module")

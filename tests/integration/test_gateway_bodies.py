@@ -19,10 +19,10 @@ from prefect.client.orchestration import get_client
 
 from prefect_pipedeploy import InputSource, PipeDeploy
 from prefect_pipedeploy.datastore import LocalDataStore
-from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.gateway import bodies, create_app
 from prefect_pipedeploy.gateway.service import Gateway
 from prefect_pipedeploy.iomapping import file_input_key
+from tests.support.files import leftovers, local_data_store
 from tests.support.paths import PIPELINES
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,6 @@ SETTING = "PREFECT_INTEGRATIONS_PIPEDEPLOY_"
 
 MiB = 1024 * 1024
 
-
 # -- an endpoint with a file input, and the gateway serving it -------------------------------------
 
 
@@ -41,15 +40,8 @@ MiB = 1024 * 1024
 def store_root(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local data store, the one the gateway stores uploads in."""
     root = tmp_path_factory.mktemp("bodies-store")
-    before = os.environ.get(DATA_STORE_VARIABLE)
-    os.environ[DATA_STORE_VARIABLE] = ensure_local_data_store(
-        root, f"bodies-{uuid.uuid4().hex[:6]}"
-    )
-    yield root
-    if before is None:
-        os.environ.pop(DATA_STORE_VARIABLE, None)
-    else:
-        os.environ[DATA_STORE_VARIABLE] = before
+    with local_data_store(root, f"bodies-{uuid.uuid4().hex[:6]}"):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -264,20 +256,6 @@ async def test_malformed_bodies_are_400(
 
 
 # -- temporary files -------------------------------------------------------------------------------
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Files in `directory`, and descriptors this process holds open on files that were there
-    (an unlinked temporary file still takes disk space while it is open)."""
-    found = [entry.name for entry in directory.iterdir()]
-    for descriptor in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(descriptor)
-        except OSError:
-            continue
-        if target.startswith(str(directory)):
-            found.append(target)
-    return found
 
 
 async def test_no_temporary_file_stays_after_a_request(

@@ -6,7 +6,6 @@ runs periodically while it serves."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,10 +16,11 @@ from prefect.states import Completed, Failed
 
 from prefect_pipedeploy import InputSource, PipeDeploy
 from prefect_pipedeploy.datastore import LocalDataStore
-from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
+from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE
 from prefect_pipedeploy.gateway import create_app
 from prefect_pipedeploy.gateway.service import Gateway
 from prefect_pipedeploy.iomapping import file_input_key
+from tests.support.files import local_data_store
 from tests.support.paths import PIPELINES
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +33,8 @@ RETENTION = "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_UPLOAD_RETENTION_S"
 @pytest.fixture(scope="module")
 def store(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDataStore]:
     root = tmp_path_factory.mktemp("retention-store")
-    before = os.environ.get(DATA_STORE_VARIABLE)
-    os.environ[DATA_STORE_VARIABLE] = ensure_local_data_store(
-        root, f"retention-{uuid.uuid4().hex[:6]}"
-    )
-    yield LocalDataStore(root=str(root))
-    if before is None:
-        os.environ.pop(DATA_STORE_VARIABLE, None)
-    else:
-        os.environ[DATA_STORE_VARIABLE] = before
+    with local_data_store(root, f"retention-{uuid.uuid4().hex[:6]}"):
+        yield LocalDataStore(root=str(root))
 
 
 @pytest.fixture(scope="module")

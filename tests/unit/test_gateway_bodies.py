@@ -5,7 +5,6 @@ No server; bodies built by httpx as a client would send them, or written out byt
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from prefect_pipedeploy.gateway.answers import GatewayError
 from prefect_pipedeploy.gateway.bodies import BodyLimits, UploadedFile, close_files, parse_body
+from tests.support.files import leftovers
 
 pytestmark = pytest.mark.anyio
 
@@ -257,20 +257,6 @@ async def test_urlencoded_forms(body: bytes, items: list[tuple[str, str]]) -> No
 
 
 # -- temporary files -------------------------------------------------------------------------------
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Files in `directory`, and descriptors this process holds open on files that were there
-    (an unlinked temporary file still takes disk space while it is open)."""
-    found = [entry.name for entry in directory.iterdir()]
-    for descriptor in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(descriptor)
-        except OSError:
-            continue
-        if target.startswith(str(directory)):
-            found.append(target)
-    return found
 
 
 @pytest.fixture

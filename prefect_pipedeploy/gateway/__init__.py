@@ -47,7 +47,9 @@ Where DESIGN.md is silent, this module decides:
   not final: the gateway waits for the retry (up to the `retry_grace_s` setting for it to be
   queued; `status.settled` is the rule, the SDK's too).
 - A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
-  (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
+  (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default) as
+  they arrive, concurrent ones included; past `GATEWAY_BAD_TOKEN_LIMIT` a minute, 429. The
+  re-read a wrong token causes is shared by every request that arrived before it started.
 
 Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
 limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP

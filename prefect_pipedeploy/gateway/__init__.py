@@ -20,8 +20,10 @@ Where DESIGN.md is silent, this module decides:
   keeps working for at most `ENDPOINT_CACHE_TTL_S`.
 - Inputs: a JSON object; or multipart/form-data (or a urlencoded form) whose text fields are
   taken as they are for string inputs and parsed as JSON for the other types. Pipeline inputs
-  the mapping leaves out are accepted under their own name, checked against the pipeline's
-  parameter types. A null optional input counts as not given.
+  the mapping leaves out are accepted under their own name. Every input is checked against the
+  pipeline's parameter type too (its JSON schema: unions such as `list | None`, enums, array
+  items), so a value the execution would refuse is a 400 naming it, not a failed execution. A
+  null optional input counts as not given.
 - Bodies are read as they stream, within `GATEWAY_MAX_BODY_BYTES` (413), `GATEWAY_MAX_FIELDS`
   and `GATEWAY_MAX_FILES` (400) and `GATEWAY_MAX_PART_BYTES` for one text field of a form (413).
   File parts are spooled to temporary files (Starlette's parser), closed once stored.

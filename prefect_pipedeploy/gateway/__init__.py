@@ -23,7 +23,8 @@ Where DESIGN.md is silent, this module decides:
   the mapping leaves out are accepted under their own name. Every input is checked against the
   pipeline's parameter type too (its JSON schema: unions such as `list | None`, enums, array
   items), so a value the execution would refuse is a 400 naming it, not a failed execution. A
-  null optional input counts as not given.
+  null optional input counts as not given. JSON sent as a urlencoded form (`curl -d` without a
+  Content-Type) is a 400 that says so.
 - Bodies are read as they stream, within `GATEWAY_MAX_BODY_BYTES` (413), `GATEWAY_MAX_FIELDS`
   and `GATEWAY_MAX_FILES` (400) and `GATEWAY_MAX_PART_BYTES` for one text field of a form (413).
   File parts are spooled to temporary files (Starlette's parser), closed once stored.

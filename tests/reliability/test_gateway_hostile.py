@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import socket
 import sys
 import tempfile
 import time
-import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +35,16 @@ import httpx
 import psutil
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
 from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, ensure_local_data_store
 from prefect_pipedeploy.stack import ChildProcess, wait_for_http
 from tests.support.executions import unique, wait_until_up
-from tests.support.fuzzing import (
-    authorizations,
-    encoded,
-    from_schema,
-    header_text,
-    json_values,
-    token_is_right,
-)
+from tests.support.fuzzing import Case, calls, opens
 from tests.support.ledger import check_ledger
 from tests.support.paths import PIPELINES, ROOT
 from tests.support.processes import peaks_during, start_gateway, start_worker
+from tests.support.rawhttp import chunked, multipart, raw_call, request_head, text_field
 
 MiB = 1024 * 1024
 BODY_LIMIT = 10 * MiB  # the gateway's default GATEWAY_MAX_BODY_BYTES
@@ -216,74 +205,6 @@ def post(
     return response
 
 
-@dataclass
-class RawAnswer:
-    status: int
-    body: bytes
-    sent: int  # body bytes that went out before the answer came
-
-
-def raw_call(url: str, head: bytes, body: Iterable[bytes] = ()) -> RawAnswer:
-    """Send a request's head, then its body chunk by chunk until the gateway answers (or stops
-    reading); the answer, and how much of the body went out before it."""
-    parsed = urllib.parse.urlsplit(url)
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as sock:
-        sock.sendall(head)
-        sent = 0
-        for chunk in body:
-            if select.select([sock], [], [], 0)[0]:
-                break  # the answer is there
-            try:
-                sock.sendall(chunk)
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                break
-            sent += len(chunk)
-        received = b""
-        try:
-            while not _complete(received):
-                part = sock.recv(65536)
-                if not part:
-                    break
-                received += part
-        except (ConnectionResetError, TimeoutError):
-            pass
-    head_part, _, answer = received.partition(b"\r\n\r\n")
-    status = int(head_part.split(b" ", 2)[1]) if head_part else 0
-    return RawAnswer(status, answer, sent)
-
-
-def _complete(received: bytes) -> bool:
-    """Whether `received` holds a whole answer: its head and Content-Length bytes of body."""
-    head, found, body = received.partition(b"\r\n\r\n")
-    if not found:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value.strip())
-    return True
-
-
-def request_head(
-    endpoint: dict[str, str], content_type: str, length: int | None, host: str = "127.0.0.1"
-) -> bytes:
-    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return (
-        f"POST {endpoint['path']}?wait_for_completion=false HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: EndpointToken {endpoint['token']}\r\nContent-Type: {content_type}\r\n"
-        f"{framing}\r\n\r\n"
-    ).encode()
-
-
-def chunked(start: bytes, total: int, size: int = 256 * 1024) -> Iterator[bytes]:
-    """`start`, then `total` bytes of "a" in HTTP/1.1 chunks (no terminating chunk: the gateway
-    must refuse the body before its end)."""
-    yield b"%x\r\n%s\r\n" % (len(start), start)
-    frame = b"%x\r\n%s\r\n" % (size, b"a" * size)
-    for _ in range(total // size):
-        yield frame
-
-
 def rss(process: ChildProcess) -> int:
     return int(psutil.Process(process.popen.pid).memory_info().rss)
 
@@ -320,7 +241,8 @@ def test_an_oversized_body_is_refused_before_it_is_read_whole(
     at most about the limit, not the body; the answer names the limit and its setting."""
     json_body = content_type == "application/json"
     endpoint = endpoints["echo" if json_body else "files"]
-    head = request_head(endpoint, content_type, declared)
+    target = f"{endpoint['path']}?wait_for_completion=false"
+    head = request_head(target, endpoint["token"], content_type, declared)
     total = 256 * MiB
     start = JSON_START if json_body else FILE_START
     before = rss(stack["gateway"])
@@ -486,20 +408,6 @@ HOSTILE_FILE_NAMES = [
 ]
 
 
-def multipart(name: str, filename: str, content: bytes) -> tuple[bytes, str]:
-    """A multipart body written by hand: the file name goes out byte for byte."""
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{filename}"\r\nContent-Type: text/csv\r\n\r\n'
-        ).encode()
-        + content
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def test_path_shaped_file_names_and_markers_never_leave_the_store(
     stack: dict[str, Any], endpoints: dict[str, dict[str, str]], store_root: Path
 ) -> None:
@@ -543,15 +451,6 @@ def test_path_shaped_file_names_and_markers_never_leave_the_store(
     check_ledger(stack["pool"], max_attempts=1)
 
 
-def text_field(name: str, value: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        f"--{boundary}--\r\n"
-    ).encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 HOSTILE_URLS = [
     ("POST", "/endpoints/..%2F..%2F..%2Fetc%2Fpasswd"),
     ("POST", "/endpoints/%2Fetc%2Fpasswd"),
@@ -583,110 +482,6 @@ def test_path_shaped_urls_are_404_or_401(
 
 
 # -- the fuzz pass ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    method: str
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-def body_and_type(schema: dict[str, Any]) -> st.SearchStrategy[tuple[bytes, str | None]]:
-    """Bodies: valid for the endpoint's schema (secret field set to SECRET), arbitrary JSON,
-    a form of text fields, or bytes; each with a content type, sometimes a wrong one."""
-    from_endpoint = from_schema(schema).map(
-        lambda body: {**body, "api_key": SECRET} if "api_key" in body else body
-    )
-    secret_elsewhere = st.builds(
-        lambda body, shape: {**body, "api_key": shape},
-        from_schema(schema),
-        st.sampled_from([[SECRET], {"k": SECRET}, SECRET + "\ud800", 7, None]),
-    )
-    as_json = st.builds(
-        encoded,
-        st.one_of(from_endpoint, from_endpoint, secret_elsewhere, json_values()),
-        st.booleans(),
-    )
-    as_form = st.builds(
-        lambda fields, secret: urllib.parse.urlencode(
-            {**fields, "api_key": SECRET} if secret else fields
-        ).encode(),
-        st.dictionaries(
-            st.sampled_from(["name", "times", "tags", "note", "other"]),
-            st.text(max_size=20),
-            max_size=4,
-        ),
-        st.booleans(),
-    )
-    content_types = st.sampled_from(
-        [
-            "application/json",
-            "application/json; charset=latin-1",
-            "application/x-www-form-urlencoded",
-            "multipart/form-data; boundary=fuzz",
-            "text/plain",
-            "application/vnd.api+json",
-        ]
-    )
-    return st.one_of(
-        st.tuples(as_json, st.sampled_from(["application/json", None])),
-        st.tuples(as_form, st.just("application/x-www-form-urlencoded")),
-        st.tuples(st.one_of(as_json, as_form, st.binary(max_size=200)), content_types),
-    )
-
-
-def cases(
-    endpoint: dict[str, str], other_token: str, schema: dict[str, Any], created: list[str]
-) -> st.SearchStrategy[Case]:
-    right = endpoint["token"]
-
-    @st.composite
-    def case(draw: st.DrawFn) -> Case:
-        authorization = draw(authorizations(right, other_token))
-        headers = {"Authorization": authorization} if authorization is not None else {}
-        extra = draw(
-            st.dictionaries(
-                st.sampled_from(["X-Fuzz", "Accept", "X-Forwarded-For", "Cookie"]),
-                header_text,
-                max_size=2,
-            )
-        )
-        headers.update(extra)
-        if draw(st.integers(0, 9)) < 8:  # a call
-            body, content_type = draw(body_and_type(schema))
-            if content_type is not None:
-                headers["Content-Type"] = content_type
-            params = draw(
-                st.fixed_dictionaries(
-                    {},
-                    optional={
-                        "wait_for_completion": st.sampled_from(["false", "false", "true", "maybe"]),
-                        "token": st.sampled_from([right, other_token, "x"]),
-                    },
-                )
-            )
-            return Case("POST", endpoint["path"], params, headers, body)
-        execution = draw(st.sampled_from([*created[:3], str(uuid.uuid4()), "not-a-uuid"]))
-        params = draw(
-            st.fixed_dictionaries(
-                {}, optional={"token": st.sampled_from([right, other_token, "x"])}
-            )
-        )
-        return Case("GET", f"{endpoint['path']}/executions/{execution}", params, headers, b"")
-
-    return case()
-
-
-def opens(case: Case, right: str) -> bool:
-    """Whether the case shows the right token: its Authorization header; for a GET without
-    one, its `?token=` (the gateway's rule, restated)."""
-    header = case.headers.get("Authorization", "").strip()
-    if header:
-        return token_is_right(header, right)
-    return case.method == "GET" and case.params.get("token") == right
 
 
 def test_a_fuzz_pass_finds_no_5xx_traceback_secret_or_token_bypass(
@@ -733,7 +528,7 @@ def test_a_fuzz_pass_finds_no_5xx_traceback_secret_or_token_bypass(
             phases=[Phase.explicit, Phase.generate],  # no shrinking: each example is a request
             suppress_health_check=list(HealthCheck),
         )
-        @given(cases(endpoint, endpoints["echo"]["token"], schema, created))
+        @given(calls(endpoint, endpoints["echo"]["token"], schema, SECRET, created))
         def one(case: Case) -> None:
             response = http.request(
                 case.method,

@@ -5,13 +5,18 @@ For: the schema-driven fuzz pass of tests/reliability/test_gateway_hostile.py. `
 covers the JSON-schema subset the gateway's OpenAPI document uses (type, properties, required,
 items, anyOf/oneOf; `{}` or a `$ref` is any JSON value); a value it draws is valid for the
 schema, so most bodies reach the execution; `json_values` and `odd_text` draw what a schema
-does not allow. Not for: deciding what an answer must be (the test's oracle does that).
+does not allow; `calls` draws whole requests (`Case`), and `opens` says whether one shows the
+right token (the gateway's rule, restated). Not for: what an answer must or must not hold (the
+test checks that).
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import strategies as st
@@ -147,3 +152,118 @@ def token_is_right(authorization: str | None, right: str) -> bool:
         return False
     scheme, _, value = authorization.strip().partition(" ")
     return scheme.lower() == "endpointtoken" and value.strip() == right
+
+
+@dataclass
+class Case:
+    """One request the fuzz pass sends."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+def bodies(schema: Mapping[str, Any], secret: str) -> st.SearchStrategy[tuple[bytes, str | None]]:
+    """Bodies for an endpoint whose secret input is `api_key`: valid for its `schema` (the
+    secret input set to `secret`, or `secret` in a wrong shape), arbitrary JSON, a form of text
+    fields, or bytes; each with a content type, sometimes a wrong one. `secret` is only ever
+    sent as the `api_key` input."""
+    from_endpoint = from_schema(schema).map(
+        lambda body: {**body, "api_key": secret} if "api_key" in body else body
+    )
+    secret_elsewhere = st.builds(
+        lambda body, shape: {**body, "api_key": shape},
+        from_schema(schema),
+        st.sampled_from([[secret], {"k": secret}, secret + "\ud800", 7, None]),
+    )
+    as_json = st.builds(
+        encoded,
+        st.one_of(from_endpoint, from_endpoint, secret_elsewhere, json_values()),
+        st.booleans(),
+    )
+    as_form = st.builds(
+        lambda fields, with_secret: urllib.parse.urlencode(
+            {**fields, "api_key": secret} if with_secret else fields
+        ).encode(),
+        st.dictionaries(
+            st.sampled_from(["name", "times", "tags", "note", "other"]),
+            st.text(max_size=20),
+            max_size=4,
+        ),
+        st.booleans(),
+    )
+    content_types = st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=latin-1",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=fuzz",
+            "text/plain",
+            "application/vnd.api+json",
+        ]
+    )
+    return st.one_of(
+        st.tuples(as_json, st.sampled_from(["application/json", None])),
+        st.tuples(as_form, st.just("application/x-www-form-urlencoded")),
+        st.tuples(st.one_of(as_json, as_form, st.binary(max_size=200)), content_types),
+    )
+
+
+def calls(
+    endpoint: Mapping[str, str],
+    other_token: str,
+    schema: Mapping[str, Any],
+    secret: str,
+    executions: list[str],
+) -> st.SearchStrategy[Case]:
+    """Requests to an endpoint (its "path" and right "token"): mostly POSTs of `bodies`, some
+    GETs of an execution (one of `executions`, read as drawn, or none), each with an
+    Authorization from `authorizations`, odd extra headers and query parameters."""
+    right = endpoint["token"]
+
+    @st.composite
+    def case(draw: st.DrawFn) -> Case:
+        authorization = draw(authorizations(right, other_token))
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        extra = draw(
+            st.dictionaries(
+                st.sampled_from(["X-Fuzz", "Accept", "X-Forwarded-For", "Cookie"]),
+                header_text,
+                max_size=2,
+            )
+        )
+        headers.update(extra)
+        if draw(st.integers(0, 9)) < 8:  # a call
+            body, content_type = draw(bodies(schema, secret))
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            params = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "wait_for_completion": st.sampled_from(["false", "false", "true", "maybe"]),
+                        "token": st.sampled_from([right, other_token, "x"]),
+                    },
+                )
+            )
+            return Case("POST", endpoint["path"], params, headers, body)
+        execution = draw(st.sampled_from([*executions[:3], str(uuid.uuid4()), "not-a-uuid"]))
+        params = draw(
+            st.fixed_dictionaries(
+                {}, optional={"token": st.sampled_from([right, other_token, "x"])}
+            )
+        )
+        return Case("GET", f"{endpoint['path']}/executions/{execution}", params, headers, b"")
+
+    return case()
+
+
+def opens(case: Case, right: str) -> bool:
+    """Whether the case shows the right token: its Authorization header; for a GET without
+    one, its `?token=` (the gateway's rule, restated)."""
+    header = case.headers.get("Authorization", "").strip()
+    if header:
+        return token_is_right(header, right)
+    return case.method == "GET" and case.params.get("token") == right

@@ -20,8 +20,11 @@ Where DESIGN.md is silent, this module decides:
   keeps working for at most `ENDPOINT_CACHE_TTL_S`.
 - Inputs: a JSON object; or multipart/form-data (or a urlencoded form) whose text fields are
   taken as they are for string inputs and parsed as JSON for the other types. Pipeline inputs
-  the mapping leaves out are accepted under their own name, checked against the pipeline's
-  parameter types. A null optional input counts as not given.
+  the mapping leaves out are accepted under their own name. Every input is checked against the
+  pipeline's parameter type too (its JSON schema: unions such as `list | None`, enums, array
+  items), so a value the execution would refuse is a 400 naming it, not a failed execution. A
+  null optional input counts as not given. JSON sent as a urlencoded form (`curl -d` without a
+  Content-Type) is a 400 that says so.
 - Bodies are read as they stream, within `GATEWAY_MAX_BODY_BYTES` (413), `GATEWAY_MAX_FIELDS`
   and `GATEWAY_MAX_FILES` (400) and `GATEWAY_MAX_PART_BYTES` for one text field of a form (413).
   File parts are spooled to temporary files (Starlette's parser), closed once stored.
@@ -47,7 +50,9 @@ Where DESIGN.md is silent, this module decides:
   not final: the gateway waits for the retry (up to the `retry_grace_s` setting for it to be
   queued; `status.settled` is the rule, the SDK's too).
 - A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
-  (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default).
+  (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default) as
+  they arrive, concurrent ones included; past `GATEWAY_BAD_TOKEN_LIMIT` a minute, 429. The
+  re-read a wrong token causes is shared by every request that arrived before it started.
 
 Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
 limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP

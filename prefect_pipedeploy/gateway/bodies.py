@@ -395,6 +395,17 @@ async def _parse_multipart(
     ]
 
 
+def json_as_form() -> GatewayError:
+    """A urlencoded body that starts with `{` or `[` (a form encodes them): JSON sent with
+    the wrong Content-Type; its text is not echoed back as a field name (it may hold secrets)."""
+    return GatewayError(
+        400,
+        "the body looks like JSON but its Content-Type is application/x-www-form-urlencoded "
+        "(what `curl -d` sends unless told otherwise); send it with the header "
+        "'Content-Type: application/json'",
+    )
+
+
 class _UrlencodedFields:
     """The fields of an application/x-www-form-urlencoded body through python-multipart's
     streaming parser, decoded as UTF-8 as `urllib.parse.parse_qsl` does (Starlette's
@@ -437,8 +448,13 @@ class _UrlencodedFields:
             "on_field_end": self.on_field_end,
         }
         parser = QuerystringParser(callbacks)
+        started = False
         try:
             async for chunk in chunks:
+                if not started and chunk.strip():
+                    started = True
+                    if chunk.lstrip()[:1] in (b"{", b"["):  # a form would encode them
+                        raise json_as_form()
                 parser.write(chunk)
             parser.finalize()
         except FormParserError as exc:

@@ -29,12 +29,14 @@ class InputField:
     pipeline_input: str
     data_type: str | None
     """string, number, boolean, json, array or file; None for a pipeline input the mapping
-    leaves out (checked against `schema`, the pipeline's JSON schema of that parameter)."""
+    leaves out."""
     required: bool
     default: Any = None
     has_default: bool = False
     secret: bool = False
     schema: Mapping[str, Any] = field(default_factory=dict)
+    """The pipeline's JSON schema of the input it feeds (from the deployment's parameter
+    schema): a value is checked against it too, so one the execution would refuse is a 400."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ _SET_BY = {
 }
 
 
+def _schema_of(properties: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    schema = properties.get(name)
+    return schema if isinstance(schema, Mapping) else {}
+
+
 def input_fields(
     spec: DeploymentSpec, properties: Mapping[str, Any], required: Sequence[str]
 ) -> tuple[list[InputField], dict[str, str]]:
@@ -88,10 +95,11 @@ def input_fields(
                 default=source.default_value,
                 has_default="default_value" in source.model_fields_set,
                 secret=source.is_secret,
+                schema=_schema_of(properties, source.pipeline_input_name),
             )
         )
     taken = {f.name for f in fields}
-    for name, schema in properties.items():
+    for name in properties:
         if name in mapped or name in taken:
             continue
         fields.append(
@@ -100,7 +108,7 @@ def input_fields(
                 pipeline_input=name,
                 data_type=None,
                 required=name in required,
-                schema=schema if isinstance(schema, Mapping) else {},
+                schema=_schema_of(properties, name),
             )
         )
     return fields, {name: how for name, how in set_by.items() if name not in taken}

@@ -1,9 +1,10 @@
 """Endpoint inputs: the fields of a body checked against an endpoint's input fields.
 
-For: each field's value checked by the input's type (text fields of a form read by type), every
-problem named by its field, defaults applied, pipeline input names and the public view (secrets
-masked); file names fit for a data-store key. Not for: reading or parsing the body (`bodies`),
-storing uploads or creating executions (`service`).
+For: each field's value checked by the input's type and by the pipeline's parameter type (its
+JSON schema, `schema_accepts`; text fields of a form read by type), every problem named by its
+field (a secret's value never shown), defaults applied, pipeline input names and the public
+view (secrets masked); file names fit for a data-store key. Not for: reading or parsing the
+body (`bodies`), storing uploads or creating executions (`service`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ _EXPECTED = {
 
 _SCHEMA_TYPES = {
     "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),  # 2.0: the run's validation takes it too
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
     "array": lambda v: isinstance(v, list),
@@ -83,19 +87,90 @@ def _schema_types(schema: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _alternatives(schema: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """The schemas of a union (`anyOf`/`oneOf`: how Prefect writes `Optional[int]` or
+    `list | None`), or None when `schema` is not one."""
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return [option for option in options if isinstance(option, Mapping)]
+    return None
+
+
+def schema_accepts(schema: Mapping[str, Any], value: Any) -> bool:
+    """Whether `value` has a type the JSON schema of a pipeline input allows, as the run's
+    parameter validation will see it: types, unions (`anyOf`, `oneOf`), `allOf`, `enum` and the
+    items of arrays. What a schema does not say (a `$ref` to a model, formats) is allowed: the
+    execution checks it."""
+    alternatives = _alternatives(schema)
+    if alternatives is not None and not any(schema_accepts(s, value) for s in alternatives):
+        return False
+    every = schema.get("allOf")
+    if isinstance(every, list) and not all(
+        schema_accepts(s, value) for s in every if isinstance(s, Mapping)
+    ):
+        return False
+    if isinstance(schema.get("enum"), list) and not any(
+        value == option and type(value) is type(option) for option in schema["enum"]
+    ):
+        return False
+    kinds = [k for k in _schema_types(schema) if k in _SCHEMA_TYPES]
+    if kinds and not any(_SCHEMA_TYPES[k](value) for k in kinds):
+        return False
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, Mapping):
+        return all(schema_accepts(items, item) for item in value)
+    return True
+
+
+_SCHEMA_NAMES = {"integer": "an integer", "object": "an object", "null": "null"}
+
+
+def describe_schema(schema: Mapping[str, Any]) -> str:
+    """What a JSON schema of a pipeline input takes, in words ("an integer or null")."""
+    alternatives = _alternatives(schema)
+    if alternatives is not None:
+        options = list(dict.fromkeys(describe_schema(s) for s in alternatives))
+        return "any JSON value" if "any JSON value" in options else " or ".join(options)
+    if isinstance(schema.get("enum"), list):
+        return "one of " + json.dumps(schema["enum"])[:200]
+    kinds = _schema_types(schema)
+    words = " or ".join(_SCHEMA_NAMES.get(k, _EXPECTED.get(k, k)) for k in kinds)
+    items = schema.get("items")
+    if kinds == ["array"] and isinstance(items, Mapping):
+        item = describe_schema(items)
+        if item != "any JSON value":
+            words += f" whose items are each {item}"
+    return words or "any JSON value"
+
+
 def _expected(field_: InputField) -> str:
     if field_.data_type is not None:
         return _EXPECTED[field_.data_type]
-    kinds = _schema_types(field_.schema)
-    names = {"integer": "an integer", "object": "an object", "null": "null"}
-    return " or ".join(names.get(k, _EXPECTED.get(k, k)) for k in kinds) or "any JSON value"
+    return describe_schema(field_.schema)
+
+
+def _type_problem(field_: InputField, value: Any) -> str | None:
+    """Why `value` is not of the input's type: the endpoint's (`data_type`), then the
+    pipeline's (its parameter schema, which the execution will check); None when it is."""
+    if field_.data_type is not None and not _SCHEMA_TYPES.get(field_.data_type, _any)(value):
+        return f"must be {_EXPECTED[field_.data_type]}; got {json_type(value)}"
+    if field_.data_type != "file" and not schema_accepts(field_.schema, value):
+        whose = (
+            ""
+            if field_.data_type is None
+            else f" (the type of pipeline input {field_.pipeline_input!r})"
+        )
+        return f"must be {describe_schema(field_.schema)}{whose}; got {json_type(value)}"
+    return None
+
+
+def _any(value: Any) -> bool:
+    return True
 
 
 def _type_ok(field_: InputField, value: Any) -> bool:
-    if field_.data_type is not None:
-        return _SCHEMA_TYPES.get(field_.data_type, lambda v: True)(value)
-    kinds = [k for k in _schema_types(field_.schema) if k in _SCHEMA_TYPES]
-    return not kinds or any(_SCHEMA_TYPES[k](value) for k in kinds)
+    return _type_problem(field_, value) is None
 
 
 def _preview(text: str, limit: int = 40) -> str:
@@ -103,7 +178,8 @@ def _preview(text: str, limit: int = 40) -> str:
 
 
 def _from_form_text(field_: InputField, text: str) -> tuple[Any, str | None]:
-    """The value of a form's text field: as is for strings, else parsed as JSON."""
+    """The value of a form's text field: as is for strings, else parsed as JSON (the text
+    itself when the input takes text and not what it parses to)."""
     if field_.data_type == "string" or (
         field_.data_type is None and _schema_types(field_.schema) == ["string"]
     ):
@@ -115,10 +191,13 @@ def _from_form_text(field_: InputField, text: str) -> tuple[Any, str | None]:
     except ValueError:
         if field_.data_type is None or field_.data_type == "json":
             return text, None  # not JSON: the text itself
-        return _ABSENT, f"must be {_expected(field_)} written as JSON; got {_preview(text)}"
+        got = "text that is not JSON" if field_.secret else _preview(text)  # never echo a secret
+        return _ABSENT, f"must be {_expected(field_)} written as JSON; got {got}"
     found = json_value_problem(value)
     if found is not None:
         return _ABSENT, found[1]
+    if not _type_ok(field_, value) and _type_ok(field_, text):
+        return text, None  # "123" for an optional string
     return value, None
 
 
@@ -143,14 +222,12 @@ def _check_value(field_: InputField, raw: Any, form: bool) -> tuple[Any, str | N
         if problem:
             return _ABSENT, problem
     if value is None:
-        if field_.data_type == "json" or (field_.data_type is None and _type_ok(field_, None)):
+        if field_.data_type in (None, "json") and _type_ok(field_, None):
             return None, None
         if not field_.required:
             return _ABSENT, None
-        return _ABSENT, f"must be {_expected(field_)}; got null"
-    if not _type_ok(field_, value):
-        return _ABSENT, f"must be {_expected(field_)}; got {json_type(value)}"
-    return value, None
+        return _ABSENT, _type_problem(field_, None)
+    return (_ABSENT, problem) if (problem := _type_problem(field_, value)) else (value, None)
 
 
 def _unknown_field(endpoint: Endpoint, name: str) -> str:

@@ -51,6 +51,14 @@ class BadTokenLimiter:
             for known in list(self._seen):
                 self._forget_old(known, now)
 
+    def forget(self, client: str, at: float) -> None:
+        """Take back the wrong token recorded for `client` at `at` (it proved right)."""
+        times = self._seen.get(client)
+        if times is not None and at in times:
+            times.remove(at)
+            if not times:
+                del self._seen[client]
+
     def retry_after(self, client: str, now: float, limit: int) -> int | None:
         """Seconds until `client` may try again, or None when it may now."""
         if client not in self._seen:

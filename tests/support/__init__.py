@@ -8,4 +8,6 @@ processes     real processes: workers, gateways, the pods and runs under a worke
 s3_server     moto's S3 server in its own process, and its fixtures
 streams       byte streams and payloads for the data-store tests
 endpoints     an endpoint like the gateway builds from a deployment (pure)
+fuzzing       hypothesis strategies for the gateway's fuzz pass (bodies from an OpenAPI schema)
+rawhttp       HTTP/1.1 written by hand: bodies past a server's limit, file names byte for byte
 """

@@ -138,3 +138,17 @@ def echo(o: object = None) -> dict:
     """Returns its input as output `o` (the file-output tests: a caller's {"path": ...} sent
     back through a data-store output stays the JSON it was, never the file it names)."""
     return {"o": o}
+
+
+def profile(
+    name: str, api_key: str = "", times: int = 1, tags: list | None = None, note: object = None
+) -> dict:
+    """An endpoint pipeline safe with any input (the fuzz tests'): it describes its inputs by
+    size and returns `note` as given, never the secret `api_key` itself."""
+    return {
+        "name_length": len(name),
+        "key_length": len(api_key),
+        "times": times,
+        "tags": len(tags or []),
+        "note": note,
+    }

@@ -35,8 +35,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.events import emit_event
-from prefect.exceptions import EventTooLarge, ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 from starlette.background import BackgroundTask
@@ -84,9 +83,7 @@ from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
 from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.prefect_api.triggers import (
-    CALLED_EVENT,
-    deployment_resource_id,
-    endpoint_resource_id,
+    emit_endpoint_called,
 )
 from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.status import execution_status, settled
@@ -420,35 +417,6 @@ class Gateway:
                 ) from None
             raise
 
-    def emit_called(self, endpoint: Endpoint, run_id: UUID, public: dict[str, Any]) -> None:
-        """Emit `prefect-pipedeploy.endpoint.called` (never fails the call)."""
-        resource = {
-            "prefect.resource.id": endpoint_resource_id(endpoint.path),
-            "prefect.resource.name": endpoint.path,
-        }
-        related = [
-            {
-                "prefect.resource.id": deployment_resource_id(endpoint.deployment_id),
-                "prefect.resource.role": "deployment",
-                "prefect.resource.name": endpoint.deployment_name,
-            },
-            {
-                "prefect.resource.id": f"prefect.flow-run.{run_id}",
-                "prefect.resource.role": "flow-run",
-            },
-        ]
-        payload: dict[str, Any] = {"inputs": public, "execution_id": str(run_id)}
-        try:
-            try:
-                emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
-            except EventTooLarge:
-                payload["inputs"] = "(omitted: too large for an event)"
-                emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
-        except Exception as exc:
-            logger.warning(
-                "Could not emit %s: %s", CALLED_EVENT, exc, extra={"action": "event_failed"}
-            )
-
     async def read_run(self, endpoint: Endpoint, execution_id: str) -> FlowRun:
         try:
             run = await self.client.read_flow_run(UUID(execution_id))
@@ -579,7 +547,9 @@ class Gateway:
         except BaseException:
             await self.delete_uploads(keys)
             raise
-        self.emit_called(endpoint, run.id, checked.public)
+        emit_endpoint_called(
+            endpoint.path, endpoint.deployment_id, endpoint.deployment_name, run.id, checked.public
+        )
         logger.info(
             "Endpoint %r: execution %s created for %s",
             path,

@@ -56,13 +56,18 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
+from prefect.events import emit_event
 from prefect.events.actions import RunDeployment
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import EventTooLarge
+from prefect.logging import get_logger
 
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
 from prefect_pipedeploy.spec import spec_from_job_variables
+
+logger = get_logger("prefect_pipedeploy.prefect_api.triggers")
 
 #: Emitted by the gateway for every call that created an execution.
 CALLED_EVENT = "prefect-pipedeploy.endpoint.called"
@@ -204,3 +209,35 @@ def _fingerprint(automation: Any) -> str:
         sort_keys=True,
         default=str,
     )
+
+
+def emit_endpoint_called(
+    path: str,
+    deployment_id: UUID,
+    deployment_name: str,
+    run_id: UUID,
+    inputs: dict[str, Any],
+) -> None:
+    """Emit `prefect-pipedeploy.endpoint.called` for a call that created execution `run_id`,
+    with its public inputs (secrets masked); never fails the call (a failure is logged)."""
+    resource = {
+        "prefect.resource.id": endpoint_resource_id(path),
+        "prefect.resource.name": path,
+    }
+    related = [
+        {
+            "prefect.resource.id": deployment_resource_id(deployment_id),
+            "prefect.resource.role": "deployment",
+            "prefect.resource.name": deployment_name,
+        },
+        {"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role": "flow-run"},
+    ]
+    payload: dict[str, Any] = {"inputs": inputs, "execution_id": str(run_id)}
+    try:
+        try:
+            emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
+        except EventTooLarge:
+            payload["inputs"] = "(omitted: too large for an event)"
+            emit_event(CALLED_EVENT, resource=resource, related=related, payload=payload)
+    except Exception as exc:
+        logger.warning("Could not emit %s: %s", CALLED_EVENT, exc, extra={"action": "event_failed"})

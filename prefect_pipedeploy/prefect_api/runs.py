@@ -1,6 +1,7 @@
 """Flow runs as the project creates and ends them: an execution's start and its forced end.
 
-For: `create_execution` (seal the secret inputs, create the run, discard the sealed values if
+For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first
+call must not fail because the server is away for a moment), `create_execution` (seal the secret inputs, create the run, discard the sealed values if
 the create fails: the one way the gateway and the SDK start an execution), `create_run` (the
 create itself), and `fail_run` / `crash_run` (mark a run Failed or Crashed with a message,
 leaving a run that is already final alone). Not for: running the pipeline (`engine`), deciding
@@ -16,6 +17,7 @@ busy, falls back to the client's usual retries. Other calls keep Prefect's behav
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -29,11 +31,32 @@ from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
 from prefect.states import Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
+from prefect_pipedeploy.exceptions import ServerUnavailable
 from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys, sealed_tag
 from prefect_pipedeploy.spec import DeploymentSpec
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
 QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+
+#: How long a process waits for an API that does not answer before it gives up: about as long
+#: as Prefect's client retries a refused connection once it has connected (2 + 4 + ... + 32 s).
+API_ANSWER_WAIT_S = 60.0
+API_ANSWER_POLL_S = 0.5
+
+
+async def when_api_answers(client: PrefectClient, timeout_s: float = API_ANSWER_WAIT_S) -> None:
+    """Return once the API answers its health check; raise `ServerUnavailable` after
+    `timeout_s`. Prefect's client retries a refused connection only once it has connected, so
+    a fresh process whose first call meets a restarting server would fail at once: it waits
+    here first."""
+    deadline = time.monotonic() + timeout_s
+    while (error := await client.api_healthcheck()) is not None:
+        if time.monotonic() >= deadline:
+            raise ServerUnavailable(
+                f"the Prefect API at {client.api_url} did not answer for {timeout_s:g} s "
+                f"({type(error).__name__}: {error}); check that the server runs"
+            ) from error
+        await asyncio.sleep(API_ANSWER_POLL_S)
 
 
 _no_retries: dict[int, Settings] = {}

@@ -1,0 +1,203 @@
+"""The Prefect server stopped and restarted while executions wait and run: nothing lost.
+
+The module starts its own Prefect server (its own home and SQLite database in a temporary
+directory, a free 127.0.0.1 port), so it can stop it (SIGTERM, then SIGKILL if it lingers), keep
+it down for a while, and start it again on the same port and database. One worker serves the
+module's pool; each test ends with the pool's ledger (tests/support/ledger.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Scheduled
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
+from tests.support.eventually import eventually
+from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.ledger import check_ledger
+from tests.support.processes import cmdline, pod_processes, start_worker
+
+#: How long the server stays down: longer than a worker's poll and a pod's heartbeat timeout.
+SERVER_DOWN_S = 12
+DRAIN_GRACE_S = 5
+
+
+class RestartableServer:
+    """A Prefect server of this module's own: stopped and started again on one port and DB."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.child: ChildProcess | None = None
+
+    def start(self) -> None:
+        self.child, api_url = start_prefect_server(self.home, port=self.port, ui=False)
+        assert api_url == self.api_url
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within a few seconds."""
+        if self.child is not None:
+            self.child.stop(grace_s=5)
+            self.child = None
+
+    def down_for(self, seconds: float) -> None:
+        """Stop the server, keep it down `seconds`, start it again on the same port and DB."""
+        self.stop()
+        time.sleep(seconds)  # the outage itself: the test lets it last
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
+    server = RestartableServer(tmp_path_factory.mktemp("restartable-server"))
+    server.start()
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pool(server: RestartableServer) -> str:
+    return unique("restart")
+
+
+@pytest.fixture(scope="module")
+def sdk(server: RestartableServer, pool: str) -> PipeDeploy:
+    return PipeDeploy(api_url=server.api_url, work_pool_name=pool)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    server: RestartableServer, pool: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChildProcess]:
+    env = {
+        "PREFECT_API_URL": server.api_url,
+        "PREFECT_INTEGRATIONS_PIPEDEPLOY_DRAIN_GRACE_S": str(DRAIN_GRACE_S),
+    }
+    child = start_worker(pool, tmp_path_factory.mktemp("worker-logs"), env=env)
+    yield child
+    child.stop()
+
+
+def start(sdk: PipeDeploy, name: str, inputs: dict) -> str:
+    return sdk.run_deployment(name, inputs, wait_for_completion=False)["execution_id"]
+
+
+def schedule(
+    server: RestartableServer, sdk: PipeDeploy, name: str, inputs: dict, in_s: float
+) -> str:
+    """An execution of `name` that waits (Scheduled) until `in_s` seconds from now."""
+    deployment_id = uuid.UUID(sdk.get_deployment(name)["id"])
+    due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=in_s)
+
+    async def create() -> str:
+        async with PrefectClient(server.api_url) as client:
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters=inputs, state=Scheduled(scheduled_time=due)
+            )
+        return str(run.id)
+
+    return run_coro_as_sync(create())
+
+
+def pods_of(worker: ChildProcess, sdk: PipeDeploy, name: str) -> list[psutil.Process]:
+    deployment_id = sdk.get_deployment(name)["id"]
+    return [p for p in pod_processes(worker) if deployment_id in cmdline(p)]
+
+
+def status_of(sdk: PipeDeploy, execution_id: str) -> str:
+    return str(sdk.get_pipeline_execution(execution_id)["status"])
+
+
+def test_a_server_restart_loses_no_execution(
+    server: RestartableServer, sdk: PipeDeploy, worker: ChildProcess, pool: str
+) -> None:
+    """Fault: the Prefect server stopped for 12 s and started again (same port, same DB) while
+    an elastic execution and a pod execution ran, and others waited (one queued behind the
+    pod's, others due while the server was away).
+
+    Held before for the runs in flight and those waiting: Prefect's clients in the worker, the
+    pod and the execution's process retry a refused connection once they have connected. The
+    worker lives through the outage, the pod stays up, and new runs work at once after it."""
+    elastic = deploy(sdk, "counter", max_retries=0)
+    low_latency = deploy(sdk, "counter", mode="low_latency", max_retries=0)
+    wait_until_up(sdk, low_latency)
+    pod_pid = eventually(lambda: pod_processes(worker), 30)[0].pid
+    running = [start(sdk, elastic, {"marker": "elastic-running", "sleep_s": 10})]
+    eventually(lambda: status_of(sdk, running[0]), 60, until=lambda s: s == "Running")
+    running.append(start(sdk, low_latency, {"marker": "pod-running", "sleep_s": 6}))
+    eventually(lambda: status_of(sdk, running[1]), 30, until=lambda s: s == "Running")
+    waiting = [
+        start(sdk, low_latency, {"marker": "pod-queued"}),  # behind the running one
+        schedule(server, sdk, elastic, {"marker": "elastic-due-while-down"}, in_s=4),
+        schedule(server, sdk, low_latency, {"marker": "pod-due-while-down"}, in_s=4),
+    ]
+    server.down_for(SERVER_DOWN_S)
+    ledger = check_ledger(pool, max_attempts=1, settle_s=120)
+    ended = {str(r.id): r for r in ledger.runs}
+    for execution_id in running + waiting:
+        state = ended[execution_id].state
+        assert state is not None and state.is_completed(), (execution_id, state)
+    assert worker.alive(), worker.log_tail()
+    wait_until_up(sdk, low_latency)
+    assert [p.pid for p in pod_processes(worker)] == [pod_pid]  # the same pod served on
+    after = [
+        sdk.run_deployment(elastic, {"marker": "after"}, timeout_s=90),
+        sdk.run_deployment(low_latency, {"marker": "after"}, timeout_s=90),
+    ]
+    assert [a["status"] for a in after] == ["Succeeded", "Succeeded"], after
+    check_ledger(pool, max_attempts=1)
+
+
+def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
+    server: RestartableServer, sdk: PipeDeploy, worker: ChildProcess, pool: str
+) -> None:
+    """Fault: SIGKILL of a pod holding a running execution while the Prefect server is down.
+
+    Before: the worker could not mark the run Crashed (the API refused the connection), its pod
+    supervisor gave up on the pod there: the run stayed Running after the server came back, the
+    pod was never re-created and the deployment's later runs waited behind the stuck one. Now
+    the worker ends the run Crashed, with the reason, once the API answers, and re-creates the
+    pod."""
+    name = deploy(sdk, "counter", mode="low_latency", max_retries=0)
+    wait_until_up(sdk, name)
+    victim = eventually(lambda: pods_of(worker, sdk, name), 30)[0]
+    stuck = start(sdk, name, {"marker": "killed-while-down", "sleep_s": 60})
+    eventually(lambda: status_of(sdk, stuck), 60, until=lambda s: s == "Running")
+    server.stop()
+    os.kill(victim.pid, signal.SIGKILL)
+    time.sleep(SERVER_DOWN_S)  # the outage: the worker sees the pod die while the API is away
+    server.start()
+    ended = eventually(
+        lambda: sdk.get_pipeline_execution(stuck),
+        90,
+        until=lambda e: e["status"] not in ("Pending", "Running"),
+    )
+    assert ended["status"] == "Error" and "SIGKILL" in ended["message"], ended
+    wait_until_up(sdk, name, timeout_s=90)
+    after = sdk.run_deployment(name, {"marker": "after"}, timeout_s=90)
+    assert after["status"] == "Succeeded" and after["outputs"]["pid"] != victim.pid, after
+    assert worker.alive(), worker.log_tail()
+    check_ledger(pool, max_attempts=1)

@@ -262,8 +262,10 @@ class PodSupervisor:
         on_change: Callable[[], None],
         on_finished: Callable[[UUID, UUID, str], Awaitable[None]],
         admission: RamAdmission,
+        environment: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.runtime = runtime
+        self.environment = environment  # what every pod's environment adds (the worker's API)
         self.rss = rss
         self.admission = admission  # a pod holds its ram_request from start to stop
         self._waiting_for_ram: dict[UUID, str] = {}
@@ -401,6 +403,7 @@ class PodSupervisor:
                 for k, v in (pod.deployment.job_variables or {}).get("env", {}).items()
                 if v is not None
             },
+            **self.environment(),
         }
         try:
             pod.process = await self.runtime.start(

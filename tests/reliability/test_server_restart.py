@@ -8,9 +8,12 @@ module's pool; each test ends with the pool's ledger (tests/support/ledger.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from prefect.states import Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.prefect_api.published import read_capacities
 from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
 from tests.support.eventually import eventually
 from tests.support.executions import deploy, unique, wait_until_up
@@ -54,11 +58,20 @@ class RestartableServer:
             self.child.stop(grace_s=5)
             self.child = None
 
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server is stopped in the block, and started again (same port and DB) after it,
+        whatever happens in it."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
     def down_for(self, seconds: float) -> None:
         """Stop the server, keep it down `seconds`, start it again on the same port and DB."""
-        self.stop()
-        time.sleep(seconds)  # the outage itself: the test lets it last
-        self.start()
+        with self.down():
+            time.sleep(seconds)  # the outage itself: the test lets it last
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +199,9 @@ def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
     victim = eventually(lambda: pods_of(worker, sdk, name), 30)[0]
     stuck = start(sdk, name, {"marker": "killed-while-down", "sleep_s": 60})
     eventually(lambda: status_of(sdk, stuck), 60, until=lambda s: s == "Running")
-    server.stop()
-    os.kill(victim.pid, signal.SIGKILL)
-    time.sleep(SERVER_DOWN_S)  # the outage: the worker sees the pod die while the API is away
-    server.start()
+    with server.down():
+        os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(SERVER_DOWN_S)  # the outage: the worker sees the pod die while the API is away
     ended = eventually(
         lambda: sdk.get_pipeline_execution(stuck),
         90,
@@ -201,3 +213,46 @@ def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
     assert after["status"] == "Succeeded" and after["outputs"]["pid"] != victim.pid, after
     assert worker.alive(), worker.log_tail()
     check_ledger(pool, max_attempts=1)
+
+
+def capacities(server: RestartableServer, pool: str) -> dict[str, int]:
+    """The RAM capacities the workers of `pool` published (a worker's first round does it)."""
+
+    async def read() -> dict[str, int]:
+        async with PrefectClient(server.api_url) as client:
+            return await read_capacities(client, pool)
+
+    return run_coro_as_sync(read())
+
+
+def test_a_worker_adopts_only_the_orphans_of_its_own_server(
+    server: RestartableServer, tmp_path: Path
+) -> None:
+    """Fault: a pod process left by a dead worker of another Prefect server (another stack on
+    the machine, or the server this machine used before) when a worker starts.
+
+    Before: the worker adopted every orphaned pod on the machine: one whose deployment its own
+    API did not know was taken as "a deleted deployment's", and its RAM request was held
+    against this worker's capacity for as long as it ran. Now a worker adopts only processes
+    started for its own API (PREFECT_API_URL in their environment)."""
+    pool = unique("adopt")
+    foreign = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"]
+        + ["-m", "prefect_pipedeploy.engine.pod", "--deployment-id", str(uuid.uuid4())],
+        env={**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        worker = start_worker(pool, tmp_path, env={"PREFECT_API_URL": server.api_url})
+        try:
+            # its first round looks for orphans, then publishes its capacity
+            eventually(lambda: capacities(server, pool), 30)
+            log = worker.log_path.read_text(errors="replace")
+        finally:
+            worker.stop()
+    finally:
+        foreign.kill()
+        foreign.wait(10)
+    assert f"process {foreign.pid}" not in log, log
+    check_ledger(pool)

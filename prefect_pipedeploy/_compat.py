@@ -4,7 +4,8 @@ For: every use prefect-pipedeploy makes of what Prefect does not promise to keep
 suspension registry and observer (one observer per pod instead of one per run), flow engines
 with that observer swapped out and a call right before a run's final state, the API log sink
 (a process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status codes of
-concurrency leases, the `_sync=True` switch of Prefect's dual sync/async methods, and the
+concurrency leases, a client that does not retry a refused connection (Prefect's retries it for a
+minute once connected), the `_sync=True` switch of Prefect's dual sync/async methods, and the
 private hooks and attributes of `BaseWorker` (wrapped in `WorkerBase`, which the `pipedeploy`
 worker derives from). Each function or class says the Prefect version it was checked against
 (`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins the shapes relied on here, so a Prefect
@@ -19,11 +20,13 @@ fix what it names here, then raise `CHECKED_AGAINST`.
 from __future__ import annotations
 
 import abc
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
+import certifi
 import httpx
 from prefect._flow_run_suspension import (
     FlowRunSuspensionRequest,
@@ -242,6 +245,67 @@ async def read_variables_by_prefix(
         json={"variables": {"name": {"like_": f"{prefix}%"}}, "limit": limit},
     )
     return [Variable.model_validate(v) for v in response.json() if v["name"].startswith(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that does not wait for a server that is away (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Once a Prefect client has connected, it retries a refused connection for about a minute
+# (`PrefectHttpxAsyncClient.send`: 2, 4, 8, 16, 32 s). A process that answers callers (the
+# gateway) must tell them at once that the server is away instead.
+
+
+class ApiAway(httpx.TransportError):
+    """The Prefect API refused the connection or did not accept it in time (a server that is
+    down or restarting). Not one of the errors Prefect's client retries."""
+
+
+class _FailFastTransport(httpx.AsyncBaseTransport):
+    """httpx's transport, with a refused or timed-out connection raised as `ApiAway`."""
+
+    def __init__(self, **options: Any) -> None:
+        self._inner = httpx.AsyncHTTPTransport(**options)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiAway(
+                f"the Prefect API did not accept a connection: {exc}", request=request
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def fail_fast_client() -> PrefectClient:
+    """A client of the current API (PREFECT_API_URL) that raises `ApiAway` at once when the
+    server does not accept a connection, where Prefect's would retry for a minute; every other
+    failure is retried as Prefect does. TLS as Prefect's client sets it up (3.9.1)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import (
+        PREFECT_API_ENABLE_HTTP2,
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    )
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        verify: ssl.SSLContext = ssl.create_default_context()
+        verify.check_hostname = False
+        verify.verify_mode = ssl.CERT_NONE
+    else:
+        verify = ssl.create_default_context(
+            cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+        )
+    transport = _FailFastTransport(
+        verify=verify,
+        http2=PREFECT_API_ENABLE_HTTP2.value(),
+        retries=0,
+        # Prefect's own pool limits (a transport given to httpx brings its own pool)
+        limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
+    )
+    return get_client(httpx_settings={"transport": transport})
 
 
 # ---------------------------------------------------------------------------------------------

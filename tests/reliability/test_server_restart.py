@@ -19,24 +19,34 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.prefect_api.published import read_capacities
-from prefect_pipedeploy.stack import ChildProcess, free_port, start_prefect_server
+from prefect_pipedeploy.stack import (
+    ChildProcess,
+    free_port,
+    start_prefect_server,
+    wait_for_http,
+)
 from tests.support.eventually import eventually
 from tests.support.executions import deploy, unique, wait_until_up
 from tests.support.ledger import check_ledger
-from tests.support.processes import cmdline, pod_processes, start_worker
+from tests.support.paths import PIPELINES
+from tests.support.processes import cmdline, pod_processes, start_gateway, start_worker
 
 #: How long the server stays down: longer than a worker's poll and a pod's heartbeat timeout.
 SERVER_DOWN_S = 12
 DRAIN_GRACE_S = 5
+#: A caller's patience: a gateway call must be answered well within it, server or not.
+CALL_TIMEOUT_S = 20
 
 
 class RestartableServer:
@@ -212,6 +222,66 @@ def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
     after = sdk.run_deployment(name, {"marker": "after"}, timeout_s=90)
     assert after["status"] == "Succeeded" and after["outputs"]["pid"] != victim.pid, after
     assert worker.alive(), worker.log_tail()
+    check_ledger(pool, max_attempts=1)
+
+
+def runs_of(server: RestartableServer, deployment_id: str) -> list[str]:
+    async def read() -> list[str]:
+        async with PrefectClient(server.api_url) as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+        return [str(r.id) for r in runs]
+
+    return run_coro_as_sync(read())
+
+
+def test_gateway_calls_while_the_server_is_down_get_503_and_create_nothing(
+    server: RestartableServer,
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    pool: str,
+    tmp_path: Path,
+) -> None:
+    """Fault: calls to the gateway's endpoint while the Prefect server is down (stopped for
+    12 s, then started again).
+
+    Before: a call waited on Prefect's client, which retries a refused connection for about a
+    minute (2 + 4 + 8 + ... s), so callers timed out with no answer, and their executions
+    were created once the server was back, for callers who had gone. Now each call is answered
+    at once 503 with Retry-After and a message (never a traceback), no execution is created for
+    it, and calls work again once the server is back."""
+    created = sdk.create_deployment(
+        f"{PIPELINES}:greet", unique("greet-restart"), execution_rule="endpoint", max_retries=0
+    )
+    path = f"/endpoints/{created['endpoint_url_path']}"
+    headers = {"Authorization": f"EndpointToken {created['endpoint_token']}"}
+    gateway, url = start_gateway("restart", [pool], tmp_path, {"PREFECT_API_URL": server.api_url})
+    try:
+        wait_for_http(f"{url}/health", 60, gateway)
+        with httpx.Client(base_url=url, timeout=CALL_TIMEOUT_S) as http:
+            first = http.post(path, headers=headers, json={"name": "before"})
+            assert first.status_code == 200, first.text
+            with server.down():
+                answers = [
+                    http.post(path, headers=headers, json={"name": f"down-{i}"}, params=params)
+                    for i, params in enumerate([{}, {"wait_for_completion": "false"}, {}])
+                ]
+            for answer in answers:
+                assert answer.status_code == 503, (answer.status_code, answer.text)
+                assert int(answer.headers["Retry-After"]) > 0
+                assert "Prefect API" in answer.json()["message"]
+                assert "Traceback" not in answer.text
+            after = eventually(
+                lambda: http.post(path, headers=headers, json={"name": "after"}),
+                60,
+                until=lambda a: a.status_code != 503,
+            )
+            assert after.status_code == 200, after.text
+        assert "Traceback" not in gateway.log_path.read_text(errors="replace")
+    finally:
+        gateway.stop()
+    assert len(runs_of(server, created["id"])) == 2  # before and after: none for the 503s
     check_ledger(pool, max_attempts=1)
 
 

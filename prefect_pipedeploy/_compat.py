@@ -4,7 +4,7 @@ For: every use prefect-pipedeploy makes of what Prefect does not promise to keep
 suspension registry and observer (one observer per pod instead of one per run), flow engines
 with that observer swapped out and a call right before a run's final state, the API log sink
 (a process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status codes of
-concurrency leases, a client that does not retry a refused connection (Prefect's retries it for a
+concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does not retry a refused connection (Prefect's retries it for a
 minute once connected), the `_sync=True` switch of Prefect's dual sync/async methods, and the
 private hooks and attributes of `BaseWorker` (wrapped in `WorkerBase`, which the `pipedeploy`
 worker derives from). Each function or class says the Prefect version it was checked against
@@ -23,6 +23,7 @@ import abc
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
@@ -306,6 +307,44 @@ def fail_fast_client() -> PrefectClient:
         limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
     )
     return get_client(httpx_settings={"transport": transport})
+
+
+# ---------------------------------------------------------------------------------------------
+# A 503 answered at once (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Prefect's client sleeps after a 503 before it looks at its retry count
+# (`PrefectHttpxAsyncClient._send_with_retry`: 2 s after the first), so even with its retries
+# off a call answered 503 returns about 2 s later. A caller with quicker retries of its own
+# (`prefect_api.runs.create_run`) has the 503 raised at once instead, by an httpx response hook
+# on the client's private `_client`.
+
+
+class ServerBusy(Exception):
+    """The API answered 503 (a SQLite server whose database is locked) inside `busy_raised`."""
+
+
+_raise_busy: ContextVar[bool] = ContextVar("pipedeploy_raise_busy", default=False)
+
+
+async def _raise_if_busy(response: httpx.Response) -> None:
+    if _raise_busy.get() and response.status_code == 503:
+        raise ServerBusy(f"{response.request.method} {response.request.url.path} answered 503")
+
+
+@contextmanager
+def busy_raised(client: PrefectClient) -> Generator[None, None, None]:
+    """Inside the block, a 503 answer to this task's calls through `client` raises
+    `ServerBusy` at once, before Prefect's client sleeps on it; other tasks using the client
+    keep Prefect's behaviour (3.9.1)."""
+    hooks = client._client.event_hooks["response"]
+    if _raise_if_busy not in hooks:
+        hooks.append(_raise_if_busy)
+    token = _raise_busy.set(True)
+    try:
+        yield
+    finally:
+        _raise_busy.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------

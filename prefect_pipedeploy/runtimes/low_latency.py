@@ -41,6 +41,7 @@ from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
 from prefect_pipedeploy.prefect_api.runs import (
     API_ANSWER_WAIT_S,
@@ -543,6 +544,7 @@ class PodSupervisor:
                         else:
                             await requeue_run(client, flow_run_id, requeued)
                         pod.in_flight.discard(flow_run_id)
+                        remove_execution_dirs(str(flow_run_id))  # the dead pod could not
             except Exception as exc:
                 if give_up_at is not None and time.monotonic() > give_up_at:
                     logger.error(

@@ -41,6 +41,7 @@ from prefect.workers.server import build_healthcheck_server
 from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import Holding, RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
@@ -527,6 +528,7 @@ class PipeDeployWorker(
                 started,
             )
             if outcome.crash is not None:
+                remove_execution_dirs(str(flow_run.id))  # the killed process could not
                 await self._report_crash(flow_run, outcome.crash)
             if flow_run.deployment_id is not None:
                 await self.after_run(flow_run.deployment_id, flow_run.id)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,9 +162,13 @@ def test_a_server_restart_loses_no_execution(
     an elastic execution and a pod execution ran, and others waited (one queued behind the
     pod's, others due while the server was away).
 
-    Held before for the runs in flight and those waiting: Prefect's clients in the worker, the
-    pod and the execution's process retry a refused connection once they have connected. The
-    worker lives through the outage, the pod stays up, and new runs work at once after it."""
+    Before: the elastic execution due while the server was away (the worker claims runs due
+    within its prefetch) had its process started as the server stopped, and it crashed at once
+    ("The execution's process exited with code 1": Prefect's client retries a refused
+    connection only once it has connected). Held before for the runs in flight and the others
+    waiting: Prefect's clients in the worker, the pod and a running execution retry. Now every
+    execution succeeds, the worker lives through the outage, the same pod serves on, and new
+    runs work after it."""
     elastic = deploy(sdk, "counter", max_retries=0)
     low_latency = deploy(sdk, "counter", mode="low_latency", max_retries=0)
     wait_until_up(sdk, low_latency)
@@ -201,9 +206,10 @@ def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
 
     Before: the worker could not mark the run Crashed (the API refused the connection), its pod
     supervisor gave up on the pod there: the run stayed Running after the server came back, the
-    pod was never re-created and the deployment's later runs waited behind the stuck one. Now
-    the worker ends the run Crashed, with the reason, once the API answers, and re-creates the
-    pod."""
+    pod was never re-created and the deployment's later runs waited behind the stuck one; and
+    the run's temporary directory (pipedeploy-exec-*) was left behind. Now the worker ends the
+    run Crashed, with the reason, once the API answers, removes the directory, and re-creates
+    the pod."""
     name = deploy(sdk, "counter", mode="low_latency", max_retries=0)
     wait_until_up(sdk, name)
     victim = eventually(lambda: pods_of(worker, sdk, name), 30)[0]
@@ -218,6 +224,8 @@ def test_a_pod_killed_while_the_server_is_down_ends_its_run_once_it_is_back(
         until=lambda e: e["status"] not in ("Pending", "Running"),
     )
     assert ended["status"] == "Error" and "SIGKILL" in ended["message"], ended
+    # the killed pod could not remove the run's temporary directory: the worker did
+    assert not list(Path(tempfile.gettempdir()).glob(f"pipedeploy-exec-{stuck}-*"))
     wait_until_up(sdk, name, timeout_s=90)
     after = sdk.run_deployment(name, {"marker": "after"}, timeout_s=90)
     assert after["status"] == "Succeeded" and after["outputs"]["pid"] != victim.pid, after

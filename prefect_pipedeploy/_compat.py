@@ -1,17 +1,17 @@
 """The one module that touches Prefect's private API or its raw HTTP endpoints.
 
 For: every use prefect-pipedeploy makes of what Prefect does not promise to keep: the flow-run
-suspension registry and observer (one observer per pod instead of one per run), flow engines
-with that observer swapped out and a call right before a run's final state, the API log sink
-(a process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status codes of
-concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does not retry a refused connection (Prefect's retries it for a
-minute once connected), the `_sync=True` switch of Prefect's dual sync/async methods, and the
-private hooks and attributes of `BaseWorker` (wrapped in `WorkerBase`, which the `pipedeploy`
-worker derives from). Each function or class says the Prefect version it was checked against
-(`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins the shapes relied on here, so a Prefect
-upgrade fails there first, naming what changed (`tests/unit/test_compat_run_logs.py` for the
-final-state call and the log sink). Not for: anything Prefect offers publicly (use
-the public API where it exists, elsewhere).
+suspension registry and observer (one observer per pod instead of one per run), flow engines with
+that observer swapped out and a call right before a run's final state, the API log sink (a
+process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status
+codes of concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does
+not retry a refused connection (Prefect's retries it for a minute once connected), the `_sync=True`
+switch of Prefect's dual sync/async methods, and the private hooks and attributes of `BaseWorker`
+(wrapped in `WorkerBase`, which the `pipedeploy` worker derives from). Each function or class says
+the Prefect version it was checked against (`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins
+the shapes relied on here, so a Prefect upgrade fails there first, naming what changed
+(`tests/unit/test_compat_run_logs.py` for the final-state call and the log sink). Not for: anything
+Prefect offers publicly (use the public API where it exists, elsewhere).
 
 Upgrading Prefect: run `pytest tests/unit/test_compat.py tests/integration/test_compat_api.py`,
 fix what it names here, then raise `CHECKED_AGAINST`.

@@ -1,18 +1,19 @@
 """Flow runs as the project creates and ends them: an execution's start and its forced end.
 
-For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first call
-must not fail because the server is away for a moment), `create_execution` (seal the secret
-inputs, create the run, discard the sealed values if the create fails: the one way the gateway
-and the SDK start an execution), `create_run` (the create itself), and `fail_run` / `crash_run` (mark a run Failed or Crashed with a message,
-leaving a run that is already final alone). Not for: running the pipeline (`engine`), deciding
-retries (`worker`), the gateway's 429 check and uploaded files (`gateway.service`).
+For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first call must
+not fail because the server is away for a moment), `create_execution` (seal the secret inputs,
+create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
+start an execution), `create_run` (the create itself), and `fail_run` / `crash_run` (mark a run
+Failed or Crashed with a message, leaving a run that is already final alone). Not for: running the
+pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
+(`gateway.service`).
 
-A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction
-was rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries
-again, which makes a burst of creates crawl. `create_run` retries a 503 itself after a few
-milliseconds (the 503 raised at once, `_compat.busy_raised`: Prefect's client sleeps about 2 s
-on a 503 even with its retries off), then, if the server is still
-busy, falls back to the client's usual retries. Other calls keep Prefect's behaviour.
+A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction was
+rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries again,
+which makes a burst of creates crawl. `create_run` retries a 503 itself after a few milliseconds
+(the 503 raised at once, `_compat.busy_raised`: Prefect's client sleeps about 2 s on a 503 even
+with its retries off), then, if the server is still busy, falls back to the client's usual retries.
+Other calls keep Prefect's behaviour.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """The one module that touches Prefect's private API or its raw HTTP endpoints.
 
 For: every use prefect-pipedeploy makes of what Prefect does not promise to keep: the flow-run
-suspension registry and observer (one observer per pod instead of one per run), flow engines
-with that observer swapped out and a call right before a run's final state, the API log sink
-(a process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status codes of
-concurrency leases, the `_sync=True` switch of Prefect's dual sync/async methods, and the
-private hooks and attributes of `BaseWorker` (wrapped in `WorkerBase`, which the `pipedeploy`
-worker derives from). Each function or class says the Prefect version it was checked against
-(`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins the shapes relied on here, so a Prefect
-upgrade fails there first, naming what changed (`tests/unit/test_compat_run_logs.py` for the
-final-state call and the log sink). Not for: anything Prefect offers publicly (use
-the public API where it exists, elsewhere).
+suspension registry and observer (one observer per pod instead of one per run), flow engines with
+that observer swapped out and a call right before a run's final state, the API log sink (a
+process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status
+codes of concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does
+not retry a refused connection (Prefect's retries it for a minute once connected), the `_sync=True`
+switch of Prefect's dual sync/async methods, and the private hooks and attributes of `BaseWorker`
+(wrapped in `WorkerBase`, which the `pipedeploy` worker derives from). Each function or class says
+the Prefect version it was checked against (`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins
+the shapes relied on here, so a Prefect upgrade fails there first, naming what changed
+(`tests/unit/test_compat_run_logs.py` for the final-state call and the log sink). Not for: anything
+Prefect offers publicly (use the public API where it exists, elsewhere).
 
 Upgrading Prefect: run `pytest tests/unit/test_compat.py tests/integration/test_compat_api.py`,
 fix what it names here, then raise `CHECKED_AGAINST`.
@@ -19,11 +20,14 @@ fix what it names here, then raise `CHECKED_AGAINST`.
 from __future__ import annotations
 
 import abc
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
+import certifi
 import httpx
 from prefect._flow_run_suspension import (
     FlowRunSuspensionRequest,
@@ -242,6 +246,105 @@ async def read_variables_by_prefix(
         json={"variables": {"name": {"like_": f"{prefix}%"}}, "limit": limit},
     )
     return [Variable.model_validate(v) for v in response.json() if v["name"].startswith(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that does not wait for a server that is away (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Once a Prefect client has connected, it retries a refused connection for about a minute
+# (`PrefectHttpxAsyncClient.send`: 2, 4, 8, 16, 32 s). A process that answers callers (the
+# gateway) must tell them at once that the server is away instead.
+
+
+class ApiAway(httpx.TransportError):
+    """The Prefect API refused the connection or did not accept it in time (a server that is
+    down or restarting). Not one of the errors Prefect's client retries."""
+
+
+class _FailFastTransport(httpx.AsyncBaseTransport):
+    """httpx's transport, with a refused or timed-out connection raised as `ApiAway`."""
+
+    def __init__(self, **options: Any) -> None:
+        self._inner = httpx.AsyncHTTPTransport(**options)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiAway(
+                f"the Prefect API did not accept a connection: {exc}", request=request
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def fail_fast_client() -> PrefectClient:
+    """A client of the current API (PREFECT_API_URL) that raises `ApiAway` at once when the
+    server does not accept a connection, where Prefect's would retry for a minute; every other
+    failure is retried as Prefect does. TLS as Prefect's client sets it up (3.9.1)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import (
+        PREFECT_API_ENABLE_HTTP2,
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    )
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        verify: ssl.SSLContext = ssl.create_default_context()
+        verify.check_hostname = False
+        verify.verify_mode = ssl.CERT_NONE
+    else:
+        verify = ssl.create_default_context(
+            cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+        )
+    transport = _FailFastTransport(
+        verify=verify,
+        http2=PREFECT_API_ENABLE_HTTP2.value(),
+        retries=0,
+        # Prefect's own pool limits (a transport given to httpx brings its own pool)
+        limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
+    )
+    return get_client(httpx_settings={"transport": transport})
+
+
+# ---------------------------------------------------------------------------------------------
+# A 503 answered at once (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Prefect's client sleeps after a 503 before it looks at its retry count
+# (`PrefectHttpxAsyncClient._send_with_retry`: 2 s after the first), so even with its retries
+# off a call answered 503 returns about 2 s later. A caller with quicker retries of its own
+# (`prefect_api.runs.create_run`) has the 503 raised at once instead, by an httpx response hook
+# on the client's private `_client`.
+
+
+class ServerBusy(Exception):
+    """The API answered 503 (a SQLite server whose database is locked) inside `busy_raised`."""
+
+
+_raise_busy: ContextVar[bool] = ContextVar("pipedeploy_raise_busy", default=False)
+
+
+async def _raise_if_busy(response: httpx.Response) -> None:
+    if _raise_busy.get() and response.status_code == 503:
+        raise ServerBusy(f"{response.request.method} {response.request.url.path} answered 503")
+
+
+@contextmanager
+def busy_raised(client: PrefectClient) -> Generator[None, None, None]:
+    """Inside the block, a 503 answer to this task's calls through `client` raises
+    `ServerBusy` at once, before Prefect's client sleeps on it; other tasks using the client
+    keep Prefect's behaviour (3.9.1)."""
+    hooks = client._client.event_hooks["response"]
+    if _raise_if_busy not in hooks:
+        hooks.append(_raise_if_busy)
+    token = _raise_busy.set(True)
+    try:
+        yield
+    finally:
+        _raise_busy.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,6 +113,23 @@ def execution_inputs_dir(workdir: Path, execution_id: str) -> Path:
     return Path(workdir).expanduser().absolute() / "inputs" / str(execution_id)
 
 
+#: Every execution's temporary directory (its downloaded inputs) is named after it, so that one
+#: whose process was killed before removing it can be removed by the worker.
+EXECUTION_DIR_PREFIX = "pipedeploy-exec-"
+
+
+def make_execution_dir(execution_id: str) -> Path:
+    """A new temporary directory for one execution's files, named after the execution."""
+    return Path(tempfile.mkdtemp(prefix=f"{EXECUTION_DIR_PREFIX}{execution_id}-"))
+
+
+def remove_execution_dirs(execution_id: str) -> None:
+    """Remove the temporary directories of an execution whose process died before it could
+    (a killed pod, a killed elastic process)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{EXECUTION_DIR_PREFIX}{execution_id}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def cleanup_execution_files(workdir: Path, execution_id: str) -> None:
     """Remove the files downloaded for one execution (safe to call twice, or when none were)."""
     shutil.rmtree(execution_inputs_dir(workdir, execution_id), ignore_errors=True)

@@ -27,6 +27,7 @@ from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.exceptions import (
     PipeDeployError,
 )
+from prefect_pipedeploy.prefect_api.runs import when_api_answers
 from prefect_pipedeploy.spec import spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.elastic")
@@ -37,6 +38,8 @@ async def _main(flow_run_id: UUID) -> int:
     # stored before the run is final; what is left is sent when the process exits
     process_run_logs()
     async with get_client() as client:
+        # the server may be restarting as the worker starts this process: wait for it
+        await when_api_answers(client)
         flow_run = await client.read_flow_run(flow_run_id)
         if flow_run.deployment_id is None:
             await fail_after_logs(client, flow_run_id, "The execution has no deployment to run.")

@@ -59,7 +59,7 @@ from prefect_pipedeploy.engine.runlogs import (
     flush_run_logs,
 )
 from prefect_pipedeploy.engine.runner import PipelineRunner
-from prefect_pipedeploy.prefect_api.runs import crash_run
+from prefect_pipedeploy.prefect_api.runs import crash_run, when_api_answers
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -240,6 +240,9 @@ async def serve(deployment_id: UUID, control: socket.socket, drain_grace_s: floa
     # their thread and share the sync client, an httpx.Client, which is thread-safe. Entering
     # the sync one checks the API version once, blocking the loop before the pod is ready.
     async with AsyncClientContext.get_or_create() as client_context:
+        # a pod (re-)created while the server restarts waits for it; entering the sync client
+        # checks the API version, which would fail at once
+        await when_api_answers(client_context.client)
         with SyncClientContext.get_or_create():
             return await _serve(deployment_id, client_context.client, reader, writer, drain_grace_s)
 

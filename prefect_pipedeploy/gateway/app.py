@@ -18,11 +18,11 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prefect.client.orchestration import get_client
 from prefect.logging import get_logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from prefect_pipedeploy._compat import fail_fast_client
 from prefect_pipedeploy.exceptions import (
     ServerUnavailable,
 )
@@ -127,7 +127,8 @@ def create_app(pools: Sequence[str], gateway: Gateway | None = None) -> FastAPI:
             app.state.gateway = gateway
             yield
             return
-        async with get_client() as client:
+        # a server that is away is answered 503 at once, not after a minute of retries
+        async with fail_fast_client() as client:
             app.state.gateway = Gateway(pools, client)
             logger.info(
                 "Gateway serving the endpoint deployments of work pools %s",

@@ -1,21 +1,25 @@
 """Flow runs as the project creates and ends them: an execution's start and its forced end.
 
-For: `create_execution` (seal the secret inputs, create the run, discard the sealed values if
-the create fails: the one way the gateway and the SDK start an execution), `create_run` (the
-create itself), and `fail_run` / `crash_run` (mark a run Failed or Crashed with a message,
-leaving a run that is already final alone). Not for: running the pipeline (`engine`), deciding
-retries (`worker`), the gateway's 429 check and uploaded files (`gateway.service`).
+For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first call must
+not fail because the server is away for a moment), `create_execution` (seal the secret inputs,
+create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
+start an execution), `create_run` (the create itself), and `fail_run` / `crash_run` (mark a run
+Failed or Crashed with a message, leaving a run that is already final alone). Not for: running the
+pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
+(`gateway.service`).
 
-A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction
-was rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries
-again, which makes a burst of creates crawl. `create_run` retries a 503 itself after a few
-milliseconds (with the client's own retries off for those tries), then, if the server is still
-busy, falls back to the client's usual retries. Other calls keep Prefect's behaviour.
+A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction was
+rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries again,
+which makes a burst of creates crawl. `create_run` retries a 503 itself after a few milliseconds
+(the 503 raised at once, `_compat.busy_raised`: Prefect's client sleeps about 2 s on a 503 even
+with its retries off), then, if the server is still busy, falls back to the client's usual retries.
+Other calls keep Prefect's behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -23,32 +27,37 @@ from uuid import UUID
 import anyio
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.context import SettingsContext, get_settings_context
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, Settings
 from prefect.states import Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
+from prefect_pipedeploy._compat import ServerBusy, busy_raised
+from prefect_pipedeploy.exceptions import ServerUnavailable
 from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys, sealed_tag
 from prefect_pipedeploy.spec import DeploymentSpec
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
 QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 
+#: How long a process waits for an API that does not answer before it gives up: about as long
+#: as Prefect's client retries a refused connection once it has connected (2 + 4 + ... + 32 s).
+API_ANSWER_WAIT_S = 60.0
+API_ANSWER_POLL_S = 0.5
 
-_no_retries: dict[int, Settings] = {}
 
-
-def _without_client_retries() -> SettingsContext:
-    """The current settings with the client's retries off (built once per settings: building
-    Prefect settings costs about 25 ms, entering a context with them almost nothing)."""
-    current = get_settings_context()
-    settings = _no_retries.get(id(current.settings))
-    if settings is None:
-        settings = current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
-        _no_retries.clear()  # keep one: the settings of a long-lived process do not change
-        _no_retries[id(current.settings)] = settings
-    return SettingsContext(profile=current.profile, settings=settings)
+async def when_api_answers(client: PrefectClient, timeout_s: float = API_ANSWER_WAIT_S) -> None:
+    """Return once the API answers its health check; raise `ServerUnavailable` after
+    `timeout_s`. Prefect's client retries a refused connection only once it has connected, so
+    a fresh process whose first call meets a restarting server would fail at once: it waits
+    here first."""
+    deadline = time.monotonic() + timeout_s
+    while (error := await client.api_healthcheck()) is not None:
+        if time.monotonic() >= deadline:
+            raise ServerUnavailable(
+                f"the Prefect API at {client.api_url} did not answer for {timeout_s:g} s "
+                f"({type(error).__name__}: {error}); check that the server runs"
+            ) from error
+        await asyncio.sleep(API_ANSWER_POLL_S)
 
 
 async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) -> FlowRun:
@@ -60,11 +69,10 @@ async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) 
     try:
         for delay_s in QUICK_RETRY_DELAYS_S:
             try:
-                with _without_client_retries():
+                with busy_raised(client):
                     return await client.create_flow_run_from_deployment(deployment_id, **kwargs)
-            except PrefectHTTPStatusError as exc:
-                if exc.response.status_code != 503:
-                    raise
+            except ServerBusy:
+                pass
             await asyncio.sleep(delay_s)
         return await client.create_flow_run_from_deployment(deployment_id, **kwargs)
     except PrefectHTTPStatusError as exc:

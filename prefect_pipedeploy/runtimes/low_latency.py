@@ -41,8 +41,14 @@ from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
-from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
+from prefect_pipedeploy.prefect_api.runs import (
+    API_ANSWER_WAIT_S,
+    crash_run,
+    requeue_run,
+    when_api_answers,
+)
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
@@ -257,8 +263,10 @@ class PodSupervisor:
         on_change: Callable[[], None],
         on_finished: Callable[[UUID, UUID, str], Awaitable[None]],
         admission: RamAdmission,
+        environment: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.runtime = runtime
+        self.environment = environment  # what every pod's environment adds (the worker's API)
         self.rss = rss
         self.admission = admission  # a pod holds its ram_request from start to stop
         self._waiting_for_ram: dict[UUID, str] = {}
@@ -396,6 +404,7 @@ class PodSupervisor:
                 for k, v in (pod.deployment.job_variables or {}).get("env", {}).items()
                 if v is not None
             },
+            **self.environment(),
         }
         try:
             pod.process = await self.runtime.start(
@@ -509,7 +518,11 @@ class PodSupervisor:
 
     async def _end_in_flight(self, pod: PodHandle, explanation: str, recreated: bool) -> None:
         """What a pod that went down still held: runs it began end Crashed, saying why; runs it
-        never began go back to the queue. Nothing waits on a pod that is gone."""
+        never began go back to the queue. Nothing waits on a pod that is gone.
+
+        The Prefect API may be away (a server restart): then this waits for it, and tries
+        again, until every run is ended (a pod being re-created) or for `API_ANSWER_WAIT_S` (a
+        pod being stopped, so that a worker's stop does not hang on a server that is gone)."""
         if not pod.in_flight:
             return
         then = "; the pod is being re-created" if recreated else ""
@@ -518,15 +531,39 @@ class PodSupervisor:
             f"Re-queued: the low-latency pod of deployment {pod.name!r} {explanation} before it "
             "began this execution"
         )
-        held = list(pod.in_flight)
-        ended = []
-        async with self._client() as client:
-            for flow_run_id in held:
-                if flow_run_id in pod.started:
-                    await crash_run(client, flow_run_id, crashed)
-                    ended.append(flow_run_id)
-                else:
-                    await requeue_run(client, flow_run_id, requeued)
+        give_up_at = None if recreated else time.monotonic() + API_ANSWER_WAIT_S
+        ended: list[UUID] = []
+        while pod.in_flight:
+            try:
+                async with self._client() as client:
+                    await when_api_answers(client)
+                    for flow_run_id in list(pod.in_flight):
+                        if flow_run_id in pod.started:
+                            await crash_run(client, flow_run_id, crashed)
+                            ended.append(flow_run_id)
+                        else:
+                            await requeue_run(client, flow_run_id, requeued)
+                        pod.in_flight.discard(flow_run_id)
+                        remove_execution_dirs(str(flow_run_id))  # the dead pod could not
+            except Exception as exc:
+                if give_up_at is not None and time.monotonic() > give_up_at:
+                    logger.error(
+                        "pod %s: could not end the executions it held (%s: %s): %s",
+                        pod.name,
+                        type(exc).__name__,
+                        exc,
+                        ", ".join(map(str, pod.in_flight)),
+                        extra={"action": "pod_runs_not_ended"},
+                    )
+                    break
+                logger.warning(
+                    "pod %s: could not end the executions it held yet (%s: %s); trying again",
+                    pod.name,
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "pod_runs_not_ended"},
+                )
+                await asyncio.sleep(1)
         pod.in_flight.clear()
         pod.started.clear()
         self.on_change()

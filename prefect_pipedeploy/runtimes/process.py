@@ -221,9 +221,19 @@ def runtime_process_of(cmdline: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
-def orphaned_runtime_processes() -> list[tuple[int, str, str]]:
+def api_url_of(pid: int) -> str | None:
+    """The Prefect API a process was started for (its PREFECT_API_URL), None if unknown."""
+    try:
+        named = psutil.Process(pid).environ().get("PREFECT_API_URL")
+    except psutil.Error:
+        return None
+    return named.rstrip("/") if named else None
+
+
+def orphaned_runtime_processes(api_url: str | None = None) -> list[tuple[int, str, str]]:
     """(pid, kind, id) of every execution or pod process on this machine whose worker is gone
-    (its parent is no longer the worker process that started it)."""
+    (its parent is no longer the worker process that started it); with `api_url`, only those
+    started for that Prefect API (the runs and deployments of another server are not ours)."""
     found = []
     for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
         what = runtime_process_of(process.info.get("cmdline") or [])
@@ -238,5 +248,7 @@ def orphaned_runtime_processes() -> list[tuple[int, str, str]]:
             "prefect_pipedeploy" in parent_cmdline or "pipedeploy" in parent_cmdline
         ):
             continue  # a live worker's own
+        if api_url is not None and api_url_of(process.info["pid"]) != api_url.rstrip("/"):
+            continue  # another server's
         found.append((process.info["pid"], *what))
     return found

@@ -34,12 +34,14 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 from prefect.utilities.services import start_client_metrics_server, stop_client_metrics_server
 from prefect.workers.server import build_healthcheck_server
 
 from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import Holding, RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
@@ -125,6 +127,7 @@ class PipeDeployWorker(
             on_change=self.wake,
             on_finished=self.after_pod_run,
             admission=self.admission,
+            environment=self.api_environment,
         )
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -285,7 +288,7 @@ class PipeDeployWorker(
         """Executions and pods left running by a worker of this machine that died keep their
         RAM counted here until they end (and are watched against their request); an orphaned
         execution that ends without a final state is marked Crashed, saying so."""
-        for pid, kind, ident in orphaned_runtime_processes():
+        for pid, kind, ident in orphaned_runtime_processes(api_url=self.api_url):
             try:
                 if kind == "elastic":
                     flow_run = await self.client.read_flow_run(UUID(ident))
@@ -326,6 +329,17 @@ class PipeDeployWorker(
                 "reporting how it ended",
             )
         self.wake()
+
+    @property
+    def api_url(self) -> str | None:
+        """The Prefect API this worker serves (None: Prefect's ephemeral mode)."""
+        value = PREFECT_API_URL.value()
+        return str(value).rstrip("/") if value else None
+
+    def api_environment(self) -> dict[str, str]:
+        """The environment naming this worker's API to the processes it starts: they talk to
+        it, and a later worker adopts them only when it serves the same API."""
+        return {"PREFECT_API_URL": self.api_url} if self.api_url else {}
 
     def wake(self) -> None:
         """Look for runs now instead of at the next poll."""
@@ -490,7 +504,11 @@ class PipeDeployWorker(
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> PipeDeployWorkerResult:
         """Run one elastic execution as a fresh process; returns when it has exited."""
-        env = {**os.environ, **{k: v for k, v in configuration.env.items() if v is not None}}
+        env = {
+            **os.environ,
+            **{k: v for k, v in configuration.env.items() if v is not None},
+            **self.api_environment(),
+        }
 
         def started(process: RuntimeHandle) -> None:
             self._elastic[flow_run.id] = process
@@ -510,6 +528,7 @@ class PipeDeployWorker(
                 started,
             )
             if outcome.crash is not None:
+                remove_execution_dirs(str(flow_run.id))  # the killed process could not
                 await self._report_crash(flow_run, outcome.crash)
             if flow_run.deployment_id is not None:
                 await self.after_run(flow_run.deployment_id, flow_run.id)

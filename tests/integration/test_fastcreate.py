@@ -7,6 +7,7 @@ retries can get the run created.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -120,3 +121,36 @@ def test_other_errors_are_not_retried(proxy: tuple[CountingProxy, Refusals]) -> 
     with pytest.raises(ObjectNotFound):
         create_through(counting, uuid.uuid4())
     assert creates(counting)[before:] == [404]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_quick_tries_do_not_wait_for_the_clients_pause(
+    proxy: tuple[CountingProxy, Refusals], deployment_id: uuid.UUID
+) -> None:
+    """Before: every quick try answered 503 still slept about 2 s in Prefect's client (it
+    sleeps before it looks at its retry count, even with its retries off), so three 503s cost
+    6 s, not 0.2 s. Now the 503 is raised to `create_run` before that pause: Prefect's client
+    never says it will try again."""
+    counting, refusals = proxy
+    records = _Records()
+    client_logger = logging.getLogger("prefect.client")
+    level = client_logger.level
+    client_logger.addHandler(records)
+    client_logger.setLevel(logging.DEBUG)
+    try:
+        refusals.count = 3
+        create_through(counting, deployment_id)
+    finally:
+        client_logger.removeHandler(records)
+        client_logger.setLevel(level)
+    assert not [m for m in records.messages if "Another attempt will be made" in m], (
+        records.messages
+    )

@@ -162,12 +162,22 @@ async def count_active(client: PrefectClient, deployment_id: UUID) -> int:
     )
 
 
-async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> None:
-    """Show in the run's state why it waits: a Scheduled state named `name` at its own time."""
+async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> bool:
+    """Show in the run's state why it waits: a Scheduled state named `name` at its own time.
+
+    Only while it still waits: the run is claimed first (`claim`, the atomic move to Pending),
+    then put back Scheduled with the reason, so a worker that read the run before another one
+    claimed it never overwrites that claim. (Before, the forced Scheduled state written from a
+    stale read re-opened a run another worker had just claimed: a third worker claimed it again
+    and the first still ran it, so it executed twice.) False when another worker has it now.
+    """
+    if not await claim(client, flow_run):
+        return False
     scheduled = flow_run.state.state_details.scheduled_time if flow_run.state else None
     await client.set_flow_run_state(
         flow_run.id, Scheduled(name=name, scheduled_time=scheduled, message=reason), force=True
     )
+    return True
 
 
 def may_retry(flow_run: FlowRun) -> bool:

@@ -84,6 +84,24 @@ async def test_a_run_that_does_not_fit_waits_and_says_why(
     assert worker.ledger.held == 512  # nothing was reserved for the waiting run
 
 
+async def test_a_waiting_reason_never_overwrites_another_workers_claim(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: a worker that read a run as Scheduled and found no RAM for it wrote its
+    AwaitingRAM state with force, over the claim (Pending) another worker had made meanwhile;
+    the run was open to a third claim and executed twice (three workers, 300 runs). Now the
+    waiting reason is written only by a worker that could claim the run itself."""
+    deployment = await deploy(sdk, client, ram_request="600MiB")
+    worker.ledger.holdings["pod:other"] = Holding("pod:other", 512, "pod of other")
+    flow_run = await new_run(client, deployment)
+    stale = await client.read_flow_run(flow_run.id)  # what the worker read, still Scheduled
+    await client.set_flow_run_state(flow_run.id, Pending())  # another worker's claim
+    await worker._admit_elastic([stale], {deployment.id: deployment})
+    state = (await client.read_flow_run(flow_run.id)).state
+    assert state is not None and (state.type.value, state.name) == ("PENDING", "Pending")
+    assert worker.ledger.held == 512
+
+
 async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
     worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
 ) -> None:

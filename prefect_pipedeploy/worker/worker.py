@@ -455,6 +455,10 @@ class PipeDeployWorker(
             self.worker_logger.warning("Could not claim run %s: %s", flow_run.id, exc)
             return False
 
+    async def claim_run(self, flow_run: FlowRun) -> bool:
+        """The claim of an elastic run before `run` starts it: the same as a pod's (`claim`)."""
+        return await self._claim(flow_run)
+
     async def after_pod_run(self, deployment_id: UUID, flow_run_id: UUID, state: str) -> None:
         """A run of a pod ended: see `after_run` (only when it failed or had sealed inputs, so
         a run that succeeded costs no API call)."""

@@ -21,7 +21,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.states import Failed, Pending, Running, Scheduled
+from prefect.states import Completed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.admission import Holding
@@ -30,7 +30,7 @@ from prefect_pipedeploy.runtimes.low_latency import PodHandle
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker import PipeDeployWorker
-from prefect_pipedeploy.worker.dispatch import queue_retry
+from prefect_pipedeploy.worker.dispatch import claim, queue_retry
 from prefect_pipedeploy.worker.recovery import RECOVERED_MESSAGE, recover_abandoned
 from tests.support.executions import unique
 
@@ -100,6 +100,26 @@ async def test_a_waiting_reason_never_overwrites_another_workers_claim(
     state = (await client.read_flow_run(flow_run.id)).state
     assert state is not None and (state.type.value, state.name) == ("PENDING", "Pending")
     assert worker.ledger.held == 512
+
+
+async def test_a_claim_from_a_stale_read_never_reopens_a_finished_run(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: a worker claiming a run it had read as Scheduled, which another worker had run
+    to Completed since, got its Pending accepted (Prefect allows leaving a final state for a
+    re-run) and ran it a second time (three workers, 300 runs). Now such a claim puts the final
+    state back and is refused: the waiting reason, the pods' and the elastic claims alike."""
+    deployment = await deploy(sdk, client, ram_request="600MiB")
+    stale = await new_run(client, deployment)
+    for state in (Pending(), Running(), Completed(message="ran once")):
+        await client.set_flow_run_state(stale.id, state, force=True)
+    assert not await claim(client, stale)
+    worker.ledger.holdings["pod:other"] = Holding("pod:other", 512, "pod of other")
+    await worker._admit_elastic([stale], {deployment.id: deployment})  # its waiting reason
+    assert not await worker._propose_pending_state(stale)  # BaseWorker's elastic claim
+    run = await client.read_flow_run(stale.id)
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert (run.state.message, run.run_count) == ("ran once", 1)
 
 
 async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(

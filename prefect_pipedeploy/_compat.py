@@ -360,6 +360,15 @@ class WorkerBase(BaseWorker[C, V, R], abc.ABC):
         # BaseWorker's claim in `_submit_run` goes through `claim_run`
         return await self.claim_run(flow_run)
 
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        # BaseWorker labels a run with its worker before `run`; when that call failed (a busy
+        # server's 503 after the client's retries) it crashed the run, "Failed to submit flow
+        # run to infrastructure". The labels are not worth an execution: log and go on.
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception as exc:
+            self._logger.warning("Could not label flow run %s: %s", flow_run_id, exc)
+
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
         self.on_run_released(flow_run_id)

@@ -122,6 +122,16 @@ async def test_a_claim_from_a_stale_read_never_reopens_a_finished_run(
     assert (run.state.message, run.run_count) == ("ran once", 1)
 
 
+async def test_a_label_the_api_refuses_does_not_fail_the_submission(
+    worker: PipeDeployWorker,
+) -> None:
+    """Before: BaseWorker labels a run with its worker before starting it, and a refused label
+    update (a busy server's 503 after the client's retries) crashed the run, "Failed to submit
+    flow run to infrastructure" (seen under a 300-run burst). Now it is logged and the run goes
+    on; here the API refuses because the run does not exist."""
+    await worker._give_worker_labels_to_flow_run(uuid.uuid4())
+
+
 async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
     worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
 ) -> None:

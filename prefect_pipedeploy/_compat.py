@@ -454,6 +454,24 @@ class WorkerBase(BaseWorker[C, V, R], abc.ABC):
     def on_run_released(self, flow_run_id: UUID) -> None:
         """Called on every path by which a submitted run ends or is not started (override)."""
 
+    async def claim_run(self, flow_run: FlowRun) -> bool:
+        """Move a run to Pending before `run` starts it; False when it is not ours to start
+        (override; BaseWorker's own claim by default)."""
+        return await super()._propose_pending_state(flow_run)
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        # BaseWorker's claim in `_submit_run` goes through `claim_run`
+        return await self.claim_run(flow_run)
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        # BaseWorker labels a run with its worker before `run`; when that call failed (a busy
+        # server's 503 after the client's retries) it crashed the run, "Failed to submit flow
+        # run to infrastructure". The labels are not worth an execution: log and go on.
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception as exc:
+            self._logger.warning("Could not label flow run %s: %s", flow_run_id, exc)
+
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
         self.on_run_released(flow_run_id)

@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import Abort
 from prefect.states import Pending, Scheduled
@@ -146,12 +146,36 @@ def _in_states(*types: StateType) -> FlowRunFilterState:
 
 
 async def claim(client: PrefectClient, flow_run: FlowRun) -> bool:
-    """Move a run to Pending; only one claimant succeeds, so no run executes twice."""
+    """Move a waiting run to Pending; only one claimant succeeds, so no run executes twice.
+
+    Prefect refuses Pending over Pending or Running, but accepts it over a final state (a
+    re-run): a claim made from a stale read of a run another worker has finished since would
+    start it again (before: three workers and a 300-run burst ran runs twice). So a claim that
+    replaced a final state puts that state back and counts as refused.
+    """
     try:
         state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
     except Abort:
         return False
-    return state.is_pending()
+    if not state.is_pending():
+        return False
+    replaced = await _state_before(client, flow_run.id, state)
+    if replaced is None or not replaced.is_final():
+        return True
+    await client.set_flow_run_state(flow_run.id, replaced.fresh_copy(), force=True)
+    return False
+
+
+async def _state_before(
+    client: PrefectClient, flow_run_id: UUID, state: State[Any]
+) -> State[Any] | None:
+    """The state of the run that `state` (one of its states) replaced."""
+    history = await client.read_flow_run_states(flow_run_id)
+    ids = [s.id for s in history]
+    if state.id not in ids:
+        return None
+    position = ids.index(state.id)
+    return history[position - 1] if position > 0 else None
 
 
 async def count_active(client: PrefectClient, deployment_id: UUID) -> int:
@@ -162,12 +186,22 @@ async def count_active(client: PrefectClient, deployment_id: UUID) -> int:
     )
 
 
-async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> None:
-    """Show in the run's state why it waits: a Scheduled state named `name` at its own time."""
+async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> bool:
+    """Show in the run's state why it waits: a Scheduled state named `name` at its own time.
+
+    Only while it still waits: the run is claimed first (`claim`, the atomic move to Pending),
+    then put back Scheduled with the reason, so a worker that read the run before another one
+    claimed it never overwrites that claim. (Before, the forced Scheduled state written from a
+    stale read re-opened a run another worker had just claimed: a third worker claimed it again
+    and the first still ran it, so it executed twice.) False when another worker has it now.
+    """
+    if not await claim(client, flow_run):
+        return False
     scheduled = flow_run.state.state_details.scheduled_time if flow_run.state else None
     await client.set_flow_run_state(
         flow_run.id, Scheduled(name=name, scheduled_time=scheduled, message=reason), force=True
     )
+    return True
 
 
 def may_retry(flow_run: FlowRun) -> bool:

@@ -417,16 +417,17 @@ class PipeDeployWorker(
         """Show in the run's state why it waits (only when the reason changes)."""
         if self._awaiting_ram.get(flow_run.id) == reason:
             return
-        self._awaiting_ram[flow_run.id] = reason
-        action = {"action": "run_waiting_for_ram"}
-        self.worker_logger.info("run %s %s", flow_run.id, reason, extra=action)
-        self.get_flow_run_logger(flow_run).info(reason, extra=action)
         try:
-            await say_waiting(self.client, flow_run, "AwaitingRAM", reason)
+            if not await say_waiting(self.client, flow_run, "AwaitingRAM", reason):
+                return  # another worker claimed it meanwhile: it does not wait any more
         except Exception as exc:  # the reason is also in the run's logs
             self.worker_logger.warning(
                 "Could not set the waiting reason of run %s: %s", flow_run.id, exc
             )
+        self._awaiting_ram[flow_run.id] = reason
+        action = {"action": "run_waiting_for_ram"}
+        self.worker_logger.info("run %s %s", flow_run.id, reason, extra=action)
+        self.get_flow_run_logger(flow_run).info(reason, extra=action)
 
     def on_run_released(self, flow_run_id: UUID) -> None:
         # BaseWorker calls this on every path by which a submitted run ends or is not started:
@@ -467,6 +468,10 @@ class PipeDeployWorker(
         except Exception as exc:
             self.worker_logger.warning("Could not claim run %s: %s", flow_run.id, exc)
             return False
+
+    async def claim_run(self, flow_run: FlowRun) -> bool:
+        """The claim of an elastic run before `run` starts it: the same as a pod's (`claim`)."""
+        return await self._claim(flow_run)
 
     async def after_pod_run(self, deployment_id: UUID, flow_run_id: UUID, state: str) -> None:
         """A run of a pod ended: see `after_run` (only when it failed or had sealed inputs, so

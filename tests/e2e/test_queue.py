@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -25,29 +26,44 @@ def deploy_queue(sdk: PipeDeploy, **kwargs: object) -> str:
     return name
 
 
-def submit_in_order(sdk: PipeDeploy, name: str, runs: list[dict], delay_s: float = 4) -> list[str]:
-    """Create the runs due `delay_s` from now, 10 ms apart, in the order given."""
-    deployment_id = uuid.UUID(sdk.get_deployment(name)["id"])
-    due = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay_s)
+def submit_in_order(
+    sdk: PipeDeploy, name: str, runs: list[dict], gate_dir: Path | None = None
+) -> list[str]:
+    """Create the runs in the order given, due now, 10 ms apart; their ids.
 
-    async def create() -> list[str]:
+    With `gate_dir`, a gate run is created first: it holds the queue (one run at a time) until
+    every run is created, so none starts, fails and is retried before the runs behind it exist,
+    however slow the creates are. Before, the runs were all due 4 s after the first create; under
+    load (a busy SQLite server answers a create with 503, and the client retries seconds later)
+    A could start and fail before B existed, and its retry then rightly went at once: AABCD.
+    """
+    deployment_id = uuid.UUID(sdk.get_deployment(name)["id"])
+    gate = gate_dir / f"gate-{uuid.uuid4().hex[:6]}" if gate_dir is not None else None
+
+    async def create(client: PrefectClient, parameters: dict, due: datetime.datetime) -> str:
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters=parameters, state=Scheduled(scheduled_time=due)
+        )
+        return str(flow_run.id)
+
+    async def create_all() -> list[str]:
         async with get_client() as client:
+            if gate is not None:
+                await create(client, {"label": "gate", "gate": str(gate), "sleep_s": 0}, now())
+            due = now()
             return [
-                str(
-                    (
-                        await client.create_flow_run_from_deployment(
-                            deployment_id,
-                            parameters=parameters,
-                            state=Scheduled(
-                                scheduled_time=due + datetime.timedelta(milliseconds=10 * i)
-                            ),
-                        )
-                    ).id
-                )
+                await create(client, parameters, due + datetime.timedelta(milliseconds=10 * i))
                 for i, parameters in enumerate(runs)
             ]
 
-    return run_coro_as_sync(create())
+    ids = run_coro_as_sync(create_all())
+    if gate is not None:
+        gate.touch()  # the gate run ends, and the queue starts with the first of `runs`
+    return ids
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def start_order(sdk: PipeDeploy, ids: list[str]) -> list[tuple[str, datetime.datetime]]:
@@ -92,11 +108,19 @@ def test_fifo_with_retry_failed_first(
     max_retries: int,
     order: str,
     finals: dict[str, str],
+    tmp_path: Path,
 ) -> None:
+    """Before, flaky under load: the runs were due 4 s after the first create, and when the
+    creates took longer (reproduced by a 6 s stall after A's), A ran and failed before B
+    existed, so its retry rightly went at once: AABCD. Now a gate run holds the queue until
+    all four exist (`submit_in_order`)."""
     name = deploy_queue(sdk, max_retries=max_retries)
     labels = "ABCD"
     ids = submit_in_order(
-        sdk, name, [{"label": label, "fail_attempts": failures.get(label, 0)} for label in labels]
+        sdk,
+        name,
+        [{"label": label, "fail_attempts": failures.get(label, 0)} for label in labels],
+        gate_dir=tmp_path,
     )
     results = settle(sdk, ids)
     attempts = start_order(sdk, ids)
@@ -112,7 +136,7 @@ def test_failed_run_with_nothing_waiting_is_retried_at_once(
     sdk: PipeDeploy, worker: ChildProcess
 ) -> None:
     name = deploy_queue(sdk)
-    ids = submit_in_order(sdk, name, [{"label": "A", "fail_attempts": 1}], delay_s=0)
+    ids = submit_in_order(sdk, name, [{"label": "A", "fail_attempts": 1}])
     (result,) = settle(sdk, ids)
     assert result["status"] == "Succeeded"
     assert result["attempts"] == 2
@@ -120,13 +144,19 @@ def test_failed_run_with_nothing_waiting_is_retried_at_once(
 
 
 def test_two_workers_never_run_a_run_twice_nor_reorder(
-    sdk: PipeDeploy, worker: ChildProcess, pool: str, tmp_path_factory: pytest.TempPathFactory
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    pool: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     second = start_worker(pool, tmp_path_factory.mktemp("second-worker"))
     try:
         name = deploy_queue(sdk)
         labels = [f"r{i:02d}" for i in range(10)]
-        ids = submit_in_order(sdk, name, [{"label": label, "sleep_s": 0.2} for label in labels])
+        ids = submit_in_order(
+            sdk, name, [{"label": label, "sleep_s": 0.2} for label in labels], gate_dir=tmp_path
+        )
         results = settle(sdk, ids)
         assert [r["status"] for r in results] == ["Succeeded"] * 10
         attempts = start_order(sdk, ids)

@@ -21,7 +21,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.states import Failed, Pending, Running, Scheduled
+from prefect.states import Completed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.admission import Holding
@@ -30,7 +30,7 @@ from prefect_pipedeploy.runtimes.low_latency import PodHandle
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker import PipeDeployWorker
-from prefect_pipedeploy.worker.dispatch import queue_retry
+from prefect_pipedeploy.worker.dispatch import claim, queue_retry
 from prefect_pipedeploy.worker.recovery import RECOVERED_MESSAGE, recover_abandoned
 from tests.support.executions import unique
 
@@ -82,6 +82,54 @@ async def test_a_run_that_does_not_fit_waits_and_says_why(
         "waiting for 600MiB of RAM: 512MiB of 1GiB held by pod of other (512MiB)"
     )
     assert worker.ledger.held == 512  # nothing was reserved for the waiting run
+
+
+async def test_a_waiting_reason_never_overwrites_another_workers_claim(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: a worker that read a run as Scheduled and found no RAM for it wrote its
+    AwaitingRAM state with force, over the claim (Pending) another worker had made meanwhile;
+    the run was open to a third claim and executed twice (three workers, 300 runs). Now the
+    waiting reason is written only by a worker that could claim the run itself."""
+    deployment = await deploy(sdk, client, ram_request="600MiB")
+    worker.ledger.holdings["pod:other"] = Holding("pod:other", 512, "pod of other")
+    flow_run = await new_run(client, deployment)
+    stale = await client.read_flow_run(flow_run.id)  # what the worker read, still Scheduled
+    await client.set_flow_run_state(flow_run.id, Pending())  # another worker's claim
+    await worker._admit_elastic([stale], {deployment.id: deployment})
+    state = (await client.read_flow_run(flow_run.id)).state
+    assert state is not None and (state.type.value, state.name) == ("PENDING", "Pending")
+    assert worker.ledger.held == 512
+
+
+async def test_a_claim_from_a_stale_read_never_reopens_a_finished_run(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: a worker claiming a run it had read as Scheduled, which another worker had run
+    to Completed since, got its Pending accepted (Prefect allows leaving a final state for a
+    re-run) and ran it a second time (three workers, 300 runs). Now such a claim puts the final
+    state back and is refused: the waiting reason, the pods' and the elastic claims alike."""
+    deployment = await deploy(sdk, client, ram_request="600MiB")
+    stale = await new_run(client, deployment)
+    for state in (Pending(), Running(), Completed(message="ran once")):
+        await client.set_flow_run_state(stale.id, state, force=True)
+    assert not await claim(client, stale)
+    worker.ledger.holdings["pod:other"] = Holding("pod:other", 512, "pod of other")
+    await worker._admit_elastic([stale], {deployment.id: deployment})  # its waiting reason
+    assert not await worker._propose_pending_state(stale)  # BaseWorker's elastic claim
+    run = await client.read_flow_run(stale.id)
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert (run.state.message, run.run_count) == ("ran once", 1)
+
+
+async def test_a_label_the_api_refuses_does_not_fail_the_submission(
+    worker: PipeDeployWorker,
+) -> None:
+    """Before: BaseWorker labels a run with its worker before starting it, and a refused label
+    update (a busy server's 503 after the client's retries) crashed the run, "Failed to submit
+    flow run to infrastructure" (seen under a 300-run burst). Now it is logged and the run goes
+    on; here the API refuses because the run does not exist."""
+    await worker._give_worker_labels_to_flow_run(uuid.uuid4())
 
 
 async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(

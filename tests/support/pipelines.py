@@ -108,11 +108,16 @@ def enrich(
 
 
 @flow
-def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3) -> dict:
-    """Fails on its first `fail_attempts` attempts (the queue tests' pipeline)."""
+def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3, gate: str = "") -> dict:
+    """Fails on its first `fail_attempts` attempts (the queue tests' pipeline). With `gate` (a
+    file path), it first waits until that file exists (at most two minutes): a run that holds
+    its queue until the test has created the runs behind it."""
     from prefect.runtime import flow_run
 
     attempt = flow_run.run_count
+    deadline = time.monotonic() + 120
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(sleep_s)
     if attempt <= fail_attempts:
         raise RuntimeError(f"{label} fails on attempt {attempt}")

@@ -16,7 +16,9 @@ methods. Async callers run them in a worker thread (`anyio.to_thread.run_sync`).
 
 Every execution downloads into its own directory, `<workdir>/inputs/<execution_id>/`, so
 parallel executions in one pod never see each other's files; `cleanup_execution_files` removes
-it once the execution is over.
+it once the execution is over. The runner's `<workdir>` is a temporary directory named after the
+execution (`make_execution_dir`): the process removes it when the run ends, and the worker
+(`remove_execution_dirs`) when that process was killed before it could.
 """
 
 from __future__ import annotations
@@ -111,6 +113,25 @@ def execution_inputs_dir(workdir: Path, execution_id: str) -> Path:
     if not _EXECUTION_ID_RE.match(str(execution_id)) or ".." in str(execution_id):
         raise ValueError(f"execution id {execution_id!r} is not a single path segment")
     return Path(workdir).expanduser().absolute() / "inputs" / str(execution_id)
+
+
+EXECUTION_DIR_PREFIX = "pipedeploy-exec-"
+
+
+def make_execution_dir(execution_id: str) -> Path:
+    """A new temporary directory for one execution, `pipedeploy-exec-<id>-*` in the temporary
+    directory, so whoever outlives the execution's process can find it by the id."""
+    execution_inputs_dir(Path(), execution_id)  # the id is one safe path segment
+    return Path(tempfile.mkdtemp(prefix=f"{EXECUTION_DIR_PREFIX}{execution_id}-"))
+
+
+def remove_execution_dirs(execution_id: str) -> None:
+    """Remove the temporary directories made for an execution (`make_execution_dir`) whose
+    process ended without removing them (killed, out of RAM, `os._exit`): called by the worker
+    once that process is gone, before the execution may be retried elsewhere."""
+    execution_inputs_dir(Path(), execution_id)
+    for path in Path(tempfile.gettempdir()).glob(f"{EXECUTION_DIR_PREFIX}{execution_id}-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def cleanup_execution_files(workdir: Path, execution_id: str) -> None:

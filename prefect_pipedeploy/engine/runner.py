@@ -14,7 +14,6 @@ import functools
 import inspect
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -42,6 +41,7 @@ from prefect_pipedeploy.exceptions import (
 )
 from prefect_pipedeploy.iomapping import (
     cleanup_execution_files,
+    make_execution_dir,
     pipeline_inputs_of,
     resolve_inputs,
     route_outputs,
@@ -144,7 +144,7 @@ class PipelineRunner:
     def _workdir(self, flow_run_id: UUID) -> Path:
         """The run's own temporary directory for downloaded inputs (made on first use)."""
         if flow_run_id not in self._workdirs:
-            self._workdirs[flow_run_id] = Path(tempfile.mkdtemp(prefix="pipedeploy-exec-"))
+            self._workdirs[flow_run_id] = make_execution_dir(str(flow_run_id))
         return self._workdirs[flow_run_id]
 
     def cleanup(self, flow_run: FlowRun) -> None:

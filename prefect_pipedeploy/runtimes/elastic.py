@@ -20,6 +20,7 @@ from uuid import UUID
 import psutil
 
 from prefect_pipedeploy.admission import run_key
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.worker.ram import RssWatcher
 
@@ -89,6 +90,7 @@ async def run_elastic(
             ended = await process.wait()
         finally:
             rss.unwatch(key)
+            remove_execution_dirs(str(flow_run_id))  # left by a process that was killed
     if exceeded:
         crash: str | None = f"The execution's process {exceeded[0]}."
     elif not ended.ok:

@@ -41,6 +41,7 @@ from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
@@ -519,6 +520,8 @@ class PodSupervisor:
             "began this execution"
         )
         held = list(pod.in_flight)
+        for flow_run_id in held:  # what the dead pod had made for them
+            remove_execution_dirs(str(flow_run_id))
         ended = []
         async with self._client() as client:
             for flow_run_id in held:

@@ -40,6 +40,7 @@ from prefect.workers.server import build_healthcheck_server
 from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import Holding, RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
@@ -319,6 +320,7 @@ class PipeDeployWorker(
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         if kind == "elastic":
+            remove_execution_dirs(ident)
             await crash_run(
                 self.client,
                 UUID(ident),

@@ -46,7 +46,11 @@ from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
-from prefect_pipedeploy.runtimes.elastic import elastic_workdir_of, run_elastic
+from prefect_pipedeploy.runtimes.elastic import (
+    elastic_workdir_of,
+    remove_dead_workers_workdirs,
+    run_elastic,
+)
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
     AdoptedProcess,
@@ -273,10 +277,15 @@ class PipeDeployWorker(
 
     async def _recover(self) -> None:
         """Give back the pool-cap slots of dead workers of this machine, take charge of the
-        executions and pods they left running, and re-queue the runs they claimed but never
+        executions and pods they left running, remove the temporary working directories of
+        their executions that ended meanwhile, and re-queue the runs they claimed but never
         started."""
         await self.admission.release_dead_leases()
         await self._adopt_orphans()
+        for workdir in remove_dead_workers_workdirs():
+            self.worker_logger.info(
+                "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
+            )
         await recover_abandoned(
             self.client, self.pool_name, get_settings().pending_recovery_s, self.worker_logger
         )

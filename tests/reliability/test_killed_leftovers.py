@@ -6,6 +6,8 @@ execution leaves there is seen, and ends with the pool's ledger (tests/support/l
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -73,3 +75,51 @@ def test_a_killed_execution_leaves_no_temporary_directory(
         check_ledger(pool, max_attempts=1)
     finally:
         worker.stop()
+
+
+def test_the_next_worker_removes_what_a_killed_worker_left_in_the_temporary_directory(
+    sdk: PipeDeploy, pool: str, tmp_path: Path
+) -> None:
+    """Fault: SIGKILL of the worker while its elastic execution runs; the execution finishes
+    before a worker starts again. Before: the temporary working directory the dead worker had
+    made for it (`pipedeploy-run-*`) stayed forever (2 after a 35 s chaos soak): only the
+    worker's own `TemporaryDirectory`, or adoption of a still running process, removed it. Now
+    the next worker removes it when it starts."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp), "PREFECT_INTEGRATIONS_PIPEDEPLOY_DRAIN_GRACE_S": "3"}
+    first = start_worker(pool, tmp_path, env=env)
+    try:
+        name = deploy(sdk, "counter", max_retries=0, ram_request="400MiB")
+        execution_id = sdk.run_deployment(
+            name, {"marker": "orphan", "sleep_s": 3}, wait_for_completion=False
+        )["execution_id"]
+        eventually(
+            lambda: sdk.get_pipeline_execution(execution_id)["status"],
+            60,
+            until=lambda status: status == "Running",
+        )
+        os.kill(first.popen.pid, signal.SIGKILL)
+        first.popen.wait(10)
+    finally:
+        first.stop()
+    ended = eventually(
+        lambda: sdk.get_pipeline_execution(execution_id),
+        60,
+        until=lambda e: e["status"] not in ("Pending", "Running"),
+    )
+    assert ended["status"] == "Succeeded", ended  # it reported its own end
+    eventually(
+        lambda: [p for p in psutil.process_iter() if execution_id in cmdline(p)],
+        30,
+        until=lambda left: not left,
+    )
+    assert [p.name for p in temp.iterdir() if p.name.startswith("pipedeploy-run-")]
+    second = start_worker(pool, tmp_path, env=env)
+    try:
+        eventually(
+            lambda: sorted(p.name for p in temp.iterdir()), 30, until=lambda names: not names
+        )
+        check_ledger(pool, max_attempts=1)
+    finally:
+        second.stop()

@@ -84,6 +84,9 @@ CAPACITY_REFRESH_S = 60.0
 #: How often a worker deletes sealed secret values whose run is gone (`sealed.sweep_sealed`).
 SEALED_SWEEP_S = 600.0
 
+#: Runs left Pending are looked for again every this fraction of `pending_recovery_s`.
+RECOVERY_EVERY = 0.5
+
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
 
@@ -246,11 +249,27 @@ class PipeDeployWorker(
         recovered = False
         capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
         swept_at = time.monotonic()  # sweep after the first interval
+        recovered_at = time.monotonic()
         while True:
             if self.has_synced and not recovered:
                 try:
                     await self._recover()
                     recovered = True
+                except Exception as exc:
+                    self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
+            elif recovered and time.monotonic() - recovered_at > RECOVERY_EVERY * (
+                get_settings().pending_recovery_s
+            ):
+                recovered_at = time.monotonic()
+                try:  # runs a worker killed and restarted at once left Pending
+                    if await recover_abandoned(
+                        self.client,
+                        self.pool_name,
+                        get_settings().pending_recovery_s,
+                        self.worker_logger,
+                        held=self._held_runs(),
+                    ):
+                        self.wake()
                 except Exception as exc:
                     self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
             if self.has_synced:
@@ -267,6 +286,13 @@ class PipeDeployWorker(
                 except Exception as exc:
                     self.worker_logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
+
+    def _held_runs(self) -> set[UUID]:
+        """The runs this worker has claimed: being submitted, running elastic, or in a pod."""
+        held = set(self._elastic_running) | self.submitting_runs()
+        for pod in self.pods.pods.values():
+            held |= pod.in_flight
+        return held
 
     async def _reconcile_pods(self) -> None:
         deployments = await read_all_deployments(

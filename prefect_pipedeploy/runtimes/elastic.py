@@ -54,19 +54,11 @@ def _working_dir(path: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _is_a_live_worker(pid: int) -> bool:
-    try:
-        line = " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return False
-    return "worker" in line and "pipedeploy" in line
-
-
 def remove_dead_workers_workdirs() -> list[Path]:
     """Remove the temporary working directories that workers of this machine which died
     (killed before their `TemporaryDirectory` ended) made for executions no process runs in any
     more; the removed ones. A directory an adopted execution still uses is kept (it goes when
-    that execution ends), and so is any of a live worker."""
+    that execution ends), and so is any whose worker's pid is alive."""
     temp = Path(tempfile.gettempdir()).resolve()
     in_use = set()
     for process in psutil.process_iter(["environ"]):
@@ -76,7 +68,8 @@ def remove_dead_workers_workdirs() -> list[Path]:
     removed = []
     for workdir in temp.glob(f"{WORKDIR_PREFIX}*"):
         pid = workdir.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or _is_a_live_worker(int(pid)) or workdir in in_use:
+        # a live process of that pid may be its worker (even embedded in another program)
+        if not pid.isdigit() or psutil.pid_exists(int(pid)) or workdir in in_use:
             continue
         shutil.rmtree(workdir, ignore_errors=True)
         removed.append(workdir)

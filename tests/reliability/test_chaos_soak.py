@@ -215,6 +215,10 @@ def test_chaos_soak(sdk: PipeDeploy, pool: str, soak: Soak, tmp_path: Path) -> N
 
     faults = {"pod": kill_a_pod, "worker": kill_the_worker, "s3": soak.restart_s3}
     accepted: list[str] = []
+    kind_of: dict[str, str] = {}  # execution id -> "elastic" / "elastic+s3" / "pod" / "queue+s3"
+    labels = dict(
+        zip((k.name for k in kinds), ("elastic", "elastic+s3", "pod", "queue+s3"), strict=True)
+    )
     started = time.monotonic()
     done = threading.Event()
 
@@ -233,6 +237,7 @@ def test_chaos_soak(sdk: PipeDeploy, pool: str, soak: Soak, tmp_path: Path) -> N
             inputs = {"label": f"n{len(accepted)}", "mib": kind.mib, **kind.inputs}
             created = sdk.run_deployment(kind.name, inputs, wait_for_completion=False)
             accepted.append(created["execution_id"])
+            kind_of[created["execution_id"]] = labels[kind.name]
             time.sleep(rng.uniform(0.1, 0.6))
     finally:
         done.set()
@@ -268,7 +273,9 @@ def test_chaos_soak(sdk: PipeDeploy, pool: str, soak: Soak, tmp_path: Path) -> N
     for i in failed:
         state = runs[i].state
         print(f"  failed {i} ({state.name}, run_count {runs[i].run_count}): {state.message}")
-    assert not lost, [(i, runs[i].state.name if i in runs else None) for i in lost]
+    assert not lost, [
+        (i, kind_of[i], runs[i].state.name if i in runs else None, runs[i].run_count) for i in lost
+    ]
     assert not duplicated, duplicated
     assert len(with_reason) == len(failed), [i for i in failed if i in silent]
     sizes = {

@@ -443,6 +443,10 @@ class WorkerBase(BaseWorker[C, V, R], abc.ABC):
         """Whether the run is being submitted or run by this worker right now."""
         return flow_run_id in self._submitting_flow_run_ids
 
+    def submitting_runs(self) -> set[UUID]:
+        """The runs this worker is submitting or running right now."""
+        return set(self._submitting_flow_run_ids)
+
     async def submit_runs(self, responses: list[WorkerFlowRunResponse]) -> list[FlowRun]:
         """Submit runs the way BaseWorker does (claim, then `run` in the runs task group)."""
         return await self._submit_scheduled_flow_runs(flow_run_response=responses)

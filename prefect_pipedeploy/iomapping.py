@@ -16,7 +16,9 @@ methods. Async callers run them in a worker thread (`anyio.to_thread.run_sync`).
 
 Every execution downloads into its own directory, `<workdir>/inputs/<execution_id>/`, so
 parallel executions in one pod never see each other's files; `cleanup_execution_files` removes
-it once the execution is over.
+it once the execution is over. The runner's `<workdir>` is a temporary directory named after the
+execution (`make_execution_dir`): the process removes it when the run ends, and the worker
+(`remove_execution_dirs`) when that process was killed before it could.
 """
 
 from __future__ import annotations
@@ -113,19 +115,21 @@ def execution_inputs_dir(workdir: Path, execution_id: str) -> Path:
     return Path(workdir).expanduser().absolute() / "inputs" / str(execution_id)
 
 
-#: Every execution's temporary directory (its downloaded inputs) is named after it, so that one
-#: whose process was killed before removing it can be removed by the worker.
 EXECUTION_DIR_PREFIX = "pipedeploy-exec-"
 
 
 def make_execution_dir(execution_id: str) -> Path:
-    """A new temporary directory for one execution's files, named after the execution."""
+    """A new temporary directory for one execution, `pipedeploy-exec-<id>-*` in the temporary
+    directory, so whoever outlives the execution's process can find it by the id."""
+    execution_inputs_dir(Path(), execution_id)  # the id is one safe path segment
     return Path(tempfile.mkdtemp(prefix=f"{EXECUTION_DIR_PREFIX}{execution_id}-"))
 
 
 def remove_execution_dirs(execution_id: str) -> None:
-    """Remove the temporary directories of an execution whose process died before it could
-    (a killed pod, a killed elastic process)."""
+    """Remove the temporary directories made for an execution (`make_execution_dir`) whose
+    process ended without removing them (killed, out of RAM, `os._exit`): called by the worker
+    once that process is gone, before the execution may be retried elsewhere."""
+    execution_inputs_dir(Path(), execution_id)
     for path in Path(tempfile.gettempdir()).glob(f"{EXECUTION_DIR_PREFIX}{execution_id}-*"):
         shutil.rmtree(path, ignore_errors=True)
 

@@ -71,7 +71,7 @@ class PipeDeploySettings(PrefectBaseSettings):
         gt=0,
         description=(
             "A run left Pending this long (its worker died after claiming it) is re-queued "
-            "by the next worker that starts."
+            "by a live worker (workers look every half of this, and when they start)."
         ),
     )
     pod_start_timeout_s: float = Field(

@@ -10,6 +10,8 @@ exit code N). Not for: admission or retries (the worker), the execution itself (
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +22,7 @@ from uuid import UUID
 import psutil
 
 from prefect_pipedeploy.admission import run_key
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.worker.ram import RssWatcher
 
@@ -46,8 +49,31 @@ def _working_dir(path: Path | None) -> Iterator[Path]:
     if path is not None:
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as tmp:
+    # named after this worker's pid, so a worker started after this one died can remove it
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         yield Path(tmp)
+
+
+def remove_dead_workers_workdirs() -> list[Path]:
+    """Remove the temporary working directories that workers of this machine which died
+    (killed before their `TemporaryDirectory` ended) made for executions no process runs in any
+    more; the removed ones. A directory an adopted execution still uses is kept (it goes when
+    that execution ends), and so is any whose worker's pid is alive."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    in_use = set()
+    for process in psutil.process_iter(["environ"]):
+        named = (process.info.get("environ") or {}).get(WORKDIR_VARIABLE)
+        if named:
+            in_use.add(Path(named))
+    removed = []
+    for workdir in temp.glob(f"{WORKDIR_PREFIX}*"):
+        pid = workdir.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        # a live process of that pid may be its worker (even embedded in another program)
+        if not pid.isdigit() or psutil.pid_exists(int(pid)) or workdir in in_use:
+            continue
+        shutil.rmtree(workdir, ignore_errors=True)
+        removed.append(workdir)
+    return removed
 
 
 def elastic_workdir_of(pid: int) -> Path | None:
@@ -89,6 +115,7 @@ async def run_elastic(
             ended = await process.wait()
         finally:
             rss.unwatch(key)
+            remove_execution_dirs(str(flow_run_id))  # left by a process that was killed
     if exceeded:
         crash: str | None = f"The execution's process {exceeded[0]}."
     elif not ended.ok:

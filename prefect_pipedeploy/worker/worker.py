@@ -47,7 +47,11 @@ from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
-from prefect_pipedeploy.runtimes.elastic import elastic_workdir_of, run_elastic
+from prefect_pipedeploy.runtimes.elastic import (
+    elastic_workdir_of,
+    remove_dead_workers_workdirs,
+    run_elastic,
+)
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
     AdoptedProcess,
@@ -80,6 +84,9 @@ CAPACITY_REFRESH_S = 60.0
 
 #: How often a worker deletes sealed secret values whose run is gone (`sealed.sweep_sealed`).
 SEALED_SWEEP_S = 600.0
+
+#: Runs left Pending are looked for again every this fraction of `pending_recovery_s`.
+RECOVERY_EVERY = 0.5
 
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
@@ -244,11 +251,27 @@ class PipeDeployWorker(
         recovered = False
         capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
         swept_at = time.monotonic()  # sweep after the first interval
+        recovered_at = time.monotonic()
         while True:
             if self.has_synced and not recovered:
                 try:
                     await self._recover()
                     recovered = True
+                except Exception as exc:
+                    self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
+            elif recovered and time.monotonic() - recovered_at > RECOVERY_EVERY * (
+                get_settings().pending_recovery_s
+            ):
+                recovered_at = time.monotonic()
+                try:  # runs a worker killed and restarted at once left Pending
+                    if await recover_abandoned(
+                        self.client,
+                        self.pool_name,
+                        get_settings().pending_recovery_s,
+                        self.worker_logger,
+                        held=self._held_runs(),
+                    ):
+                        self.wake()
                 except Exception as exc:
                     self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
             if self.has_synced:
@@ -266,6 +289,13 @@ class PipeDeployWorker(
                     self.worker_logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
 
+    def _held_runs(self) -> set[UUID]:
+        """The runs this worker has claimed: being submitted, running elastic, or in a pod."""
+        held = set(self._elastic_running) | self.submitting_runs()
+        for pod in self.pods.pods.values():
+            held |= pod.in_flight
+        return held
+
     async def _reconcile_pods(self) -> None:
         deployments = await read_all_deployments(
             self.client,
@@ -275,10 +305,15 @@ class PipeDeployWorker(
 
     async def _recover(self) -> None:
         """Give back the pool-cap slots of dead workers of this machine, take charge of the
-        executions and pods they left running, and re-queue the runs they claimed but never
+        executions and pods they left running, remove the temporary working directories of
+        their executions that ended meanwhile, and re-queue the runs they claimed but never
         started."""
         await self.admission.release_dead_leases()
         await self._adopt_orphans()
+        for workdir in remove_dead_workers_workdirs():
+            self.worker_logger.info(
+                "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
+            )
         await recover_abandoned(
             self.client, self.pool_name, get_settings().pending_recovery_s, self.worker_logger
         )
@@ -322,6 +357,7 @@ class PipeDeployWorker(
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         if kind == "elastic":
+            remove_execution_dirs(ident)
             await crash_run(
                 self.client,
                 UUID(ident),
@@ -533,7 +569,6 @@ class PipeDeployWorker(
                 started,
             )
             if outcome.crash is not None:
-                remove_execution_dirs(str(flow_run.id))  # the killed process could not
                 await self._report_crash(flow_run, outcome.crash)
             if flow_run.deployment_id is not None:
                 await self.after_run(flow_run.deployment_id, flow_run.id)

@@ -157,3 +157,38 @@ def profile(
         "tags": len(tags or []),
         "note": note,
     }
+
+
+@flow
+def big_output(mib: int = 32, seed: int = 0, sleep_s: float = 0.0) -> dict:
+    """Writes `mib` MiB of seeded random bytes and returns the file as output `blob` (a large
+    file output: the data-store outage tests map it to S3, uploaded in parts), with its size
+    and sha256 as endpoint outputs so a test can check what was stored."""
+    import hashlib
+    import random
+
+    time.sleep(sleep_s)
+    data = random.Random(seed).randbytes(mib * 1024 * 1024)
+    blob = _scratch_dir("big-output-") / "blob.bin"
+    blob.write_bytes(data)
+    return {"blob": blob, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@flow
+def soak_step(label: str, sleep_s: float = 0.2, mib: int = 0) -> dict:
+    """The soak's pipeline: notes each attempt that starts in the journal file named by
+    $PIPEDEPLOY_SOAK_JOURNAL (one appended line: run id, attempt, pid), sleeps, and with `mib`
+    returns a file of that size as output `blob` (mapped to the data store)."""
+    from prefect.runtime import flow_run
+
+    journal = os.environ.get("PIPEDEPLOY_SOAK_JOURNAL")
+    if journal:
+        with open(journal, "a") as handle:
+            handle.write(f"{flow_run.id} {flow_run.run_count} {os.getpid()}\n")
+    time.sleep(sleep_s)
+    outputs: dict = {"label": label, "attempt": flow_run.run_count}
+    if mib:
+        blob = _scratch_dir("soak-") / "blob.bin"
+        blob.write_bytes(os.urandom(mib * 1024 * 1024))
+        outputs["blob"] = blob
+    return outputs

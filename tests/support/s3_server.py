@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -77,14 +77,36 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+_WITH_BUCKETS = """
+import sys
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from moto.server import main
+
+region, names = sys.argv[1], sys.argv[2]
+for name in names.split(","):
+    s3_backends[DEFAULT_ACCOUNT_ID]["aws"].create_bucket(name, region)
+main(sys.argv[3:])
+"""
+
+
 @contextmanager
-def running_moto_server(log_dir: Path) -> Iterator[MotoServer]:
-    """Start `python -m moto.server` on a free port, wait until it answers, stop it after."""
-    port = free_port()
+def running_moto_server(
+    log_dir: Path, port: int | None = None, buckets: Sequence[str] = ()
+) -> Iterator[MotoServer]:
+    """Start moto's server on `port` (default: a free one) with `buckets` already made, wait
+    until it answers, stop it after. moto keeps its buckets in memory only (it has no
+    persistence for S3): a server started again after a kill is empty but for `buckets`, which
+    exist before it answers, as a real S3 bucket outlives an outage of its server."""
+    port = port or free_port()
     log_path = log_dir / f"moto-{port}.log"
-    with open(log_path, "wb") as log:
+    if buckets:
+        command = [sys.executable, "-c", _WITH_BUCKETS, REGION, ",".join(buckets)]
+    else:
+        command = [sys.executable, "-m", "moto.server"]
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -32,7 +32,9 @@ from prefect_pipedeploy.iomapping import (
     cleanup_execution_files,
     execution_inputs_dir,
     file_output_path,
+    make_execution_dir,
     pipeline_inputs_of,
+    remove_execution_dirs,
     render_output_path,
     resolve_inputs,
     route_outputs,
@@ -409,6 +411,21 @@ def test_data_store_input_is_downloaded_per_execution(
     assert not (workdir / "inputs" / "run-1").exists()
     assert path_2.exists()  # the other execution's files stay
     cleanup_execution_files(workdir, "run-1")  # twice is fine
+
+
+def test_execution_dirs_are_named_after_the_execution_and_removed_by_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = make_execution_dir("run-1")
+    other = make_execution_dir("run-10")  # a prefix of the other's id is not the same run
+    (mine / "inputs").mkdir()
+    assert mine.parent == tmp_path and mine.name.startswith("pipedeploy-exec-run-1-")
+    remove_execution_dirs("run-1")
+    assert not mine.exists() and other.exists()
+    remove_execution_dirs("run-1")  # twice is fine
+    with pytest.raises(ValueError):
+        remove_execution_dirs("../x")
 
 
 def test_missing_data_store_object_names_the_input_and_the_path(

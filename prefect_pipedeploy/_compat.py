@@ -467,6 +467,21 @@ class WorkerBase(BaseWorker[C, V, R], abc.ABC):
         # BaseWorker's claim in `_submit_run` goes through `claim_run`
         return await self.claim_run(flow_run)
 
+    def crash_reported(self, flow_run_id: UUID) -> bool:
+        """Whether `run` reported this run's crash itself, with its cause (override; called once
+        per run that `run` ended with a non-zero status code)."""
+        return False
+
+    async def _propose_crashed_state(
+        self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
+    ) -> None:
+        # BaseWorker proposes Crashed ("infrastructure exited with non-zero status code") after
+        # `run` returns a non-zero code. When `run` reported the crash itself and re-queued the
+        # run for a retry since, that second Crashed state would end the retry (3.9.1).
+        if self.crash_reported(flow_run.id):
+            return
+        await super()._propose_crashed_state(flow_run, message, client=client)
+
     async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
         # BaseWorker labels a run with its worker before `run`; when that call failed (a busy
         # server's 503 after the client's retries) it crashed the run, "Failed to submit flow

@@ -124,6 +124,7 @@ class PipeDeployWorker(
         self._sealed: set[UUID] = set()  # runs sent to a pod with sealed secret inputs
         self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
+        self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
         self._adopted: set[asyncio.Task[None]] = set()  # watchers of orphans taken in charge
         self.pods = PodSupervisor(
             runtime=self.runtime,
@@ -569,6 +570,7 @@ class PipeDeployWorker(
                 started,
             )
             if outcome.crash is not None:
+                self._crashes_reported.add(flow_run.id)
                 await self._report_crash(flow_run, outcome.crash)
             if flow_run.deployment_id is not None:
                 await self.after_run(flow_run.deployment_id, flow_run.id)
@@ -576,6 +578,14 @@ class PipeDeployWorker(
             self._elastic_running.discard(flow_run.id)
             self._elastic.pop(flow_run.id, None)
         return PipeDeployWorkerResult(identifier=outcome.identifier, status_code=outcome.exit_code)
+
+    def crash_reported(self, flow_run_id: UUID) -> bool:
+        """Whether `run` reported this run's crash (and its retry) itself: then BaseWorker does
+        not mark it Crashed a second time, over the retry."""
+        if flow_run_id not in self._crashes_reported:
+            return False
+        self._crashes_reported.discard(flow_run_id)
+        return True
 
     async def _report_crash(self, flow_run: FlowRun, message: str) -> None:
         self.get_flow_run_logger(flow_run).error(message)

@@ -108,6 +108,9 @@ def test_base_worker_private_hooks() -> None:
         "_submit_scheduled_flow_runs",
         "_emit_worker_started_event",
         "_release_limit_slot",
+        "_propose_pending_state",
+        "_propose_crashed_state",
+        "_give_worker_labels_to_flow_run",
         "is_worker_still_polling",
     ):
         assert callable(getattr(BaseWorker, name, None)), changed(
@@ -119,6 +122,12 @@ def test_base_worker_private_hooks() -> None:
     assert parameters(BaseWorker._release_limit_slot) == ["self", "flow_run_id"], changed(
         "BaseWorker._release_limit_slot", "WorkerBase._release_limit_slot"
     )
+    assert parameters(BaseWorker._propose_crashed_state) == [
+        "self",
+        "flow_run",
+        "message",
+        "client",
+    ], changed("BaseWorker._propose_crashed_state", "WorkerBase._propose_crashed_state")
 
 
 def test_base_worker_private_attributes() -> None:

@@ -2,8 +2,10 @@
 
 For: an embedded Prefect server on SQLite under a project-local home, and child processes
 (workers, gateway) started the way a user would start them and stopped with terminate, grace,
-kill. Not for: deciding what runs where (the worker does), or production setups (point
-PREFECT_API_URL at your server and start workers with `prefect worker start`).
+kill; the record a running `pipedeploy up` leaves (`StackRecord`) so that another shell's CLI
+and SDK find it when no PREFECT_API_URL is set (`find_running_stack`). Not for: deciding what
+runs where (the worker does), or production setups (point PREFECT_API_URL at your server and
+start workers with `prefect worker start`).
 
     pipedeploy up            # uses this module
 """
@@ -11,14 +13,17 @@ PREFECT_API_URL at your server and start workers with `prefect worker start`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from prefect_pipedeploy.exceptions import ServerUnavailable
 from prefect_pipedeploy.prefect_api.poolcap import FILE_LEASE_STORAGE
@@ -32,12 +37,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def server_environment(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of an embedded Prefect server whose database lives under `home`."""
+def wildcard(host: str) -> bool:
+    """Whether `host` is an "every interface" bind address rather than one a client can use."""
+    return host in ("0.0.0.0", "::", "")
+
+
+def reachable_host(host: str) -> str:
+    """The address a browser (or another machine) uses for a server bound to `host`: `host`
+    itself, or for a wildcard bind the address of this machine's outward interface (no packet
+    is sent), 127.0.0.1 when it has none."""
+    if not wildcard(host):
+        return host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.254.254.254", 1))  # routing only: UDP connect sends nothing
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def server_environment(
+    home: Path, base: Mapping[str, str] | None = None, host: str = "127.0.0.1", port: int = 4200
+) -> dict[str, str]:
+    """Environment of an embedded Prefect server whose database lives under `home`, listening
+    on `host`:`port`. Its UI asks for its API at that address (Prefect derives the UI's API URL
+    from PREFECT_SERVER_API_HOST/PORT, not from `prefect server start --port`: before, the UI of
+    a server on any port but 4200 called 127.0.0.1:4200). A PREFECT_UI_API_URL the user set is
+    kept (a reverse proxy's)."""
     env = dict(base if base is not None else os.environ)
     home.mkdir(parents=True, exist_ok=True)
+    env.setdefault("PREFECT_UI_API_URL", f"http://{reachable_host(host)}:{port}/api")
     env.update(
         {
+            "PREFECT_SERVER_API_HOST": host,
+            "PREFECT_SERVER_API_PORT": str(port),
             "PREFECT_HOME": str(home),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
                 f"sqlite+aiosqlite:///{home / 'prefect.db'}"
@@ -64,7 +97,7 @@ def start_prefect_server(
 ) -> tuple[ChildProcess, str]:
     """Start `prefect server start` on SQLite under `home`; returns it and its API URL."""
     port = port or free_port(host)
-    env = {**server_environment(home), **(env_overrides or {})}
+    env = {**server_environment(home, host=host, port=port), **(env_overrides or {})}
     env["PREFECT_UI_ENABLED"] = "true" if ui else "false"
     child = start_child(
         "prefect-server",
@@ -84,7 +117,7 @@ def start_prefect_server(
         home / "logs" / "server.log",
         env=env,
     )
-    api_url = f"http://{host}:{port}/api"
+    api_url = f"http://{'127.0.0.1' if wildcard(host) else host}:{port}/api"
     try:
         wait_for_http(f"{api_url}/health", timeout_s, child)
     except Exception:
@@ -117,3 +150,69 @@ def running(children: list[ChildProcess]) -> Iterator[list[ChildProcess]]:
     finally:
         for child in reversed(children):
             child.stop()
+
+
+STACK_FILE = "stack.json"
+USER_STACK_FILE = "pipedeploy-stack.json"
+
+
+@dataclass(frozen=True)
+class StackRecord:
+    """What another shell needs of a running `pipedeploy up`: where its server, gateway and
+    data store are. Written to `<home>/stack.json` and to `$PREFECT_HOME/pipedeploy-stack.json`
+    once the stack is ready, removed when it stops."""
+
+    api_url: str
+    gateway_url: str
+    pool: str
+    data_store: str
+    home: str
+    pid: int
+
+    def describe(self) -> str:
+        return (
+            f"the local stack of `pipedeploy up` (pid {self.pid}, home {self.home}): "
+            f"Prefect API {self.api_url}, gateway {self.gateway_url}"
+        )
+
+
+def stack_record_paths(home: Path) -> list[Path]:
+    """Where a stack whose home is `home` is recorded, the project's place first."""
+    from prefect.settings import PREFECT_HOME
+
+    return [home / STACK_FILE, Path(PREFECT_HOME.value()) / USER_STACK_FILE]
+
+
+@contextlib.contextmanager
+def recorded(record: StackRecord) -> Iterator[None]:
+    """Leave `record` where `find_running_stack` looks while the block runs."""
+    paths = stack_record_paths(Path(record.home))
+    text = json.dumps(asdict(record), indent=2)
+    for path in paths:
+        with contextlib.suppress(OSError):  # a read-only PREFECT_HOME loses the shortcut only
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    try:
+        yield
+    finally:
+        for path in paths:
+            with contextlib.suppress(OSError, ValueError):
+                if StackRecord(**json.loads(path.read_text())).pid == record.pid:
+                    path.unlink()
+
+
+def find_running_stack(home: Path) -> StackRecord | None:
+    """The `pipedeploy up` stack this shell should use when no Prefect API is configured: the
+    one recorded under the project's `home`, else the one recorded under PREFECT_HOME; only a
+    stack whose process is alive and whose API answers."""
+    for path in stack_record_paths(home):
+        try:
+            record = StackRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if not psutil.pid_exists(record.pid):
+            continue
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{record.api_url}/health", timeout=2).status_code == 200:
+                return record
+    return None

@@ -11,6 +11,7 @@ the same boundary. Not for: commands (the other modules of `cli`).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, NoReturn
 
 import httpx
@@ -67,6 +68,35 @@ app = typer.Typer(
     add_completion=False,
     help="The `pipedeploy` command line: the local stack, the worker, deployments and executions.",
 )
+
+
+@app.callback()
+def use_local_stack(ctx: typer.Context) -> None:
+    """Every command but `up`: with no Prefect API configured (PREFECT_API_URL in the
+    environment or the profile), use the stack a running `pipedeploy up` recorded (this
+    project's `.pipedeploy`, else PREFECT_HOME), and say so on stderr; its gateway and data
+    store too, unless set. Without one, Prefect's own rule applies (a temporary server)."""
+    if ctx.invoked_subcommand == "up" or PREFECT_API_URL.value():
+        return
+    from prefect.settings import temporary_settings
+
+    from prefect_pipedeploy.settings import env_name, get_settings
+    from prefect_pipedeploy.stack import find_running_stack
+
+    settings = get_settings()
+    stack = find_running_stack(settings.home)
+    if stack is None:
+        return
+    typer.secho(f"Using {stack.describe()}", err=True, fg=typer.colors.BLUE)
+    found = {
+        "PREFECT_API_URL": stack.api_url,
+        env_name("gateway_url"): settings.gateway_url or stack.gateway_url,
+        env_name("data_store"): settings.data_store or stack.data_store,
+    }
+    if "default_pool" not in settings.model_fields_set:
+        found[env_name("default_pool")] = stack.pool
+    os.environ.update(found)  # what this process reads and what its children (pods) inherit
+    ctx.with_resource(temporary_settings(updates={PREFECT_API_URL: stack.api_url}))
 
 
 def fail(message: str) -> NoReturn:

@@ -19,7 +19,7 @@ import typer
 from prefect_pipedeploy.cli.app import app, fail
 from prefect_pipedeploy.exceptions import DeploymentNotFound, PipeDeployError
 from prefect_pipedeploy.sdk.client import PipeDeploy
-from prefect_pipedeploy.settings import get_settings
+from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.stack import ChildProcess
 
 DEMO_DEPLOYMENT = "demo-score"
@@ -41,7 +41,10 @@ def up(
 ) -> None:
     """Start the whole local stack: Prefect server (SQLite), the pool, a worker. Ctrl-C stops it."""
     from prefect_pipedeploy.stack import (
+        StackRecord,
         free_port,
+        reachable_host,
+        recorded,
         running,
         start_child,
         start_prefect_server,
@@ -60,9 +63,9 @@ def up(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with running(children):
-        api_url = os.environ.get("PREFECT_API_URL", "")
+        api_url = _configured_api()
         if api_url:
-            typer.echo(f"Using the Prefect API at {api_url}")
+            typer.echo(f"Using the Prefect API at {api_url} (PREFECT_API_URL is set)")
         else:
             if port == 0:
                 port = free_port(host)
@@ -71,7 +74,8 @@ def up(
             except PipeDeployError as exc:
                 fail(f"{exc}\n(is port {port} in use? pass --port)")
             children.append(server)
-            typer.echo(f"Prefect server:  {api_url}   (UI: {api_url.removesuffix('/api')})")
+            ui_url = f"http://{reachable_host(host)}:{port}"
+            typer.echo(f"Prefect server:  {api_url}   (UI: {ui_url})")
         data_store = _ensure_data_store(api_url, home)
         # The children get this process's settings, with the stack's data store, by variable.
         stack_settings = settings.model_copy(update={"data_store": data_store})
@@ -112,7 +116,7 @@ def up(
             env=env,
         )
         children.append(gateway_child)
-        gateway_url = f"http://{host}:{gateway_port}"
+        gateway_url = f"http://{reachable_host(host)}:{gateway_port}"
         try:
             wait_for_http(f"{gateway_url}/health", 60, gateway_child)
         except PipeDeployError as exc:
@@ -120,17 +124,51 @@ def up(
         typer.echo(
             f"Gateway:         {gateway_url}/endpoints/<path>   (API docs: {gateway_url}/docs)"
         )
-        if demo:
-            _run_demo(api_url, pool, data_store, gateway_url)
-            if exit_after_demo:
-                return
-        typer.echo("Ready. Press Ctrl-C to stop.")
-        while not stop["requested"]:
-            for child in children:
-                if not child.alive():
-                    fail(f"{child.name} exited; see {child.log_path}:\n{child.log_tail()}")
-            time.sleep(0.5)
-        typer.echo("Stopping...")
+        record = StackRecord(api_url, gateway_url, pool, data_store, str(home), os.getpid())
+        with recorded(record):
+            if demo:
+                _run_demo(api_url, pool, data_store, gateway_url)
+                if exit_after_demo:
+                    return
+            typer.echo(
+                "Another shell: `pipedeploy ...` and `PipeDeploy()` find this stack by themselves"
+                " (from this directory, or any while it is the last one started); elsewhere, or"
+                " for Prefect's own CLI:\n"
+                f"  export PREFECT_API_URL={api_url}\n"
+                f"  export {env_name('gateway_url')}={gateway_url}\n"
+                f"  export {env_name('data_store')}={data_store}"
+            )
+            typer.echo("Ready. Press Ctrl-C to stop.")
+            while not stop["requested"]:
+                for child in children:
+                    if not child.alive():
+                        fail(f"{child.name} exited; see {child.log_path}:\n{child.log_tail()}")
+                time.sleep(0.5)
+            typer.echo("Stopping...")
+
+
+def _configured_api() -> str | None:
+    """The Prefect API the user configured (environment or profile), checked to answer: `up`
+    then uses it rather than starting a server. One that does not answer stops `up` with what
+    it tried and the two ways out (before: a traceback ending in ConnectError)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_pipedeploy.stack import wait_for_http
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        return None
+    source = "the environment" if os.environ.get("PREFECT_API_URL") else "your Prefect profile"
+    try:
+        wait_for_http(f"{api_url.rstrip('/')}/health", 5)
+    except PipeDeployError:
+        fail(
+            f"PREFECT_API_URL is set to {api_url} (in {source}), so `pipedeploy up` uses that"
+            " server instead of starting its own, but it does not answer. Either start that"
+            " server, or unset PREFECT_API_URL (`unset PREFECT_API_URL`, or `prefect config"
+            " unset PREFECT_API_URL` for a profile) and `pipedeploy up` starts its own."
+        )
+    return str(api_url)
 
 
 def _ensure_data_store(api_url: str, home: Path) -> str:

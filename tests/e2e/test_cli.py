@@ -67,12 +67,53 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{gateway_port}/health").status_code == 200
         assert f"curl -L -X POST http://127.0.0.1:{gateway_port}/endpoints/demo-score" in output
+        # the UI served on this port asks for its API on this port (before: 127.0.0.1:4200)
+        ui_settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings").json()
+        assert ui_settings["api_url"] == f"http://127.0.0.1:{port}/api"
+        assert f"export PREFECT_API_URL=http://127.0.0.1:{port}/api" in output
+        # a second shell, elsewhere, with no PREFECT_API_URL: the CLI and the SDK find the stack
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        listed = subprocess.run(
+            [*PIPEDEPLOY, "deployment", "ls"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=elsewhere,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert "demo-score" in listed.stdout
+        assert f"Using the local stack of `pipedeploy up` (pid {up.pid}" in listed.stderr
+        sdk_script = "from prefect_pipedeploy import PipeDeploy; pd = PipeDeploy(); " + (
+            "print(pd.api_url, pd.gateway_url, [d['name'] for d in pd.list_deployments()])"
+        )
+        from_sdk = subprocess.run(
+            [sys.executable, "-c", sdk_script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=elsewhere,
+        )
+        assert from_sdk.returncode == 0, from_sdk.stderr
+        assert from_sdk.stdout.split() == [
+            f"http://127.0.0.1:{port}/api",
+            f"http://127.0.0.1:{gateway_port}",
+            "['demo-score']",
+        ]
+        records = [
+            tmp_path / "stack" / "stack.json",
+            tmp_path / "client-home" / "pipedeploy-stack.json",
+        ]
+        assert all(record.exists() for record in records)
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3  # server, worker, gateway
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
         _, alive = psutil.wait_procs(children, timeout=15)
         assert alive == [], f"left running: {alive}"
+        assert [record for record in records if record.exists()] == []
         for url in (
             f"http://127.0.0.1:{port}/api/health",
             f"http://127.0.0.1:{gateway_port}/health",
@@ -86,6 +127,26 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
         log.close()
+
+
+def test_up_with_an_unreachable_prefect_api_says_what_it_tried(tmp_path: Path) -> None:
+    """`pipedeploy up` with PREFECT_API_URL pointing at no server: one message naming the URL,
+    why it is used, and the two ways out. Before: "Using the Prefect API at ..." then a raw
+    traceback ending in ConnectError."""
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "client-home")}
+    result = subprocess.run(
+        [*PIPEDEPLOY, "up", "--home", str(tmp_path / "stack")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"PREFECT_API_URL is set to {url} (in the environment)" in result.stderr
+    assert "unset PREFECT_API_URL" in result.stderr and "start that server" in result.stderr
 
 
 def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess) -> None:

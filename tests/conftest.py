@@ -68,7 +68,9 @@ def prefect_api() -> Iterator[str]:
     """The API URL of a real Prefect server, set as PREFECT_API_URL for this process and children."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server, api_url = start_prefect_server(_TEST_HOME / "server", ui=False)
+    # A first start migrates a new database and compiles a fresh virtualenv's modules: on a
+    # loaded 2-core machine that took over 90 s once, and every test of the run then errored.
+    server, api_url = start_prefect_server(_TEST_HOME / "server", ui=False, timeout_s=300)
     os.environ["PREFECT_API_URL"] = api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):

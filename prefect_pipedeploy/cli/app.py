@@ -128,5 +128,14 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
+def print_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Rows under a header row, each column as wide as its widest cell (the last one free)."""
+    cells = [tuple(str(c) for c in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    for row in cells:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        typer.echo(f"{line}  {row[-1]}".rstrip())
+
+
 def make_sdk() -> PipeDeploy:
     return PipeDeploy()

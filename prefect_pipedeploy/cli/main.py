@@ -13,7 +13,7 @@ import signal
 
 import typer
 
-from prefect_pipedeploy.cli.app import app, make_sdk, print_json
+from prefect_pipedeploy.cli.app import app, make_sdk, print_json, print_table
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.worker.worker import PipeDeployWorker
 
@@ -84,8 +84,11 @@ def worker(
 @deployment_app.command("ls")
 def deployment_ls() -> None:
     """List deployments."""
-    for d in make_sdk().list_deployments():
-        typer.echo(f"{d['name']:30} {d['execution_rule']:9} {d['mode']:12} {d['status']}")
+    rows = [
+        (d["name"], d["execution_rule"], d["mode"], d["status"])
+        for d in make_sdk().list_deployments()
+    ]
+    print_table(("NAME", "TRIGGER", "MODE", "STATUS"), rows)
 
 
 @deployment_app.command("get")
@@ -111,14 +114,23 @@ def deployment_logs(name: str) -> None:
 @executions_app.command("ls")
 def executions_ls(
     deployment: str = typer.Option(None, "--deployment", help="Only this deployment's."),
-    limit: int = typer.Option(50, "--limit"),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many (any number)."),
+    scheduled: bool = typer.Option(
+        False, "--scheduled", help="Also the runs a schedule has made ahead of time."
+    ),
 ) -> None:
-    """List executions, newest first."""
-    for e in make_sdk().list_pipeline_executions(deployment, limit):
-        typer.echo(
-            f"{e['execution_id']}  {e['deployment_name'] or '-':24} {e['status']:9} "
-            f"{e['created']}  {e['message'] or ''}"
+    """List executions: the most recently started first, then those waiting to start."""
+    rows = [
+        (
+            e["execution_id"],
+            e["deployment_name"] or "-",
+            e["status"],
+            e["start_time"] or f"(due {e['expected_start_time']})",
+            e["message"] or "",
         )
+        for e in make_sdk().list_pipeline_executions(deployment, limit, scheduled)
+    ]
+    print_table(("EXECUTION ID", "DEPLOYMENT", "STATUS", "STARTED", "MESSAGE"), rows)
 
 
 @executions_app.command("get")

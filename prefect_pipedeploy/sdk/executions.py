@@ -16,6 +16,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterStartTime,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -24,7 +27,7 @@ from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.exceptions import DeploymentNotFound
+from prefect_pipedeploy.exceptions import DeploymentNotFound, SpecError
 from prefect_pipedeploy.prefect_api.records import read_outputs
 from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
@@ -40,23 +43,39 @@ class ExecutionVerbs(Verbs):
     """Execution verbs; mixed into `PipeDeploy`."""
 
     async def alist_pipeline_executions(
-        self, deployment_name: str | None = None, limit: int = 100
+        self, deployment_name: str | None = None, limit: int = 100, include_scheduled: bool = False
     ) -> list[dict[str, Any]]:
-        """Executions, newest first; of one deployment when `deployment_name` is given."""
+        """Executions, of one deployment when `deployment_name` is given: those that started,
+        the most recent start first, then those due that have not started (waiting), the most
+        recently due first; with `include_scheduled`, then the runs a schedule has made ahead
+        of time, the soonest first (before, those came first: a 1-minute schedule's listing
+        was 50 future runs and none that ran). Any `limit` works: the server gives at most
+        200 runs per read, so the listing reads page after page."""
+        if limit < 1:
+            raise SpecError(f"limit must be 1 or more, got {limit}")
+        now = datetime.now(timezone.utc)
         async with self._client() as client:
-            names: dict[UUID, str] = {}
+            names: dict[UUID, str | None] = {}
+            deployment_filter = None
             if deployment_name is not None:
                 deployment = await self._deployment(client, deployment_name)
                 names[deployment.id] = deployment.name
                 deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-            else:
-                deployment_filter = None
-            flow_runs = await client.read_flow_runs(
-                deployment_filter=deployment_filter,
-                work_pool_filter=pipedeploy_pools(),
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                limit=limit,
-            )
+            parts = [
+                (FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)), START_DESC),
+                (_not_started(expected_before=now), FlowRunSort.EXPECTED_START_TIME_DESC),
+            ]
+            if include_scheduled:
+                parts.append(
+                    (_not_started(expected_after=now), FlowRunSort.EXPECTED_START_TIME_ASC)
+                )
+            flow_runs: list[FlowRun] = []
+            for flow_run_filter, sort in parts:
+                flow_runs += await _read_pages(
+                    client, deployment_filter, flow_run_filter, sort, limit - len(flow_runs)
+                )
+            # a run that started between two reads (or a page that moved) is listed once
+            flow_runs = list({run.id: run for run in flow_runs}.values())
             for run in flow_runs:
                 if run.deployment_id and run.deployment_id not in names:
                     try:
@@ -64,7 +83,7 @@ class ExecutionVerbs(Verbs):
                             await client.read_deployment(run.deployment_id)
                         ).name
                     except ObjectNotFound:
-                        names[run.deployment_id] = None  # type: ignore[assignment]
+                        names[run.deployment_id] = None
         return [
             execution_view(run, names.get(run.deployment_id) if run.deployment_id else None)
             for run in flow_runs
@@ -152,9 +171,11 @@ class ExecutionVerbs(Verbs):
         ]
 
     def list_pipeline_executions(
-        self, deployment_name: str | None = None, limit: int = 100
+        self, deployment_name: str | None = None, limit: int = 100, include_scheduled: bool = False
     ) -> list[dict[str, Any]]:
-        return run_coro_as_sync(self.alist_pipeline_executions(deployment_name, limit))
+        return run_coro_as_sync(
+            self.alist_pipeline_executions(deployment_name, limit, include_scheduled)
+        )
 
     def run_deployment(
         self,
@@ -172,6 +193,46 @@ class ExecutionVerbs(Verbs):
 
     def get_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
         return run_coro_as_sync(self.aget_pipeline_execution_logs(execution_id))
+
+
+#: Prefect's most flow runs per read (`limit` above it is a 422).
+SERVER_PAGE = 200
+START_DESC = FlowRunSort.START_TIME_DESC
+
+
+def _not_started(
+    expected_before: datetime | None = None, expected_after: datetime | None = None
+) -> FlowRunFilter:
+    expected: dict[str, Any] = {"before_": expected_before, "after_": expected_after}
+    return FlowRunFilter(
+        start_time=FlowRunFilterStartTime(is_null_=True),
+        expected_start_time=FlowRunFilterExpectedStartTime(**expected),
+    )
+
+
+async def _read_pages(
+    client: PrefectClient,
+    deployment_filter: DeploymentFilter | None,
+    flow_run_filter: FlowRunFilter,
+    sort: FlowRunSort,
+    wanted: int,
+) -> list[FlowRun]:
+    """Up to `wanted` runs of the pipedeploy pools, read SERVER_PAGE at a time."""
+    found: list[FlowRun] = []
+    while len(found) < wanted:
+        asked = min(SERVER_PAGE, wanted - len(found))
+        page = await client.read_flow_runs(
+            deployment_filter=deployment_filter,
+            flow_run_filter=flow_run_filter,
+            work_pool_filter=pipedeploy_pools(),
+            sort=sort,
+            limit=asked,
+            offset=len(found),
+        )
+        found += page
+        if len(page) < asked:
+            break
+    return found
 
 
 async def _max_retries(client: PrefectClient, flow_run: FlowRun) -> int:

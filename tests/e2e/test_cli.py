@@ -156,10 +156,13 @@ def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess
     listed = run_cli("deployment", "ls")
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
+    assert listed.stdout.splitlines()[0].split() == ["NAME", "TRIGGER", "MODE", "STATUS"]
     got = run_cli("deployment", "get", name)
     assert json.loads(got.stdout)["name"] == name
-    ls = run_cli("executions", "ls", "--deployment", name)
-    assert execution["execution_id"] in ls.stdout and "Succeeded" in ls.stdout
+    ls = run_cli("executions", "ls", "--deployment", name, "--limit", "500")
+    header, row = ls.stdout.splitlines()  # one execution under the header row
+    assert header.split() == ["EXECUTION", "ID", "DEPLOYMENT", "STATUS", "STARTED", "MESSAGE"]
+    assert row.split()[:3] == [execution["execution_id"], name, "Succeeded"]
     shown = json.loads(run_cli("executions", "get", execution["execution_id"]).stdout)
     assert shown["outputs"]["count"] >= 1
     eventually(

@@ -22,9 +22,22 @@ from tests.support.paths import PIPELINES, ROOT
 PIPEDEPLOY = [sys.executable, "-m", "prefect_pipedeploy.cli"]
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_python(*PIPEDEPLOY[1:], *args, timeout=timeout, env=env, cwd=cwd)
+
+
+def run_python(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PIPEDEPLOY, *args], capture_output=True, text=True, timeout=timeout, env=os.environ
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ if env is None else env,
+        cwd=cwd,
     )
 
 
@@ -74,28 +87,14 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         # a second shell, elsewhere, with no PREFECT_API_URL: the CLI and the SDK find the stack
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
-        listed = subprocess.run(
-            [*PIPEDEPLOY, "deployment", "ls"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd=elsewhere,
-        )
+        listed = run_cli("deployment", "ls", env=env, cwd=elsewhere)
         assert listed.returncode == 0, listed.stderr
         assert "demo-score" in listed.stdout
         assert f"Using the local stack of `pipedeploy up` (pid {up.pid}" in listed.stderr
         sdk_script = "from prefect_pipedeploy import PipeDeploy; pd = PipeDeploy(); " + (
             "print(pd.api_url, pd.gateway_url, [d['name'] for d in pd.list_deployments()])"
         )
-        from_sdk = subprocess.run(
-            [sys.executable, "-c", sdk_script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd=elsewhere,
-        )
+        from_sdk = run_python("-c", sdk_script, env=env, cwd=elsewhere)
         assert from_sdk.returncode == 0, from_sdk.stderr
         assert from_sdk.stdout.split() == [
             f"http://127.0.0.1:{port}/api",
@@ -135,14 +134,7 @@ def test_up_with_an_unreachable_prefect_api_says_what_it_tried(tmp_path: Path) -
     traceback ending in ConnectError."""
     url = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "client-home")}
-    result = subprocess.run(
-        [*PIPEDEPLOY, "up", "--home", str(tmp_path / "stack")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=tmp_path,
-    )
+    result = run_cli("up", "--home", str(tmp_path / "stack"), env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert f"PREFECT_API_URL is set to {url} (in the environment)" in result.stderr

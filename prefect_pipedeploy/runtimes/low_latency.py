@@ -629,8 +629,9 @@ class PodSupervisor:
         return None
 
     async def _end_in_flight(self, pod: PodHandle, explanation: str, recreated: bool) -> None:
-        """What a pod that went down still held: runs it began end Crashed, saying why; runs it
-        never began go back to the queue. Nothing waits on a pod that is gone.
+        """What a pod that went down still held: runs that were running end Crashed, saying why;
+        runs still Pending (never began) go back to the queue. Nothing waits on a pod that is
+        gone.
 
         The Prefect API may be away (a server restart): then this waits for it, and tries
         again, until every run is ended (a pod being re-created) or for `API_ANSWER_WAIT_S` (a
@@ -650,11 +651,11 @@ class PodSupervisor:
                 async with self._client() as client:
                     await when_api_answers(client)
                     for flow_run_id in list(pod.in_flight):
-                        if flow_run_id in pod.started:
-                            await crash_run(client, flow_run_id, crashed)
+                        # by its state, not by the pod's "started": a run the pod began but
+                        # that is still Pending (its inputs being fetched) never ran; before,
+                        # it ended Crashed with run_count 0, so it was never retried
+                        if not await requeue_run(client, flow_run_id, requeued, crashed):
                             ended.append(flow_run_id)
-                        else:
-                            await requeue_run(client, flow_run_id, requeued)
                         pod.in_flight.discard(flow_run_id)
                         remove_execution_dirs(str(flow_run_id))  # the dead pod could not
             except Exception as exc:

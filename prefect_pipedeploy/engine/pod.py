@@ -135,17 +135,21 @@ class Pod:
         if self.orphan_note is None:
             return
         if not self.runs:
-            self.orphan_note.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.orphan_note.unlink(missing_ok=True)
             return
         note = {
             "deployment_id": str(self.deployment.id),
             "deployment_name": self.deployment.name,
             "runs": [str(flow_run_id) for flow_run_id in self.runs],
         }
-        self.orphan_note.parent.mkdir(parents=True, exist_ok=True)
         partial = self.orphan_note.with_suffix(".tmp")
-        partial.write_text(json.dumps(note))
-        os.replace(partial, self.orphan_note)  # whole or absent, whenever the pod is killed
+        try:
+            self.orphan_note.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(note))
+            os.replace(partial, self.orphan_note)  # whole or absent, whenever the pod is killed
+        except OSError as exc:  # the runs go on; only their end after a kill is at stake
+            logger.warning("Could not note the runs this orphaned pod holds: %s", exc)
 
     def update(self, deployment: DeploymentResponse) -> None:
         """Take the deployment's new settings for the next runs (no restart needed)."""
@@ -327,8 +331,7 @@ async def _serve(
                 pod.orphan_note = orphan_notes_dir / f"{os.getpid()}.json"
                 pod.note_orphaned_runs()
             await pod.drain(None, "its worker is gone")
-            if pod.orphan_note is not None:
-                pod.orphan_note.unlink(missing_ok=True)
+            pod.note_orphaned_runs()  # none left: the note goes
         with contextlib.suppress(ConnectionError):
             await writer.drain()
     return 0

@@ -238,6 +238,9 @@ def take_orphan_notes(pid: int | None = None) -> list[OrphanNote]:
     A pod still alive keeps its note: it still runs them."""
     directory = orphan_notes_dir()
     found = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    for partial in directory.glob("*.tmp") if pid is None and directory.is_dir() else []:
+        if partial.stem.isdigit() and not _pod_alive(int(partial.stem)):
+            partial.unlink(missing_ok=True)  # a pod killed as it wrote its note
     notes = []
     for path in found:
         if not path.stem.isdigit() or (pid is not None and int(path.stem) != pid):

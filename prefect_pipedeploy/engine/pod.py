@@ -10,7 +10,7 @@ itself (the worker re-creates a pod that died).
 
 The worker starts it as
     python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD \
-        --heartbeat-fd FD2 --drain-grace-s SECONDS
+        --heartbeat-fd FD2 --drain-grace-s SECONDS --orphan-notes-dir DIR
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
 {...}} and {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
 token, timeout); the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
@@ -20,7 +20,9 @@ heartbeats stop (stopped with SIGSTOP, or deadlocked).
 
 Stopping: on SIGTERM the pod drains: it takes no new run, lets the running ones finish within the
 grace, ends the others Crashed saying why, flushes their logs, and exits. When the socket closes
-(the worker is gone) it finishes its runs, however long they take, and exits.
+(the worker is gone) it finishes its runs, however long they take, and exits; meanwhile it keeps
+a note of the runs it still holds in `--orphan-notes-dir` (`<pid>.json`, removed when it leaves),
+so that if it is killed too, the worker that finds it dead ends them (`runtimes.low_latency`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -124,6 +127,29 @@ class Pod:
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.abandoned_threads = 0
         self.draining = False
+        self.orphan_note: Path | None = None  # written once the worker is gone
+
+    def note_orphaned_runs(self) -> None:
+        """Write (or, with none left, remove) the note of the runs this orphaned pod holds: a
+        worker that finds the pod dead ends them, as its own worker would have."""
+        if self.orphan_note is None:
+            return
+        if not self.runs:
+            with contextlib.suppress(OSError):
+                self.orphan_note.unlink(missing_ok=True)
+            return
+        note = {
+            "deployment_id": str(self.deployment.id),
+            "deployment_name": self.deployment.name,
+            "runs": [str(flow_run_id) for flow_run_id in self.runs],
+        }
+        partial = self.orphan_note.with_suffix(".tmp")
+        try:
+            self.orphan_note.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(note))
+            os.replace(partial, self.orphan_note)  # whole or absent, whenever the pod is killed
+        except OSError as exc:  # the runs go on; only their end after a kill is at stake
+            logger.warning("Could not note the runs this orphaned pod holds: %s", exc)
 
     def update(self, deployment: DeploymentResponse) -> None:
         """Take the deployment's new settings for the next runs (no restart needed)."""
@@ -188,6 +214,7 @@ class Pod:
             state_name = "FAILED"
         finally:
             self.runs.pop(flow_run.id, None)
+            self.note_orphaned_runs()
             self.runner.cleanup(flow_run)
             # what Prefect logged after the final state ("Finished in state ..."), before the
             # worker hears the run is over
@@ -232,7 +259,12 @@ class Pod:
                 raise
 
 
-async def serve(deployment_id: UUID, control: socket.socket, drain_grace_s: float) -> int:
+async def serve(
+    deployment_id: UUID,
+    control: socket.socket,
+    drain_grace_s: float,
+    orphan_notes_dir: Path | None = None,
+) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
     # One client of each kind for the pod's lifetime: Prefect's engine takes the client of the
     # current client context, so runs reuse these instead of building (and CSRF-probing) a new
@@ -244,7 +276,14 @@ async def serve(deployment_id: UUID, control: socket.socket, drain_grace_s: floa
         # checks the API version, which would fail at once
         await when_api_answers(client_context.client)
         with SyncClientContext.get_or_create():
-            return await _serve(deployment_id, client_context.client, reader, writer, drain_grace_s)
+            return await _serve(
+                deployment_id,
+                client_context.client,
+                reader,
+                writer,
+                drain_grace_s,
+                orphan_notes_dir,
+            )
 
 
 async def _serve(
@@ -253,6 +292,7 @@ async def _serve(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     drain_grace_s: float,
+    orphan_notes_dir: Path | None = None,
 ) -> int:
     def send(message: dict[str, Any]) -> None:
         writer.write(json.dumps(message).encode() + b"\n")
@@ -287,7 +327,11 @@ async def _serve(
         if stop.is_set():
             await pod.drain(drain_grace_s, "its worker stopped it")
         else:  # the worker went away: finish what runs, however long, then leave
+            if orphan_notes_dir is not None:
+                pod.orphan_note = orphan_notes_dir / f"{os.getpid()}.json"
+                pod.note_orphaned_runs()
             await pod.drain(None, "its worker is gone")
+            pod.note_orphaned_runs()  # none left: the note goes
         with contextlib.suppress(ConnectionError):
             await writer.drain()
     return 0
@@ -324,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", required=True, type=int)
     parser.add_argument("--heartbeat-fd", type=int, default=None)
     parser.add_argument("--drain-grace-s", type=float, default=30.0)
+    parser.add_argument("--orphan-notes-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.heartbeat_fd is not None:
         _heartbeats(args.heartbeat_fd)
@@ -334,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     # Liveness of runs is the pod's (its worker watches the process): no heartbeat thread,
     # which would add about a second to every `def` run.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return asyncio.run(serve(args.deployment_id, control, args.drain_grace_s))
+        return asyncio.run(
+            serve(args.deployment_id, control, args.drain_grace_s, args.orphan_notes_dir)
+        )
 
 
 if __name__ == "__main__":

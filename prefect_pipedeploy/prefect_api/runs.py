@@ -145,16 +145,19 @@ async def _end_run(
     return accepted.type == state.type
 
 
-async def requeue_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+async def requeue_run(
+    client: PrefectClient, flow_run_id: UUID, message: str, crashed: str | None = None
+) -> bool:
     """Put a run that was claimed but never began back in the queue (Scheduled, named
-    "Requeued", due now), so another pod or worker starts it. A run that did begin is marked
-    Crashed with `message` instead, and a final one is left alone. True when it was re-queued."""
+    "Requeued", due now), so another pod or worker starts it. A run that did begin (Running)
+    is marked Crashed with `crashed` (default: `message`) instead, and a final one is left
+    alone. True when it was re-queued."""
     try:
         current = (await client.read_flow_run(flow_run_id)).state
     except ObjectNotFound:
         return False
     if current is None or current.type not in (StateType.PENDING, StateType.SCHEDULED):
-        await crash_run(client, flow_run_id, message)
+        await crash_run(client, flow_run_id, crashed or message)
         return False
     await client.set_flow_run_state(
         flow_run_id, Scheduled(name="Requeued", message=message), force=True

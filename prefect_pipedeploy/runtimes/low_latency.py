@@ -13,6 +13,11 @@ The channel is a socket pair with JSON lines: the worker sends {"op": "run", "fl
 the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
 {"event": "started", "flow_run_id": ...} and {"event": "finished", "flow_run_id": ...,
 "state": ..., "message": ...}.
+
+A pod whose worker was killed finishes its runs and exits; while it does, it keeps a note of the
+runs it holds in `orphan_notes_dir()`. If it dies before it is done, the worker that finds it
+dead (the one that adopted it, or the next to start) takes the note (`take_orphan_notes`) and
+ends those runs (`end_orphaned_runs`), as the dead worker would have.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
+import psutil
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
@@ -50,6 +57,7 @@ from prefect_pipedeploy.prefect_api.runs import (
     when_api_answers,
 )
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
+from prefect_pipedeploy.runtimes.process import runtime_process_of
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
@@ -190,6 +198,111 @@ def plan_pods(running: Mapping[UUID, RunningPod], deployments: Sequence[D]) -> P
         key=lambda d: (d.created is None, d.created or 0),
     )
     return PodPlan(stop=stop, update=update, start=start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pods left by a worker that died
+# ---------------------------------------------------------------------------------------------
+
+
+def orphan_notes_dir() -> Path:
+    """Where pods whose worker died note the runs they still hold (`engine.pod`), one file per
+    pod (`<pid>.json`), for every worker of the machine to see."""
+    return get_settings().home.resolve() / "orphaned-pods"
+
+
+@dataclass(frozen=True)
+class OrphanNote:
+    """The runs an orphaned pod held when it was last seen alive."""
+
+    pod_pid: int
+    deployment_id: UUID
+    deployment_name: str
+    runs: tuple[UUID, ...]
+
+
+def _pod_alive(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        what = runtime_process_of(process.cmdline())
+    except psutil.Error:
+        return False
+    return what is not None and what[0] == "pod"
+
+
+def take_orphan_notes(pid: int | None = None) -> list[OrphanNote]:
+    """The notes of orphaned pods that are gone (with `pid`, only that pod's): each note is
+    taken by one caller only (renamed away, then read and removed), so its runs are ended once.
+    A pod still alive keeps its note: it still runs them."""
+    directory = orphan_notes_dir()
+    found = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    for partial in directory.glob("*.tmp") if pid is None and directory.is_dir() else []:
+        if partial.stem.isdigit() and not _pod_alive(int(partial.stem)):
+            partial.unlink(missing_ok=True)  # a pod killed as it wrote its note
+    notes = []
+    for path in found:
+        if not path.stem.isdigit() or (pid is not None and int(path.stem) != pid):
+            continue
+        if _pod_alive(int(path.stem)):
+            continue
+        taken = path.with_name(f"{path.stem}.taken-{os.getpid()}")
+        try:
+            os.rename(path, taken)
+        except FileNotFoundError:
+            continue  # another worker took it first
+        try:
+            data = json.loads(taken.read_text())
+            notes.append(
+                OrphanNote(
+                    pod_pid=int(path.stem),
+                    deployment_id=UUID(data["deployment_id"]),
+                    deployment_name=str(data.get("deployment_name")),
+                    runs=tuple(UUID(run) for run in data["runs"]),
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("Ignored the unreadable orphaned pod note %s: %s", path.name, exc)
+        finally:
+            taken.unlink(missing_ok=True)
+    return notes
+
+
+def put_back_orphan_note(note: OrphanNote) -> None:
+    """Put back a note whose runs could not all be ended (the API away): the next look ends
+    them."""
+    path = orphan_notes_dir() / f"{note.pod_pid}.json"
+    data = {
+        "deployment_id": str(note.deployment_id),
+        "deployment_name": note.deployment_name,
+        "runs": [str(run) for run in note.runs],
+    }
+    path.write_text(json.dumps(data))
+
+
+async def end_orphaned_runs(client: PrefectClient, note: OrphanNote) -> list[UUID]:
+    """End the runs an orphaned pod held when it died: Crashed, saying why, if they were
+    running; back to the queue if it never began them; final ones are left alone. Returns the
+    runs it ended Crashed (their retries are the caller's)."""
+    why = f"the low-latency pod of deployment {note.deployment_name!r} ended after the worker that started it died"
+    crashed = []
+    for flow_run_id in note.runs:
+        try:
+            state = (await client.read_flow_run(flow_run_id)).state
+        except ObjectNotFound:
+            continue
+        if state is None or state.type == StateType.PENDING:
+            await requeue_run(
+                client, flow_run_id, f"Re-queued: {why}, before it began this execution"
+            )
+        elif state.type in (StateType.RUNNING, StateType.CANCELLING):
+            if await crash_run(
+                client, flow_run_id, f"{why[0].upper()}{why[1:]}, while running this execution."
+            ):
+                crashed.append(flow_run_id)
+        remove_execution_dirs(str(flow_run_id))  # the dead pod could not
+    return crashed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +533,8 @@ class PodSupervisor:
                     str(beats_out),
                     "--drain-grace-s",
                     str(get_settings().drain_grace_s),
+                    "--orphan-notes-dir",
+                    str(orphan_notes_dir()),
                 ],
                 env=env,
                 log_path=pod.log_path,
@@ -517,8 +632,9 @@ class PodSupervisor:
         return None
 
     async def _end_in_flight(self, pod: PodHandle, explanation: str, recreated: bool) -> None:
-        """What a pod that went down still held: runs it began end Crashed, saying why; runs it
-        never began go back to the queue. Nothing waits on a pod that is gone.
+        """What a pod that went down still held: runs that were running end Crashed, saying why;
+        runs still Pending (never began) go back to the queue. Nothing waits on a pod that is
+        gone.
 
         The Prefect API may be away (a server restart): then this waits for it, and tries
         again, until every run is ended (a pod being re-created) or for `API_ANSWER_WAIT_S` (a
@@ -538,11 +654,11 @@ class PodSupervisor:
                 async with self._client() as client:
                     await when_api_answers(client)
                     for flow_run_id in list(pod.in_flight):
-                        if flow_run_id in pod.started:
-                            await crash_run(client, flow_run_id, crashed)
+                        # by its state, not by the pod's "started": a run the pod began but
+                        # that is still Pending (its inputs being fetched) never ran; before,
+                        # it ended Crashed with run_count 0, so it was never retried
+                        if not await requeue_run(client, flow_run_id, requeued, crashed):
                             ended.append(flow_run_id)
-                        else:
-                            await requeue_run(client, flow_run_id, requeued)
                         pod.in_flight.discard(flow_run_id)
                         remove_execution_dirs(str(flow_run_id))  # the dead pod could not
             except Exception as exc:

@@ -52,7 +52,13 @@ from prefect_pipedeploy.runtimes.elastic import (
     remove_dead_workers_workdirs,
     run_elastic,
 )
-from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
+from prefect_pipedeploy.runtimes.low_latency import (
+    OrphanNote,
+    PodSupervisor,
+    end_orphaned_runs,
+    put_back_orphan_note,
+    take_orphan_notes,
+)
 from prefect_pipedeploy.runtimes.process import (
     AdoptedProcess,
     ProcessRuntime,
@@ -265,6 +271,7 @@ class PipeDeployWorker(
             ):
                 recovered_at = time.monotonic()
                 try:  # runs a worker killed and restarted at once left Pending
+                    await self._end_runs_of_dead_orphans()
                     if await recover_abandoned(
                         self.client,
                         self.pool_name,
@@ -311,6 +318,7 @@ class PipeDeployWorker(
         started."""
         await self.admission.release_dead_leases()
         await self._adopt_orphans()
+        await self._end_runs_of_dead_orphans()
         for workdir in remove_dead_workers_workdirs():
             self.worker_logger.info(
                 "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
@@ -365,6 +373,35 @@ class PipeDeployWorker(
                 "The execution's process ended after the worker that started it died, without "
                 "reporting how it ended",
             )
+        else:  # a pod killed before it finished its runs left a note of them
+            for note in take_orphan_notes(process.pid):
+                await self._end_orphaned_runs(note)
+        self.wake()
+
+    async def _end_runs_of_dead_orphans(self) -> None:
+        """End the runs of orphaned pods that died before anyone adopted them (or while their
+        adopter was itself killed)."""
+        for note in take_orphan_notes():
+            await self._end_orphaned_runs(note)
+
+    async def _end_orphaned_runs(self, note: OrphanNote) -> None:
+        """End the runs a dead orphaned pod held (Crashed, with the reason, then retried if
+        retries remain); before, they stayed Running for good, and a queue-mode deployment
+        counted them active, so its later runs never started."""
+        try:
+            crashed = await end_orphaned_runs(self.client, note)
+        except Exception:
+            put_back_orphan_note(note)
+            raise
+        self.worker_logger.info(
+            "Ended the executions of the orphaned pod %s of %s, which died: %s",
+            note.pod_pid,
+            note.deployment_name,
+            ", ".join(map(str, note.runs)),
+            extra={"action": "orphaned_pod_runs_ended"},
+        )
+        for flow_run_id in crashed:
+            await self.after_run(note.deployment_id, flow_run_id)
         self.wake()
 
     @property

@@ -37,8 +37,11 @@ from prefect._flow_run_suspension import (
 from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State, Variable
+from prefect.exceptions import Abort
 from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
 from prefect.logging.handlers import set_api_log_sink
+from prefect.states import Submitting
+from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 if TYPE_CHECKING:
@@ -466,6 +469,24 @@ class WorkerBase(BaseWorker[C, V, R], abc.ABC):
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
         # BaseWorker's claim in `_submit_run` goes through `claim_run`
         return await self.claim_run(flow_run)
+
+    def claim_message(self) -> str | None:
+        """The message of the Pending states with which this worker claims a run (override;
+        none by default)."""
+        return None
+
+    async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
+        # BaseWorker moves a run it claimed on to a Pending state named "Submitting" before
+        # `run`; that state replaces the claim's, so it carries the claim's message too (3.9.1).
+        try:
+            submitting: State[Any] = Submitting(message=self.claim_message())
+            await propose_state(self.client, submitting, flow_run_id=flow_run.id)
+        except Abort:
+            pass
+        except Exception:
+            self._logger.debug(
+                "Failed to update flow run '%s' to Submitting state", flow_run.id, exc_info=True
+            )
 
     def crash_reported(self, flow_run_id: UUID) -> bool:
         """Whether `run` reported this run's crash itself, with its cause (override; called once

@@ -3,18 +3,24 @@
 For: the worker's decisions as values (`split_ready_runs`: elastic runs, runs for a pod, runs
 whose pod is not known yet; `pod_heads`: the runs a pod starts now within its parallelism;
 `ram_requests`: elastic runs as FIFO RAM requests) and the API calls they lead to (`claim` a run,
-`count_active` runs of a queue-mode deployment, `queue_retry` a failed run, `say_waiting` why a
-run waits). Not for: the order rules themselves (`ordering`), RAM (`admission`, `worker.ram`).
+signed by its `Claimer`; `count_active` runs of a queue-mode deployment, `queue_retry` a failed
+run, `say_waiting` why a run waits). Not for: the order rules themselves (`ordering`), RAM
+(`admission`, `worker.ram`).
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
+import os
+import re
+import socket
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import psutil
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -145,16 +151,66 @@ def _in_states(*types: StateType) -> FlowRunFilterState:
     return FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
 
 
-async def claim(client: PrefectClient, flow_run: FlowRun) -> bool:
-    """Move a waiting run to Pending; only one claimant succeeds, so no run executes twice.
+@dataclass(frozen=True)
+class Claimer:
+    """The worker process that claims a run: written in the message of the claim's Pending
+    state, so that a worker looking for runs left Pending (`recovery`) tells the claim of a live
+    worker (whose run is slow to start) from a dead one's."""
+
+    worker: str
+    """The worker's name (its Prefect worker, with heartbeats in the pool)."""
+    host: str
+    pid: int
+    started: float
+    """When the process started (`psutil`'s create time): a pid reused later is not it."""
+
+    @classmethod
+    def this_process(cls, worker: str) -> Claimer:
+        started = psutil.Process().create_time()
+        return cls(worker, socket.gethostname(), os.getpid(), round(started, 2))
+
+    def message(self) -> str:
+        return (
+            f"Claimed by worker {self.worker!r} (pid {self.pid} on {self.host}, "
+            f"started {self.started:.2f})"
+        )
+
+    @classmethod
+    def of(cls, message: str | None) -> Claimer | None:
+        """The claimer a Pending state's message names (None: not a signed claim)."""
+        found = _CLAIMED_BY.fullmatch(message or "")
+        if found is None:
+            return None
+        try:
+            worker = ast.literal_eval(found["worker"])
+        except (ValueError, SyntaxError):
+            return None
+        if not isinstance(worker, str):
+            return None
+        return cls(worker, found["host"], int(found["pid"]), float(found["started"]))
+
+
+_CLAIMED_BY = re.compile(
+    r"Claimed by worker (?P<worker>.+) \(pid (?P<pid>\d+) on (?P<host>.+), "
+    r"started (?P<started>\d+(?:\.\d+)?)\)"
+)
+
+
+async def claim(client: PrefectClient, flow_run: FlowRun, claimer: Claimer | None = None) -> bool:
+    """Move a waiting run to Pending, signed by `claimer`; only one claimant succeeds, so no run
+    executes twice.
 
     Prefect refuses Pending over Pending or Running, but accepts it over a final state (a
     re-run): a claim made from a stale read of a run another worker has finished since would
     start it again (before: three workers and a 300-run burst ran runs twice). So a claim that
     replaced a final state puts that state back and counts as refused.
+
+    The Pending state's message names `claimer`, so that a worker looking for runs left Pending
+    by dead workers (`recovery`) leaves a live worker's slow-to-start run alone.
     """
     try:
-        state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
+        pending: State[Any] = Pending(message=claimer.message() if claimer else None)
+        state = await propose_state(client, pending, flow_run_id=flow_run.id)
     except Abort:
         return False
     if not state.is_pending():
@@ -186,7 +242,13 @@ async def count_active(client: PrefectClient, deployment_id: UUID) -> int:
     )
 
 
-async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reason: str) -> bool:
+async def say_waiting(
+    client: PrefectClient,
+    flow_run: FlowRun,
+    name: str,
+    reason: str,
+    claimer: Claimer | None = None,
+) -> bool:
     """Show in the run's state why it waits: a Scheduled state named `name` at its own time.
 
     Only while it still waits: the run is claimed first (`claim`, the atomic move to Pending),
@@ -195,7 +257,7 @@ async def say_waiting(client: PrefectClient, flow_run: FlowRun, name: str, reaso
     stale read re-opened a run another worker had just claimed: a third worker claimed it again
     and the first still ran it, so it executed twice.) False when another worker has it now.
     """
-    if not await claim(client, flow_run):
+    if not await claim(client, flow_run, claimer):
         return False
     scheduled = flow_run.state.state_details.scheduled_time if flow_run.state else None
     await client.set_flow_run_state(

@@ -69,6 +69,7 @@ from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker.dispatch import (
+    Claimer,
     claim,
     count_active,
     pod_heads,
@@ -117,6 +118,7 @@ class PipeDeployWorker(
         super().__init__(*args, **kwargs)
         settings = get_settings()
         self._wake = anyio.Event()
+        self.claimer = Claimer.this_process(self.name)  # signs this worker's claims
         self.runtime = ProcessRuntime()
         self.rss = RssWatcher()
         self.ledger = RamLedger(worker_ram_capacity_mib(ram_capacity))
@@ -128,6 +130,7 @@ class PipeDeployWorker(
         )
         self._awaiting_ram: dict[UUID, str] = {}
         self._sealed: set[UUID] = set()  # runs sent to a pod with sealed secret inputs
+        self._claiming: set[UUID] = set()  # claims under way (a claim then a hand-off to a pod)
         self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
@@ -278,6 +281,7 @@ class PipeDeployWorker(
                         get_settings().pending_recovery_s,
                         self.worker_logger,
                         held=self._held_runs(),
+                        me=self.claimer,
                     ):
                         self.wake()
                 except Exception as exc:
@@ -299,7 +303,7 @@ class PipeDeployWorker(
 
     def _held_runs(self) -> set[UUID]:
         """The runs this worker has claimed: being submitted, running elastic, or in a pod."""
-        held = set(self._elastic_running) | self.submitting_runs()
+        held = set(self._elastic_running) | self.submitting_runs() | self._claiming
         for pod in self.pods.pods.values():
             held |= pod.in_flight
         return held
@@ -324,7 +328,11 @@ class PipeDeployWorker(
                 "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
             )
         await recover_abandoned(
-            self.client, self.pool_name, get_settings().pending_recovery_s, self.worker_logger
+            self.client,
+            self.pool_name,
+            get_settings().pending_recovery_s,
+            self.worker_logger,
+            me=self.claimer,
         )
         self.wake()
 
@@ -492,7 +500,7 @@ class PipeDeployWorker(
         if self._awaiting_ram.get(flow_run.id) == reason:
             return
         try:
-            if not await say_waiting(self.client, flow_run, "AwaitingRAM", reason):
+            if not await say_waiting(self.client, flow_run, "AwaitingRAM", reason, self.claimer):
                 return  # another worker claimed it meanwhile: it does not wait any more
         except Exception as exc:  # the reason is also in the run's logs
             self.worker_logger.warning(
@@ -537,11 +545,18 @@ class PipeDeployWorker(
                 )
 
     async def _claim(self, flow_run: FlowRun) -> bool:
+        self._claiming.add(flow_run.id)
         try:
-            return await claim(self.client, flow_run)
+            return await claim(self.client, flow_run, self.claimer)
         except Exception as exc:
             self.worker_logger.warning("Could not claim run %s: %s", flow_run.id, exc)
             return False
+        finally:  # a run claimed is handed to its pod (`in_flight`) with no await between
+            self._claiming.discard(flow_run.id)
+
+    def claim_message(self) -> str | None:
+        """Signs BaseWorker's "Submitting" state, which follows an elastic run's claim."""
+        return self.claimer.message()
 
     async def claim_run(self, flow_run: FlowRun) -> bool:
         """The claim of an elastic run before `run` starts it: the same as a pod's (`claim`)."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -30,7 +33,7 @@ from prefect_pipedeploy.runtimes.low_latency import PodHandle
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker import PipeDeployWorker
-from prefect_pipedeploy.worker.dispatch import claim, queue_retry
+from prefect_pipedeploy.worker.dispatch import Claimer, claim, queue_retry
 from prefect_pipedeploy.worker.recovery import RECOVERED_MESSAGE, recover_abandoned
 from tests.support.executions import unique
 
@@ -244,3 +247,47 @@ async def test_runs_left_pending_by_a_dead_worker_are_recovered(
     state = (await client.read_flow_run(abandoned.id)).state
     assert state is not None and state.name == "Recovered"
     assert state.message == RECOVERED_MESSAGE
+
+
+async def test_a_run_a_live_worker_claimed_is_not_recovered_however_long_it_waits(
+    pool: str, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: a run Pending for longer than `pending_recovery_s` was re-queued by the next look
+    of any other worker, even when the worker that claimed it was alive and about to start it
+    (under a 300-run burst on three workers, a pod's Running write retried 503s for a minute): a
+    third worker claimed it again, and it ran twice, in two pods of two workers. Now a claim
+    names its worker, and only a gone worker's claim is re-queued."""
+    deployment = await deploy(sdk, client)
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    here = socket.gethostname()
+    claimers = {
+        "live here": Claimer.this_process("live worker"),  # this process: alive
+        "dead here": Claimer("dead worker", here, int(exited.stdout), 1.0),
+        "elsewhere, beating": Claimer("beating worker", "another-host", 7, 1.0),
+        "elsewhere, silent": Claimer("silent worker", "another-host", 8, 1.0),
+        "unsigned": None,
+    }
+    await client.send_worker_heartbeat(pool, "beating worker", heartbeat_interval_seconds=30)
+    runs = {}
+    for what, claimer in claimers.items():
+        runs[what] = await new_run(client, deployment)
+        assert await claim(client, runs[what], claimer)
+    me = Claimer("recovering worker", here, os.getpid(), 2.0)
+    await recover_abandoned(client, pool, 0, LOGGER, me=me)
+    states = {
+        what: (await client.read_flow_run(flow_run.id)).state for what, flow_run in runs.items()
+    }
+    assert {what: s.name for what, s in states.items() if s is not None} == {
+        "live here": "Pending",
+        "dead here": "Recovered",
+        "elsewhere, beating": "Pending",
+        "elsewhere, silent": "Recovered",
+        "unsigned": "Recovered",
+    }
+    pending = states["live here"]
+    assert pending is not None and Claimer.of(pending.message) == claimers["live here"]

@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -122,6 +123,18 @@ def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3, gate: s
     if attempt <= fail_attempts:
         raise RuntimeError(f"{label} fails on attempt {attempt}")
     return {"label": label, "attempt": attempt}
+
+
+def mark(marker: str, marks: str, sleep_s: float = 0.0) -> dict:
+    """Leaves one file per attempt in the directory `marks` (the many-workers test), named by
+    the marker, its process and that process's parent (the worker); its text says when the
+    attempt started and ended. A run executed twice leaves two files."""
+    started = time.time()
+    path = Path(marks) / f"{marker}.{os.getpid()}.{os.getppid()}.{uuid.uuid4().hex[:8]}"
+    path.write_text(f"{started}\n")
+    time.sleep(sleep_s)
+    path.write_text(f"{started} {time.time()}\n")
+    return {"marker": marker, "pid": os.getpid()}
 
 
 def greet(name: str, api_key: str = "", times: int = 1) -> dict:

@@ -110,6 +110,7 @@ def test_base_worker_private_hooks() -> None:
         "_release_limit_slot",
         "_propose_pending_state",
         "_propose_crashed_state",
+        "_propose_submitting_state",
         "_give_worker_labels_to_flow_run",
         "is_worker_still_polling",
     ):
@@ -128,6 +129,9 @@ def test_base_worker_private_hooks() -> None:
         "message",
         "client",
     ], changed("BaseWorker._propose_crashed_state", "WorkerBase._propose_crashed_state")
+    assert parameters(BaseWorker._propose_submitting_state) == ["self", "flow_run"], changed(
+        "BaseWorker._propose_submitting_state", "WorkerBase._propose_submitting_state"
+    )
 
 
 def test_base_worker_private_attributes() -> None:

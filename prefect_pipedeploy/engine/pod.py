@@ -63,6 +63,7 @@ from prefect_pipedeploy.engine.runlogs import (
 )
 from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.prefect_api.runs import crash_run, when_api_answers
+from prefect_pipedeploy.runtimes.orphans import OrphanNote
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -138,16 +139,9 @@ class Pod:
             with contextlib.suppress(OSError):
                 self.orphan_note.unlink(missing_ok=True)
             return
-        note = {
-            "deployment_id": str(self.deployment.id),
-            "deployment_name": self.deployment.name,
-            "runs": [str(flow_run_id) for flow_run_id in self.runs],
-        }
-        partial = self.orphan_note.with_suffix(".tmp")
+        note = OrphanNote(os.getpid(), self.deployment.id, self.deployment.name, tuple(self.runs))
         try:
-            self.orphan_note.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(note))
-            os.replace(partial, self.orphan_note)  # whole or absent, whenever the pod is killed
+            note.write(self.orphan_note)  # whole or absent, whenever the pod is killed
         except OSError as exc:  # the runs go on; only their end after a kill is at stake
             logger.warning("Could not note the runs this orphaned pod holds: %s", exc)
 

@@ -4,8 +4,8 @@ For: `PodSupervisor`, which keeps one pod per low-latency deployment of the work
 process (`python -m prefect_pipedeploy.engine.pod`, started by a `Runtime`), its control
 channel, its runs in flight, its status as the SDK sees it (a Prefect variable, see
 `prefect_api.published`) and its state changes as Prefect events (`prefect-pipedeploy.pod.ready`,
-`.crashed`, `.restarted`, `.stopped`, `.load-failed`); and `plan_pods`, the pure decision of
-which pods to start and stop for the pool's deployments.
+`.crashed`, `.restarted`, `.stopped`, `.load-failed`), applying `pod_plan.plan_pods`, the pure
+decision of which pods to start and stop for the pool's deployments.
 Not for: choosing which run starts (`ordering` decides, the worker applies), or executing runs
 (the pod does, `engine.pod`).
 
@@ -14,10 +14,7 @@ the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
 {"event": "started", "flow_run_id": ...} and {"event": "finished", "flow_run_id": ...,
 "state": ..., "message": ...}.
 
-A pod whose worker was killed finishes its runs and exits; while it does, it keeps a note of the
-runs it holds in `orphan_notes_dir()`. If it dies before it is done, the worker that finds it
-dead (the one that adopted it, or the next to start) takes the note (`take_orphan_notes`) and
-ends those runs (`end_orphaned_runs`), as the dead worker would have.
+A pod whose worker was killed and that dies before its runs are done: `runtimes.orphans`.
 """
 
 from __future__ import annotations
@@ -25,41 +22,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 from uuid import UUID
 
-import psutil
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
-from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
 from prefect_pipedeploy.prefect_api.runs import (
     API_ANSWER_WAIT_S,
-    crash_run,
     requeue_run,
     when_api_answers,
 )
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
-from prefect_pipedeploy.runtimes.process import runtime_process_of
+from prefect_pipedeploy.runtimes.orphans import orphan_notes_dir
+from prefect_pipedeploy.runtimes.pod_plan import RunningPod, backoff_s, plan_pods, pod_fingerprint
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.spec import DeploymentSpec, Mode, spec_from_job_variables
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher
 
@@ -68,241 +61,6 @@ logger = get_logger("prefect_pipedeploy.runtimes.low_latency")
 LOG_TAIL_CHARS = 3500  # a Prefect variable holds at most 5000 characters
 EXIT_RECYCLE = 75  # a pod that exits with this code asks to be re-created at once (engine.pod)
 STOP_GRACE_S = 10.0  # beyond its drain grace: how long a stopped pod may take to exit
-
-
-def backoff_s(failures: int) -> float:
-    """Seconds to wait before re-creating a pod after `failures` failures in a row."""
-    return float(min(30, 2 ** max(0, failures - 1)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Which pods to start and stop (pure)
-# ---------------------------------------------------------------------------------------------
-
-
-class DeploymentLike(Protocol):
-    """What `plan_pods` reads of a deployment (a Prefect `DeploymentResponse` fits)."""
-
-    @property
-    def id(self) -> UUID: ...
-
-    @property
-    def job_variables(self) -> dict[str, Any] | None: ...
-
-    @property
-    def paused(self) -> bool: ...
-
-    @property
-    def updated(self) -> Any: ...
-
-    @property
-    def created(self) -> Any: ...
-
-
-#: Job variables that change what runs in the pod: a change re-creates it. Any other change
-#: (token, mappings, timeout, retries, description, schedule) reaches the running pod instead.
-POD_JOB_VARIABLES = (
-    "mode",
-    "enable_parallel_executions",
-    "max_parallel_executions_per_pod",
-    "ram_request",
-    "env",
-    "working_dir",
-)
-#: Deployment fields that change the pipeline's code or how it is fetched.
-POD_DEPLOYMENT_FIELDS = ("entrypoint", "path", "pull_steps", "version", "flow_id")
-
-
-def pod_fingerprint(deployment: DeploymentLike) -> str:
-    """What a pod was started from: the pipeline's code and where it comes from, its parameter
-    schema, and the job variables in `POD_JOB_VARIABLES`. Two deployments with one fingerprint
-    can share a pod."""
-    variables = deployment.job_variables or {}
-    basis = {
-        "deployment": {name: getattr(deployment, name, None) for name in POD_DEPLOYMENT_FIELDS},
-        "parameters": getattr(deployment, "parameter_openapi_schema", None),
-        "job_variables": {name: variables.get(name) for name in POD_JOB_VARIABLES},
-    }
-    encoded = json.dumps(basis, sort_keys=True, default=str).encode()
-    return hashlib.sha256(encoded).hexdigest()
-
-
-@dataclass(frozen=True)
-class RunningPod:
-    """What `plan_pods` knows of a running pod: what it was started from, and the deployment's
-    `updated` time it last saw."""
-
-    fingerprint: str
-    updated: Any
-
-
-@dataclass(frozen=True)
-class PodStop:
-    """A pod to stop: why, and whether its deployment is gone (its status is then forgotten
-    rather than published as `down`) or will get a new pod at once."""
-
-    deployment_id: UUID
-    reason: str
-    deleted: bool = False
-    replaced: bool = False
-
-
-D = TypeVar("D", bound=DeploymentLike)
-
-
-@dataclass(frozen=True)
-class PodPlan(Generic[D]):
-    """What the supervisor does for the pool's deployments, in this order."""
-
-    stop: list[PodStop]
-    """Pods of deployments that are gone, disabled, no longer low latency, or changed in what
-    runs in them (`pod_fingerprint`)."""
-    update: list[D] = field(default_factory=list)
-    """Deployments changed in a way their running pod takes as it is (token, mappings, ...)."""
-    start: list[D] = field(default_factory=list)
-    """Low-latency deployments without a pod, oldest first (RAM admission decides which)."""
-
-
-def wants_pod(deployment: DeploymentLike) -> bool:
-    """Whether a deployment should have a pod: low latency, enabled, with valid settings (an
-    invalid spec gets no pod; its runs fail with the reason)."""
-    if deployment.paused:
-        return False
-    try:
-        spec = spec_from_job_variables(deployment.job_variables)
-    except PipeDeployError:
-        return False
-    return spec.mode == Mode.low_latency.value
-
-
-def plan_pods(running: Mapping[UUID, RunningPod], deployments: Sequence[D]) -> PodPlan[D]:
-    """Which pods to stop, update and start, given the pods running now and the pool's
-    deployments."""
-    by_id = {deployment.id: deployment for deployment in deployments}
-    wanted = {d.id: d for d in deployments if wants_pod(d)}
-    stop, update = [], []
-    for deployment_id, pod in running.items():
-        deployment = wanted.get(deployment_id)
-        if deployment_id not in by_id:
-            stop.append(PodStop(deployment_id, "its deployment was deleted", deleted=True))
-        elif deployment is None:
-            stop.append(PodStop(deployment_id, "its deployment was disabled or changed mode"))
-        elif pod_fingerprint(deployment) != pod.fingerprint:
-            reason = "its deployment's code, environment or resources changed"
-            stop.append(PodStop(deployment_id, reason, replaced=True))
-        elif deployment.updated != pod.updated:
-            update.append(deployment)
-    stopped = {s.deployment_id for s in stop}
-    start = sorted(
-        (d for d in wanted.values() if d.id not in running or d.id in stopped),
-        key=lambda d: (d.created is None, d.created or 0),
-    )
-    return PodPlan(stop=stop, update=update, start=start)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pods left by a worker that died
-# ---------------------------------------------------------------------------------------------
-
-
-def orphan_notes_dir() -> Path:
-    """Where pods whose worker died note the runs they still hold (`engine.pod`), one file per
-    pod (`<pid>.json`), for every worker of the machine to see."""
-    return get_settings().home.resolve() / "orphaned-pods"
-
-
-@dataclass(frozen=True)
-class OrphanNote:
-    """The runs an orphaned pod held when it was last seen alive."""
-
-    pod_pid: int
-    deployment_id: UUID
-    deployment_name: str
-    runs: tuple[UUID, ...]
-
-
-def _pod_alive(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        what = runtime_process_of(process.cmdline())
-    except psutil.Error:
-        return False
-    return what is not None and what[0] == "pod"
-
-
-def take_orphan_notes(pid: int | None = None) -> list[OrphanNote]:
-    """The notes of orphaned pods that are gone (with `pid`, only that pod's): each note is
-    taken by one caller only (renamed away, then read and removed), so its runs are ended once.
-    A pod still alive keeps its note: it still runs them."""
-    directory = orphan_notes_dir()
-    found = sorted(directory.glob("*.json")) if directory.is_dir() else []
-    for partial in directory.glob("*.tmp") if pid is None and directory.is_dir() else []:
-        if partial.stem.isdigit() and not _pod_alive(int(partial.stem)):
-            partial.unlink(missing_ok=True)  # a pod killed as it wrote its note
-    notes = []
-    for path in found:
-        if not path.stem.isdigit() or (pid is not None and int(path.stem) != pid):
-            continue
-        if _pod_alive(int(path.stem)):
-            continue
-        taken = path.with_name(f"{path.stem}.taken-{os.getpid()}")
-        try:
-            os.rename(path, taken)
-        except FileNotFoundError:
-            continue  # another worker took it first
-        try:
-            data = json.loads(taken.read_text())
-            notes.append(
-                OrphanNote(
-                    pod_pid=int(path.stem),
-                    deployment_id=UUID(data["deployment_id"]),
-                    deployment_name=str(data.get("deployment_name")),
-                    runs=tuple(UUID(run) for run in data["runs"]),
-                )
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("Ignored the unreadable orphaned pod note %s: %s", path.name, exc)
-        finally:
-            taken.unlink(missing_ok=True)
-    return notes
-
-
-def put_back_orphan_note(note: OrphanNote) -> None:
-    """Put back a note whose runs could not all be ended (the API away): the next look ends
-    them."""
-    path = orphan_notes_dir() / f"{note.pod_pid}.json"
-    data = {
-        "deployment_id": str(note.deployment_id),
-        "deployment_name": note.deployment_name,
-        "runs": [str(run) for run in note.runs],
-    }
-    path.write_text(json.dumps(data))
-
-
-async def end_orphaned_runs(client: PrefectClient, note: OrphanNote) -> list[UUID]:
-    """End the runs an orphaned pod held when it died: Crashed, saying why, if they were
-    running; back to the queue if it never began them; final ones are left alone. Returns the
-    runs it ended Crashed (their retries are the caller's)."""
-    why = f"the low-latency pod of deployment {note.deployment_name!r} ended after the worker that started it died"
-    crashed = []
-    for flow_run_id in note.runs:
-        try:
-            state = (await client.read_flow_run(flow_run_id)).state
-        except ObjectNotFound:
-            continue
-        if state is None or state.type == StateType.PENDING:
-            await requeue_run(
-                client, flow_run_id, f"Re-queued: {why}, before it began this execution"
-            )
-        elif state.type in (StateType.RUNNING, StateType.CANCELLING):
-            if await crash_run(
-                client, flow_run_id, f"{why[0].upper()}{why[1:]}, while running this execution."
-            ):
-                crashed.append(flow_run_id)
-        remove_execution_dirs(str(flow_run_id))  # the dead pod could not
-    return crashed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 Modules: `models` (the three models and the pool's base job template), `worker` (the worker
 class: its loops and `run`), `dispatch` (where ready runs go, which start, retries), `ram` (RAM
 admission against the worker's capacity and the pool's cap, and the RSS watcher), `recovery`
-(runs a dead worker claimed and never started).
+(runs a dead worker claimed and never started), `leftovers` (the processes a dead worker left
+running, taken in charge).
 """
 
 from __future__ import annotations

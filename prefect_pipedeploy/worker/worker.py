@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import shutil
 import signal
 import threading
 import time
@@ -39,31 +38,21 @@ from prefect.utilities.services import start_client_metrics_server, stop_client_
 from prefect.workers.server import build_healthcheck_server
 
 from prefect_pipedeploy._compat import WorkerBase
-from prefect_pipedeploy.admission import Holding, RamLedger, run_key
+from prefect_pipedeploy.admission import RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
-from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.runtimes.elastic import (
-    elastic_workdir_of,
     remove_dead_workers_workdirs,
     run_elastic,
 )
-from prefect_pipedeploy.runtimes.low_latency import (
-    OrphanNote,
-    PodSupervisor,
-    end_orphaned_runs,
-    put_back_orphan_note,
-    take_orphan_notes,
-)
+from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
-    AdoptedProcess,
     ProcessRuntime,
     kill_process_tree,
-    orphaned_runtime_processes,
 )
 from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
@@ -78,6 +67,7 @@ from prefect_pipedeploy.worker.dispatch import (
     say_waiting,
     split_ready_runs,
 )
+from prefect_pipedeploy.worker.leftovers import Leftovers
 from prefect_pipedeploy.worker.models import (
     PipeDeployJobConfiguration,
     PipeDeployVariables,
@@ -134,7 +124,7 @@ class PipeDeployWorker(
         self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
-        self._adopted: set[asyncio.Task[None]] = set()  # watchers of orphans taken in charge
+        self.leftovers = Leftovers(self)  # what dead workers of this machine left running
         self.pods = PodSupervisor(
             runtime=self.runtime,
             rss=self.rss,
@@ -274,7 +264,7 @@ class PipeDeployWorker(
             ):
                 recovered_at = time.monotonic()
                 try:  # runs a worker killed and restarted at once left Pending
-                    await self._end_runs_of_dead_orphans()
+                    await self.leftovers.end_runs_of_dead_orphans()
                     if await recover_abandoned(
                         self.client,
                         self.pool_name,
@@ -321,8 +311,8 @@ class PipeDeployWorker(
         their executions that ended meanwhile, and re-queue the runs they claimed but never
         started."""
         await self.admission.release_dead_leases()
-        await self._adopt_orphans()
-        await self._end_runs_of_dead_orphans()
+        await self.leftovers.adopt()
+        await self.leftovers.end_runs_of_dead_orphans()
         for workdir in remove_dead_workers_workdirs():
             self.worker_logger.info(
                 "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
@@ -334,82 +324,6 @@ class PipeDeployWorker(
             self.worker_logger,
             me=self.claimer,
         )
-        self.wake()
-
-    async def _adopt_orphans(self) -> None:
-        """Executions and pods left running by a worker of this machine that died keep their
-        RAM counted here until they end (and are watched against their request); an orphaned
-        execution that ends without a final state is marked Crashed, saying so."""
-        for pid, kind, ident in orphaned_runtime_processes(api_url=self.api_url):
-            try:
-                if kind == "elastic":
-                    flow_run = await self.client.read_flow_run(UUID(ident))
-                    deployment_id = flow_run.deployment_id
-                    key = run_key(flow_run.id)
-                else:
-                    deployment_id, key = UUID(ident), f"orphan-pod:{pid}"
-                deployment = await self._read_deployment(deployment_id) if deployment_id else None
-                spec = spec_from_job_variables(deployment.job_variables if deployment else None)
-            except Exception as exc:  # gone meanwhile, or not ours to know
-                self.worker_logger.debug("Not adopting process %s: %s", pid, exc)
-                continue
-            label = f"{kind} process {pid} of {deployment.name if deployment else 'a deleted deployment'}"
-            self.ledger.hold(Holding(key, spec.ram_request_mib, label))
-            process = AdoptedProcess(pid)
-            self.rss.watch(key, process, spec.ram_request_mib, spec.ram_request, lambda _: None)
-            self.worker_logger.info(
-                "Adopted the %s left by a worker that died", label, extra={"action": "adopted"}
-            )
-            watcher = asyncio.create_task(self._outlive(process, key, kind, ident))
-            self._adopted.add(watcher)
-            watcher.add_done_callback(self._adopted.discard)
-
-    async def _outlive(self, process: AdoptedProcess, key: str, kind: str, ident: str) -> None:
-        """Wait for an adopted process to end, then free its RAM, remove the temporary working
-        directory its dead worker made for it, and end its run if it did not say how it ended."""
-        workdir = elastic_workdir_of(process.pid)
-        await process.wait()
-        self.rss.unwatch(key)
-        self.ledger.release(key)
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if kind == "elastic":
-            remove_execution_dirs(ident)
-            await crash_run(
-                self.client,
-                UUID(ident),
-                "The execution's process ended after the worker that started it died, without "
-                "reporting how it ended",
-            )
-        else:  # a pod killed before it finished its runs left a note of them
-            for note in take_orphan_notes(process.pid):
-                await self._end_orphaned_runs(note)
-        self.wake()
-
-    async def _end_runs_of_dead_orphans(self) -> None:
-        """End the runs of orphaned pods that died before anyone adopted them (or while their
-        adopter was itself killed)."""
-        for note in take_orphan_notes():
-            await self._end_orphaned_runs(note)
-
-    async def _end_orphaned_runs(self, note: OrphanNote) -> None:
-        """End the runs a dead orphaned pod held (Crashed, with the reason, then retried if
-        retries remain); before, they stayed Running for good, and a queue-mode deployment
-        counted them active, so its later runs never started."""
-        try:
-            crashed = await end_orphaned_runs(self.client, note)
-        except Exception:
-            put_back_orphan_note(note)
-            raise
-        self.worker_logger.info(
-            "Ended the executions of the orphaned pod %s of %s, which died: %s",
-            note.pod_pid,
-            note.deployment_name,
-            ", ".join(map(str, note.runs)),
-            extra={"action": "orphaned_pod_runs_ended"},
-        )
-        for flow_run_id in crashed:
-            await self.after_run(note.deployment_id, flow_run_id)
         self.wake()
 
     @property
@@ -456,7 +370,7 @@ class PipeDeployWorker(
         deployments: dict[UUID, DeploymentResponse | None] = {}
         for deployment_id in {run.deployment_id for run in runs}:
             if deployment_id is not None and deployment_id not in self.pods.pods:
-                deployments[deployment_id] = await self._read_deployment(deployment_id)
+                deployments[deployment_id] = await self.read_deployment(deployment_id)
         modes = {
             i: (d.job_variables or {}).get("mode") if d is not None else None
             for i, d in deployments.items()
@@ -583,7 +497,7 @@ class PipeDeployWorker(
             self.worker_logger.warning("Could not queue a retry of run %s: %s", flow_run_id, exc)
         self.wake()
 
-    async def _read_deployment(self, deployment_id: UUID) -> DeploymentResponse | None:
+    async def read_deployment(self, deployment_id: UUID) -> DeploymentResponse | None:
         try:
             return await self.client.read_deployment(deployment_id)
         except ObjectNotFound:

@@ -1,4 +1,4 @@
-"""`runtimes.low_latency.take_orphan_notes`: the notes orphaned pods leave of the runs they hold.
+"""`runtimes.orphans.take_orphan_notes`: the notes orphaned pods leave of the runs they hold.
 
 A note is taken (and removed) once its pod is gone, by one caller only; a live pod's note stays;
 an unreadable note is dropped; a half-written one of a dead pod is removed.
@@ -12,7 +12,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from prefect_pipedeploy.runtimes.low_latency import orphan_notes_dir, take_orphan_notes
+from prefect_pipedeploy.runtimes.orphans import orphan_notes_dir, take_orphan_notes
 from prefect_pipedeploy.settings import temporary_settings
 
 

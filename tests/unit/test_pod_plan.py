@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefect_pipedeploy.runtimes.low_latency import (
+from prefect_pipedeploy.runtimes.pod_plan import (
     PodStop,
     RunningPod,
     backoff_s,

@@ -43,7 +43,7 @@ from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, registe
 from prefect_pipedeploy.stack import ChildProcess
 from prefect_pipedeploy.status import settled
 from tests.support.eventually import EventuallyTimeout, eventually
-from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.executions import deploy, pool_per_test, unique, wait_until_up
 from tests.support.ledger import check_ledger, read_ledger
 from tests.support.processes import cmdline, start_worker
 from tests.support.s3_server import REGION, MotoServer, running_moto_server, s3_client
@@ -121,14 +121,7 @@ def journal_duplicates(journal: Path, run_counts: dict[str, int]) -> list[str]:
     return sorted(twice | too_many)
 
 
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # the soak owns its pool and workers
-    return unique("soak")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("soak")  # one pool per test: each test owns its workers
 
 
 @pytest.fixture

@@ -15,19 +15,11 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from tests.support.eventually import eventually
-from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.executions import deploy, pool_per_test, wait_until_up
 from tests.support.ledger import check_ledger
 from tests.support.processes import cmdline, start_worker
 
-
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # one pool per test: each test owns its worker
-    return unique("leftovers")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("leftovers")  # one pool per test: each test owns its workers
 
 
 @pytest.mark.parametrize("mode", ["elastic", "low_latency"])

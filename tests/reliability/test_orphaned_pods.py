@@ -18,21 +18,14 @@ import pytest
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.runtimes.process import orphaned_runtime_processes
 from tests.support.eventually import eventually
-from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.executions import deploy, pool_per_test, wait_until_up
 from tests.support.ledger import check_ledger
 from tests.support.processes import start_worker
 
 ENV = {"PREFECT_INTEGRATIONS_PIPEDEPLOY_DRAIN_GRACE_S": "3"}
 
 
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # one pool per test: each test owns its workers
-    return unique("orphans")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("orphans")  # one pool per test: each test owns its workers
 
 
 def orphaned_pod(deployment_id: str) -> int:

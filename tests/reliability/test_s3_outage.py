@@ -28,7 +28,7 @@ from prefect_pipedeploy._compat import save_block_sync
 from prefect_pipedeploy.datastore import S3DataStore
 from prefect_pipedeploy.datastore.configured import DATA_STORE_VARIABLE, register_datastore_blocks
 from tests.support.eventually import eventually
-from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.executions import deploy, pool_per_test, unique, wait_until_up
 from tests.support.ledger import check_ledger
 from tests.support.processes import start_worker
 from tests.support.s3_server import REGION, MotoServer, running_moto_server, s3_client
@@ -62,14 +62,7 @@ class Outage:
             restarted.__exit__(None, None, None)
 
 
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # one pool per test: each test owns its worker
-    return unique("s3-outage")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("s3-outage")  # one pool per test: each test owns its workers
 
 
 @pytest.fixture

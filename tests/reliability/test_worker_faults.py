@@ -18,7 +18,7 @@ from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.runtimes.process import orphaned_runtime_processes
 from prefect_pipedeploy.stack import ChildProcess
 from tests.support.eventually import eventually
-from tests.support.executions import deploy, unique, wait_until_up
+from tests.support.executions import deploy, pool_per_test, wait_until_up
 from tests.support.ledger import check_ledger
 from tests.support.processes import cmdline, start_worker
 
@@ -31,14 +31,7 @@ def logs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # one pool per test: each test owns its workers
-    return unique("faults")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("faults")  # one pool per test: each test owns its workers
 
 
 def start(sdk: PipeDeploy, name: str, inputs: dict) -> str:

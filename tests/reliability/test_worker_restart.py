@@ -8,24 +8,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.runtimes.process import kill_process_tree
 from tests.support.eventually import eventually
-from tests.support.executions import deploy, unique
+from tests.support.executions import deploy, pool_per_test
 from tests.support.ledger import check_ledger
 from tests.support.processes import start_worker
 
-
-@pytest.fixture
-def pool(prefect_api: str) -> str:  # one pool per test: each test owns its workers
-    return unique("restart")
-
-
-@pytest.fixture
-def sdk(pool: str) -> PipeDeploy:
-    return PipeDeploy(work_pool_name=pool)
+pool, sdk = pool_per_test("restart")  # one pool per test: each test owns its workers
 
 
 def test_a_run_claimed_by_a_worker_killed_and_restarted_at_once_is_not_stranded(

@@ -11,6 +11,7 @@ import datetime
 import uuid
 from typing import Any
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -22,6 +23,22 @@ from tests.support.paths import PIPELINES
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def pool_per_test(prefix: str) -> tuple[Any, Any]:
+    """The fixtures `pool` and `sdk` of a module whose tests each own their pool (and start
+    their own workers), in place of the session's per-module pool:
+    `pool, sdk = pool_per_test("faults")`."""
+
+    @pytest.fixture(name="pool")
+    def own_pool(prefect_api: str) -> str:
+        return unique(prefix)
+
+    @pytest.fixture(name="sdk")
+    def own_sdk(pool: str) -> PipeDeploy:
+        return PipeDeploy(work_pool_name=pool)
+
+    return own_pool, own_sdk
 
 
 def deploy(sdk: PipeDeploy, function: str, **settings: Any) -> str:

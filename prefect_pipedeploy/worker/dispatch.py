@@ -202,8 +202,10 @@ async def claim(client: PrefectClient, flow_run: FlowRun, claimer: Claimer | Non
 
     Prefect refuses Pending over Pending or Running, but accepts it over a final state (a
     re-run): a claim made from a stale read of a run another worker has finished since would
-    start it again (before: three workers and a 300-run burst ran runs twice). So a claim that
-    replaced a final state puts that state back and counts as refused.
+    start it again. So once accepted, the claim is checked against the run's history
+    (`claim_conflict`); a claim that replaced a final state, or that the server wrote after
+    states it had read later than it, puts the state the run should be in back and counts as
+    refused.
 
     The Pending state's message names `claimer`, so that a worker looking for runs left Pending
     by dead workers (`recovery`) leaves a live worker's slow-to-start run alone.
@@ -215,23 +217,34 @@ async def claim(client: PrefectClient, flow_run: FlowRun, claimer: Claimer | Non
         return False
     if not state.is_pending():
         return False
-    replaced = await _state_before(client, flow_run.id, state)
-    if replaced is None or not replaced.is_final():
+    conflict = claim_conflict(await client.read_flow_run_states(flow_run.id), state)
+    if conflict is None:
         return True
-    await client.set_flow_run_state(flow_run.id, replaced.fresh_copy(), force=True)
+    await client.set_flow_run_state(flow_run.id, conflict.fresh_copy(), force=True)
     return False
 
 
-async def _state_before(
-    client: PrefectClient, flow_run_id: UUID, state: State[Any]
-) -> State[Any] | None:
-    """The state of the run that `state` (one of its states) replaced."""
-    history = await client.read_flow_run_states(flow_run_id)
-    ids = [s.id for s in history]
-    if state.id not in ids:
+def claim_conflict(history: Sequence[State[Any]], claimed: State[Any]) -> State[Any] | None:
+    """Whether the accepted claim `claimed` holds, from the run's `history`: None when it does,
+    else the state to put the run back in.
+
+    The server mints a state's timestamp when it reads the request, before it waits for its
+    database, and lists a run's states by timestamp. So a claim read before another worker's
+    claim, Running and Completed states and written after them (a server busy with a burst)
+    sorts before them: it seemed to replace the waiting state, and the run executed a second
+    time (three workers, 100 runs, CI). A state stamped after the claim means the claim was
+    written after states it does not see before it: it is refused and the run goes back to
+    the latest of them (a final state: as it ended; a waiting one: it waits again, to be
+    claimed anew). A claim stamped last holds unless it replaced a final state."""
+    ordered = sorted(history, key=lambda s: s.timestamp)
+    ids = [s.id for s in ordered]
+    if claimed.id not in ids:
         return None
-    position = ids.index(state.id)
-    return history[position - 1] if position > 0 else None
+    position = ids.index(claimed.id)
+    if position < len(ordered) - 1:
+        return ordered[-1]
+    replaced = ordered[position - 1] if position > 0 else None
+    return replaced if replaced is not None and replaced.is_final() else None
 
 
 async def count_active(client: PrefectClient, deployment_id: UUID) -> int:

@@ -109,8 +109,11 @@ def test_a_killed_workers_executions_are_adopted_by_the_next(
         pod_deployment = deploy(sdk, "counter", mode="low_latency", max_retries=0)
         elastic_deployment = deploy(sdk, "hog", max_retries=0, ram_request="300MiB")
         wait_until_up(sdk, pod_deployment)
-        in_pod = start(sdk, pod_deployment, {"marker": "orphan", "sleep_s": 8})
-        in_process = start(sdk, elastic_deployment, {"mib": 16, "hold_s": 8})
+        # both run until the next worker has adopted them (before, with 8 s sleeps, the pod's
+        # run could end, and the orphaned pod with it, before a slow next worker looked: CI)
+        gate = str(logs / "adopted")
+        in_pod = start(sdk, pod_deployment, {"marker": "orphan", "gate": gate})
+        in_process = start(sdk, elastic_deployment, {"mib": 16, "hold_s": 0, "gate": gate})
         running(sdk, in_pod)
         running(sdk, in_process)
         os.kill(first.popen.pid, signal.SIGKILL)
@@ -131,6 +134,7 @@ def test_a_killed_workers_executions_are_adopted_by_the_next(
             until=lambda count: count >= 2,
         )
         assert adopted >= 2
+        Path(gate).touch()
         assert final(sdk, in_pod)["status"] == "Succeeded"
         assert final(sdk, in_process)["status"] == "Succeeded"
         eventually(

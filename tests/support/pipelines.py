@@ -28,6 +28,14 @@ from prefect import flow, get_run_logger
 _CALLS = {"count": 0}  # module state: persists between runs in a low-latency pod
 
 
+def _wait_for(gate: str, timeout_s: float = 120) -> None:
+    """With `gate` (a file path), wait until that file exists (at most `timeout_s`): a run the
+    test holds running until it has seen what it needs to."""
+    deadline = time.monotonic() + timeout_s
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _scratch_dir(prefix: str) -> Path:
     """A fresh directory for a file output, under the test session's scratch directory."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PIPEDEPLOY_TESTS_SCRATCH")))
@@ -43,11 +51,13 @@ def score(text: str = "prefect pipedeploy", repeat: int = 1) -> dict:
 
 
 @flow(log_prints=True)
-def counter(marker: str = "x", sleep_s: float = 0.0) -> dict:
-    """Counts its calls in module state, logs a marker, optionally sleeps (a sync flow)."""
+def counter(marker: str = "x", sleep_s: float = 0.0, gate: str = "") -> dict:
+    """Counts its calls in module state, logs a marker, optionally sleeps, or waits for a gate
+    file (a sync flow)."""
     _CALLS["count"] += 1
     print(f"marker={marker}")
     time.sleep(sleep_s)
+    _wait_for(gate)
     return {"count": _CALLS["count"], "pid": os.getpid(), "thread": threading.get_ident()}
 
 
@@ -66,12 +76,13 @@ def fails(message: str = "boom") -> dict:
 
 
 @flow
-def hog(mib: int = 64, hold_s: float = 2.0) -> dict:
-    """Allocates `mib` MiB and holds it."""
+def hog(mib: int = 64, hold_s: float = 2.0, gate: str = "") -> dict:
+    """Allocates `mib` MiB and holds it for `hold_s`, or until a gate file exists."""
     block = bytearray(mib * 1024 * 1024)
     for i in range(0, len(block), 4096):
         block[i] = 1
     time.sleep(hold_s)
+    _wait_for(gate)
     return {"allocated_mib": mib}
 
 
@@ -116,9 +127,7 @@ def queue_step(label: str, fail_attempts: int = 0, sleep_s: float = 0.3, gate: s
     from prefect.runtime import flow_run
 
     attempt = flow_run.run_count
-    deadline = time.monotonic() + 120
-    while gate and not Path(gate).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for(gate)
     time.sleep(sleep_s)
     if attempt <= fail_attempts:
         raise RuntimeError(f"{label} fails on attempt {attempt}")

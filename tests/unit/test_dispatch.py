@@ -11,10 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Completed, Crashed, Failed, Running, Scheduled
+from prefect.states import Completed, Crashed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy.admission import run_key
 from prefect_pipedeploy.worker.dispatch import (
+    claim_conflict,
     may_retry,
     pod_heads,
     ram_requests,
@@ -138,3 +139,77 @@ def test_retry_candidates(
     flow_run = run(deployment, state=state, run_count=run_count)  # type: ignore[arg-type]
     assert flow_run.state is not None and flow_run.state.type in StateType
     assert may_retry(flow_run) is candidate
+
+
+def history(*specs: tuple[str, float]) -> list:
+    """A run's states (name, timestamp s after T0), as the server lists them."""
+    made = {
+        "Scheduled": Scheduled,
+        "Late": lambda: Scheduled(name="Late"),
+        "Pending": Pending,
+        "Running": Running,
+        "Completed": Completed,
+        "Failed": Failed,
+        "AwaitingRetry": lambda: Scheduled(name="AwaitingRetry"),
+    }
+    listed = []
+    for name, stamp_s in specs:
+        state = made[name]()
+        state.timestamp = T0 + timedelta(seconds=stamp_s)
+        listed.append(state)
+    return listed
+
+
+@pytest.mark.parametrize(
+    ("states", "claimed_at", "put_back"),
+    [
+        # the usual claim: stamped last, after the waiting state: it holds
+        ([("Scheduled", 0), ("Late", 12), ("Pending", 15)], 2, None),
+        # a claim from a stale read of a run another worker finished: it replaced Completed
+        (
+            [("Scheduled", 0), ("Pending", 1), ("Running", 2), ("Completed", 3), ("Pending", 4)],
+            4,
+            "Completed",
+        ),
+        # CI, three workers: another worker's claim at 33.8 s, ours read by the server at
+        # 34.5 s and written after that worker's Running and Completed (35.9, 36.3)
+        (
+            [
+                ("Scheduled", 0),
+                ("Late", 12),
+                ("Pending", 33.8),
+                ("Pending", 34.5),
+                ("Running", 35.9),
+                ("Completed", 36.3),
+            ],
+            3,
+            "Completed",
+        ),
+        # stamped before a failure and its retry, written after both: back to waiting
+        (
+            [("Scheduled", 0), ("Pending", 1), ("Running", 2), ("Failed", 3), ("AwaitingRetry", 4)],
+            1,
+            "AwaitingRetry",
+        ),
+        # the server marked the run Late while our claim waited for its database: it waits again
+        ([("Scheduled", 0), ("Pending", 11), ("Late", 12)], 1, "Late"),
+        # a retry's claim after its AwaitingRetry state holds
+        (
+            [("Scheduled", 0), ("Running", 1), ("Failed", 2), ("AwaitingRetry", 3), ("Pending", 4)],
+            4,
+            None,
+        ),
+        # the first state of a run
+        ([("Pending", 0)], 0, None),
+    ],
+)
+def test_a_claim_holds_only_when_the_server_wrote_it_over_a_waiting_state(
+    states: list[tuple[str, float]], claimed_at: int, put_back: str | None
+) -> None:
+    listed = history(*states)
+    conflict = claim_conflict(sorted(listed, key=lambda s: s.timestamp), listed[claimed_at])
+    assert (conflict.name if conflict else None) == put_back
+
+
+def test_a_claim_not_in_the_history_read_holds() -> None:
+    assert claim_conflict(history(("Scheduled", 0)), Pending()) is None

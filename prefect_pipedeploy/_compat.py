@@ -123,10 +123,45 @@ def _about_to_be_final(engine: Any, state: State[Any]) -> bool:
     return bool(state.is_final() and not engine.short_circuit and engine.flow_run is not None)
 
 
+# Runs ended elsewhere (cancelled while their `def` pipeline's thread, which Python cannot stop,
+# runs on): their engines propose no more states, so a result that comes after the cancel is
+# discarded instead of overwriting Cancelled (Prefect accepts Completed over Cancelled).
+_ENDED_ELSEWHERE: dict[UUID, State[Any]] = {}
+
+
+def discard_engine_states(flow_run_id: UUID, final: State[Any]) -> None:
+    """From now on the engine running `flow_run_id` in this process proposes no state: it takes
+    `final` as its run's state instead (the run was ended by someone else; 3.9.1)."""
+    _ENDED_ELSEWHERE[flow_run_id] = final
+
+
+def engine_states_discarded(flow_run_id: UUID) -> bool:
+    """Whether the run was ended elsewhere (`discard_engine_states`): what it returns now is
+    discarded, outputs included."""
+    return flow_run_id in _ENDED_ELSEWHERE
+
+
+def forget_discarded_states(flow_run_id: UUID) -> None:
+    """The run's engine is done: stop discarding its states."""
+    _ENDED_ELSEWHERE.pop(flow_run_id, None)
+
+
+def _ended_elsewhere(engine: Any) -> State[Any] | None:
+    """The state a run ended elsewhere has, set on its engine as if proposed (3.9.1: the engine
+    reads its state from `flow_run.state`; leaving it Running would run the flow again)."""
+    flow_run = engine.flow_run
+    final = _ENDED_ELSEWHERE.get(flow_run.id) if flow_run is not None else None
+    if final is not None:
+        flow_run.state, flow_run.state_name, flow_run.state_type = final, final.name, final.type
+    return final
+
+
 class _FlowRunEngine(FlowRunEngine[Any, Any]):
     before_final: BeforeFinal | None = None
 
     def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
+        if (final := _ended_elsewhere(self)) is not None:
+            return final
         if self.before_final is not None and _about_to_be_final(self, state):
             assert self.flow_run is not None
             self.before_final(self.client, self.flow_run.id)
@@ -137,6 +172,8 @@ class _AsyncFlowRunEngine(AsyncFlowRunEngine[Any, Any]):
     before_final: ABeforeFinal | None = None
 
     async def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
+        if (final := _ended_elsewhere(self)) is not None:
+            return final
         if self.before_final is not None and _about_to_be_final(self, state):
             assert self.flow_run is not None
             await self.before_final(self.client, self.flow_run.id)

@@ -31,6 +31,10 @@ class ExecutionNotFound(PipeDeployError, LookupError):
     """No execution has this id; list them with `pipedeploy executions ls`."""
 
 
+class ExecutionAlreadyFinal(PipeDeployError):
+    """The execution has ended already: there is nothing to cancel; run the deployment again."""
+
+
 class PipelineLoadError(PipeDeployError):
     """The pipeline could not be loaded from its entrypoint; check the path and the name."""
 

@@ -2,7 +2,7 @@
 
 pipedeploy worker --pool pipedeploy --ram-capacity 8GiB
 pipedeploy deployment ls | get NAME | rm NAME | logs NAME
-pipedeploy executions ls [--deployment NAME] | get ID | logs ID
+pipedeploy executions ls [--deployment NAME] | get ID | logs ID | cancel ID
 pipedeploy pool ram-cap [16GiB | --remove] [--pool NAME]
 """
 
@@ -20,7 +20,7 @@ from prefect_pipedeploy.worker.worker import PipeDeployWorker
 deployment_app = typer.Typer(no_args_is_help=True, help="Deployments: ls, get, rm, logs.")
 
 
-executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs.")
+executions_app = typer.Typer(no_args_is_help=True, help="Executions: ls, get, logs, cancel.")
 
 
 pool_app = typer.Typer(no_args_is_help=True, help="Work pools: the pool-wide RAM cap.")
@@ -144,6 +144,15 @@ def executions_logs(execution_id: str) -> None:
     """Print the logs of one execution."""
     for line in make_sdk().get_pipeline_execution_logs(execution_id):
         typer.echo(f"{line['timestamp']} {line['level']:7} {line['message']}")
+
+
+@executions_app.command("cancel")
+def executions_cancel(
+    execution_id: str,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until it has ended."),
+) -> None:
+    """Cancel an execution (as the Prefect UI's Cancel does) and show it as JSON."""
+    print_json(make_sdk().cancel_pipeline_execution(execution_id, wait=wait))
 
 
 @pool_app.command("ram-cap")

@@ -12,11 +12,18 @@ The worker starts it as
     python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD \
         --heartbeat-fd FD2 --drain-grace-s SECONDS --orphan-notes-dir DIR
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
-{...}} and {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
-token, timeout); the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
+{...}}, {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
+token, timeout) and {"op": "cancel", "flow_run_id": ..., "reason": ...}; the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
 {"event": "started", "flow_run_id": ...}, {"event": "finished", "flow_run_id": ..., "state":
 ..., "message": ...}. A thread writes a byte to FD2 every second: the worker kills a pod whose
 heartbeats stop (stopped with SIGSTOP, or deadlocked).
+
+Cancelling a run (its Cancelling state, seen by the worker): an `async def` run's task is
+cancelled and the run ends Cancelled. A `def` run's thread cannot be stopped (CPython cannot kill
+a thread): the run ends Cancelled at once and its engine proposes no more states, so its result
+is discarded; in parallel mode the thread keeps its slot until it returns (the pod answers
+"finished" then), in queue mode the pod exits with EXIT_RECYCLE once the run is ended, so the
+thread goes with it and the worker re-creates the pod for the next run.
 
 Stopping: on SIGTERM the pod drains: it takes no new run, lets the running ones finish within the
 grace, ends the others Crashed saying why, flushes their logs, and exits. When the socket closes
@@ -52,8 +59,14 @@ from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.logging import get_logger
 from prefect.logging.loggers import print_as_log
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.states import Cancelled
 
-from prefect_pipedeploy._compat import shared_suspension_observer, watch_suspension
+from prefect_pipedeploy._compat import (
+    discard_engine_states,
+    forget_discarded_states,
+    shared_suspension_observer,
+    watch_suspension,
+)
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
 from prefect_pipedeploy.engine.runlogs import (
@@ -62,7 +75,7 @@ from prefect_pipedeploy.engine.runlogs import (
     flush_run_logs,
 )
 from prefect_pipedeploy.engine.runner import PipelineRunner
-from prefect_pipedeploy.prefect_api.runs import crash_run, when_api_answers
+from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, when_api_answers
 from prefect_pipedeploy.runtimes.orphans import OrphanNote
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
@@ -126,9 +139,14 @@ class Pod:
         self.writer = writer
         self.suspensions = suspensions
         self.runs: dict[UUID, asyncio.Task[None]] = {}
+        # an async run's engine, as a task of its own (cancelling it stops the run)
+        self.executions: dict[UUID, asyncio.Future[Any]] = {}
+        self.threads: set[UUID] = set()  # `def` runs whose thread has started
+        self.cancelled: dict[UUID, str] = {}  # run -> why it was cancelled
         self.abandoned_threads = 0
         self.draining = False
         self.orphan_note: Path | None = None  # written once the worker is gone
+        self._background: set[asyncio.Task[None]] = set()
 
     def note_orphaned_runs(self) -> None:
         """Write (or, with none left, remove) the note of the runs this orphaned pod holds: a
@@ -158,6 +176,46 @@ class Pod:
         if flow_run.id in self.runs or self.draining:
             return  # a draining pod takes nothing new; the worker re-queues what it sent
         self.runs[flow_run.id] = asyncio.create_task(self._run(flow_run))
+
+    def cancel_run(self, flow_run_id: UUID, reason: str) -> None:
+        """Stop a run the worker was asked to cancel (see the module's docstring); a run this pod
+        does not hold (ended meanwhile) is left alone, and one still reading its inputs never
+        starts (`_run`)."""
+        if flow_run_id not in self.runs or flow_run_id in self.cancelled:
+            return
+        self.cancelled[flow_run_id] = reason
+        discard_engine_states(flow_run_id, Cancelled(message=reason))
+        execution = self.executions.get(flow_run_id)
+        if execution is not None:  # an async run: its task stops, `_run` ends the run
+            execution.cancel()
+        elif flow_run_id in self.threads:  # a thread: the run ends now, the thread runs on
+            task = asyncio.create_task(self._end_cancelled(flow_run_id, reason))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _end_cancelled(self, flow_run_id: UUID, reason: str) -> None:
+        """Mark a cancelled run Cancelled once its lines so far are stored; in queue mode, then
+        leave (the worker re-creates the pod): the run's thread cannot be stopped otherwise."""
+        await flush_run_logs(self.client, flow_run_id)
+        await cancel_run(self.client, flow_run_id, reason)
+        if self.spec.enable_parallel_executions:
+            return  # the thread keeps its slot; `_run` answers "finished" when it returns
+        logger.warning(
+            "Run %s was cancelled while its thread runs; recycling the pod to stop it",
+            flow_run_id,
+            extra={"action": "run_cancelled_recycle"},
+        )
+        self.send(
+            {
+                "event": "finished",
+                "flow_run_id": str(flow_run_id),
+                "state": "CANCELLED",
+                "message": reason,
+            }
+        )
+        await self.writer.drain()
+        flush_all_run_logs()  # os._exit skips the at-exit flush
+        os._exit(EXIT_RECYCLE)
 
     async def drain(self, grace_s: float | None, reason: str) -> None:
         """Take no new run; let the running ones finish (within `grace_s`, if given); end the
@@ -192,9 +250,19 @@ class Pod:
             parameters = await self.runner.prepare(self.client, flow_run)
             if parameters is None:
                 state_name, message = "FAILED", "its inputs could not be resolved"
+            elif flow_run.id in self.cancelled:  # while its inputs were read: it never runs
+                raise asyncio.CancelledError
             else:
                 state = await self._execute_with_timeout(flow_run, parameters)
                 state_name, message = state.type.value, state.message
+                if flow_run.id in self.cancelled:  # a thread that returned after its cancel
+                    state_name, message = "CANCELLED", self.cancelled[flow_run.id]
+        except asyncio.CancelledError:
+            if flow_run.id not in self.cancelled:
+                raise  # the pod itself is going down
+            state_name, message = "CANCELLED", self.cancelled[flow_run.id]
+            await flush_run_logs(self.client, flow_run.id)
+            await cancel_run(self.client, flow_run.id, message)
         except TimeoutError:
             timeout = self.spec.execution_timeout_s
             message = f"Execution timed out after {timeout:g} s (execution_timeout_s={timeout:g})"
@@ -208,6 +276,10 @@ class Pod:
             state_name = "FAILED"
         finally:
             self.runs.pop(flow_run.id, None)
+            self.executions.pop(flow_run.id, None)
+            self.threads.discard(flow_run.id)
+            self.cancelled.pop(flow_run.id, None)
+            forget_discarded_states(flow_run.id)
             self.note_orphaned_runs()
             self.runner.cleanup(flow_run)
             # what Prefect logged after the final state ("Finished in state ..."), before the
@@ -241,11 +313,14 @@ class Pod:
         with watching:
             if flow.isasync:
                 run = run_pipeline_async(flow, flow_run, parameters, shared_observer=shared)
-                return await asyncio.wait_for(run, timeout)
+                execution = asyncio.ensure_future(run)
+                self.executions[flow_run.id] = execution
+                return await asyncio.wait_for(execution, timeout)
             future = run_in_new_thread(
                 lambda: run_pipeline_sync(flow, flow_run, parameters, shared_observer=shared),
                 name=f"run-{flow_run.id}",
             )
+            self.threads.add(flow_run.id)
             try:
                 return await asyncio.wait_for(future, timeout)
             except TimeoutError:
@@ -339,6 +414,8 @@ async def _follow(pod: Pod, reader: asyncio.StreamReader) -> None:
             pod.start_run(FlowRun.model_validate(command["flow_run"]))
         elif command.get("op") == "update":
             pod.update(DeploymentResponse.model_validate(command["deployment"]))
+        elif command.get("op") == "cancel":
+            pod.cancel_run(UUID(command["flow_run_id"]), str(command["reason"]))
 
 
 def _heartbeats(fd: int) -> None:

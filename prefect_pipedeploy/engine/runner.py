@@ -33,6 +33,7 @@ from prefect.context import (
 from prefect.logging import get_logger
 from prefect.results import aget_default_result_storage, get_default_persist_setting
 
+from prefect_pipedeploy._compat import engine_states_discarded
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import aload_data_store
 from prefect_pipedeploy.engine.runlogs import fail_after_logs
@@ -173,6 +174,8 @@ class PipelineRunner:
             @functools.wraps(fn)
             async def run_and_route(*args: Any, **kwargs: Any) -> Any:
                 value = await fn(*args, **kwargs)
+                if _discarded():
+                    return value
                 # to_thread carries this run's context along, so _route sees the run
                 run_id, client, endpoint, stored = await asyncio.to_thread(self._route, value)
                 await record_outputs(client, run_id, endpoint, stored=stored)
@@ -183,6 +186,8 @@ class PipelineRunner:
             @functools.wraps(fn)
             def run_and_route(*args: Any, **kwargs: Any) -> Any:
                 value = fn(*args, **kwargs)
+                if _discarded():
+                    return value
                 run_id, client, endpoint, stored = self._route(value)
                 record_outputs_sync(client, run_id, endpoint, stored=stored)
                 return value
@@ -190,3 +195,10 @@ class PipelineRunner:
         wrapped = copy.copy(flow)
         wrapped.fn = run_and_route
         return wrapped
+
+
+def _discarded() -> bool:
+    """Whether the current run was cancelled while its pipeline ran on (a `def` pipeline in a
+    pod's thread): its outputs are neither stored nor recorded."""
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and engine_states_discarded(context.flow_run.id))

@@ -3,8 +3,9 @@
 For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first call must
 not fail because the server is away for a moment), `create_execution` (seal the secret inputs,
 create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
-start an execution), `create_run` (the create itself), and `fail_run` / `crash_run` (mark a run
-Failed or Crashed with a message, leaving a run that is already final alone). Not for: running the
+start an execution), `create_run` (the create itself), `fail_run` / `crash_run` / `cancel_run`
+(mark a run Failed, Crashed or Cancelled with a message, leaving a run that is already final
+alone), and `request_cancel` (the Cancelling state the UI's Cancel writes). Not for: running the
 pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
 (`gateway.service`).
 
@@ -28,7 +29,7 @@ import anyio
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
-from prefect.states import Crashed, Failed, Scheduled
+from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
 from prefect_pipedeploy._compat import ServerBusy, busy_raised
@@ -126,6 +127,29 @@ async def crash_run(client: PrefectClient, flow_run_id: UUID, message: str) -> b
     """Mark a run Crashed with `message` (its process or pod died under it). Returns False, and
     leaves the run alone, when it is already final (or gone)."""
     return await _end_run(client, flow_run_id, Crashed(message=message))
+
+
+async def cancel_run(client: PrefectClient, flow_run_id: UUID, message: str) -> bool:
+    """Mark a run Cancelled with `message` (its worker stopped it as asked). Returns False, and
+    leaves the run alone, when it is already final (or gone)."""
+    return await _end_run(client, flow_run_id, Cancelled(message=message))
+
+
+async def request_cancel(client: PrefectClient, flow_run_id: UUID) -> State[Any]:
+    """Ask for a run to be cancelled, as the Prefect UI and `prefect flow-run cancel` do: a
+    Cancelling state, which its worker acts on. Prefect ends a run that waits to start
+    Cancelled at once, without a word: it gets one here. Returns the state the run is in now;
+    raises `Abort` when it is already final."""
+    state = await propose_state(client, Cancelling(message=CANCEL_REQUESTED), flow_run_id)
+    if state.type == StateType.CANCELLED and not state.message:
+        cancelled: State[Any] = Cancelled(message=CANCELLED_BEFORE_START)
+        await client.set_flow_run_state(flow_run_id, cancelled, force=True)
+        return cancelled
+    return state
+
+
+CANCEL_REQUESTED = "Cancel requested"
+CANCELLED_BEFORE_START = "Cancelled on request before it started"
 
 
 async def _end_run(

@@ -1,4 +1,5 @@
-"""The SDK's execution verbs: run a deployment, list, read and wait for executions, read their logs.
+"""The SDK's execution verbs: run a deployment, list, read, wait for and cancel executions, read
+their logs.
 
 For: `ExecutionVerbs`, mixed into `PipeDeploy`; each verb has an async core and a sync twin.
 Not for: endpoint calls through the gateway (`endpoints`), recorded inputs and outputs
@@ -24,12 +25,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.exceptions import DeploymentNotFound, SpecError
+from prefect_pipedeploy.exceptions import DeploymentNotFound, ExecutionAlreadyFinal, SpecError
 from prefect_pipedeploy.prefect_api.records import read_outputs
-from prefect_pipedeploy.prefect_api.runs import create_execution
+from prefect_pipedeploy.prefect_api.runs import create_execution, request_cancel
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
 from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view
 from prefect_pipedeploy.settings import get_settings
@@ -144,6 +145,36 @@ class ExecutionVerbs(Verbs):
             view["outputs"] = await read_outputs(client, flow_run.id)
         return view
 
+    async def acancel_pipeline_execution(
+        self, execution_id: str | UUID, wait: bool = True, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Cancel an execution, as the Prefect UI's Cancel does: one that has not started never
+        runs (Cancelled at once); a running one is stopped by its worker (its process killed,
+        its task cancelled, or, for a `def` pipeline in a pod's thread, its result discarded:
+        README, "Cancel an execution") and ends Cancelled. With `wait`, returns once it is final
+        (at most `timeout_s`); the execution as it is then. Raises ExecutionAlreadyFinal when it
+        had ended already."""
+        import anyio
+
+        async with self._client() as client:
+            flow_run = await self._flow_run(client, execution_id)
+            try:
+                await request_cancel(client, flow_run.id)
+            except Abort:
+                ended = await client.read_flow_run(flow_run.id)
+                raise ExecutionAlreadyFinal(
+                    f"execution {flow_run.id} has already ended "
+                    f"({execution_view(ended)['status']}, {ended.state_name}): there is "
+                    "nothing to cancel"
+                ) from None
+            with anyio.move_on_after(timeout_s if wait else 0):
+                while wait:
+                    state = (await client.read_flow_run(flow_run.id)).state
+                    if state is None or state.is_final():
+                        break
+                    await anyio.sleep(0.2)
+        return await self.aget_pipeline_execution(flow_run.id)
+
     async def aget_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
         """The log lines of one execution, oldest first."""
         async with self._client() as client:
@@ -193,6 +224,11 @@ class ExecutionVerbs(Verbs):
 
     def get_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
         return run_coro_as_sync(self.aget_pipeline_execution_logs(execution_id))
+
+    def cancel_pipeline_execution(
+        self, execution_id: str | UUID, wait: bool = True, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(self.acancel_pipeline_execution(execution_id, wait, timeout_s))
 
 
 #: Prefect's most flow runs per read (`limit` above it is a 422).

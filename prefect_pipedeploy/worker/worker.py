@@ -42,7 +42,7 @@ from prefect_pipedeploy.admission import RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
-from prefect_pipedeploy.prefect_api.runs import crash_run, requeue_run
+from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.runtimes.elastic import (
@@ -57,6 +57,7 @@ from prefect_pipedeploy.runtimes.process import (
 from prefect_pipedeploy.settings import WORKER_TYPE, get_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
+from prefect_pipedeploy.worker.cancel import CANCEL_EVENTS, Cancels
 from prefect_pipedeploy.worker.dispatch import (
     Claimer,
     claim,
@@ -75,6 +76,7 @@ from prefect_pipedeploy.worker.models import (
 )
 from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher, worker_ram_capacity_mib
 from prefect_pipedeploy.worker.recovery import recover_abandoned
+from prefect_pipedeploy.worker.rounds import Rounds
 
 #: How often a worker re-publishes its RAM capacity (readers drop entries older than 10 min).
 CAPACITY_REFRESH_S = 60.0
@@ -107,7 +109,7 @@ class PipeDeployWorker(
         `ram_capacity` setting, else total memory minus `ram_reserve`."""
         super().__init__(*args, **kwargs)
         settings = get_settings()
-        self._wake = anyio.Event()
+        self._rounds = Rounds()  # the submit loop's
         self.claimer = Claimer.this_process(self.name)  # signs this worker's claims
         self.runtime = ProcessRuntime()
         self.rss = RssWatcher()
@@ -125,6 +127,7 @@ class PipeDeployWorker(
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
         self.leftovers = Leftovers(self)  # what dead workers of this machine left running
+        self.cancels = Cancels(self)  # runs asked to stop (Cancelling)
         self.pods = PodSupervisor(
             runtime=self.runtime,
             rss=self.rss,
@@ -182,7 +185,9 @@ class PipeDeployWorker(
     async def _serve(self, printer: Any) -> None:
         async with anyio.create_task_group() as loops:
             loops.start_soon(self._sync_loop)
-            loops.start_soon(self._listen_for_runs)
+            loops.start_soon(self._listen, WAKE_ON_STATES, self.wake)
+            loops.start_soon(self._listen, CANCEL_EVENTS, self.cancels.wake)
+            loops.start_soon(self.cancels.run)
             loops.start_soon(self._submit_loop)
             loops.start_soon(self._pod_loop)
             loops.start_soon(self.rss.run)
@@ -195,6 +200,7 @@ class PipeDeployWorker(
         await self.sync_with_api()
         async with anyio.create_task_group() as loops:
             loops.start_soon(self.rss.run)
+            loops.start_soon(self.cancels.run)
             await self._reconcile_pods()
             timeout_s = get_settings().pod_start_timeout_s
             with anyio.move_on_after(timeout_s):
@@ -231,18 +237,13 @@ class PipeDeployWorker(
             await anyio.sleep(self.heartbeat_interval_seconds)
 
     async def _submit_loop(self) -> None:
-        poll_s = get_settings().poll_seconds
-        while True:
-            with anyio.move_on_after(poll_s):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            try:
-                await self.get_and_submit_flow_runs()
-            except Exception as exc:
-                self.worker_logger.warning(
-                    "Could not fetch scheduled runs: %s: %s", type(exc).__name__, exc
-                )
-                await anyio.sleep(1)
+        async def failed(exc: Exception) -> None:
+            self.worker_logger.warning(
+                "Could not fetch scheduled runs: %s: %s", type(exc).__name__, exc
+            )
+            await anyio.sleep(1)
+
+        await self._rounds.run(get_settings().poll_seconds, self.get_and_submit_flow_runs, failed)
 
     async def _pod_loop(self) -> None:
         """Keep one pod per low-latency deployment of the pool (started before any trigger);
@@ -339,23 +340,25 @@ class PipeDeployWorker(
 
     def wake(self) -> None:
         """Look for runs now instead of at the next poll."""
-        self._wake.set()
+        self._rounds.wake()
 
-    async def _listen_for_runs(self) -> None:
-        """Wake the submit loop when a run of this pool becomes ready to start."""
+    async def _listen(self, states: tuple[str, ...], wake: Any) -> None:
+        """Call `wake` when a run of this pool enters one of `states`: with WAKE_ON_STATES the
+        submit loop (a run became ready to start), with CANCEL_EVENTS the cancel loop.
+
+        Only those states: a run of ours that ends wakes the worker locally (pod message,
+        process exit), and every wake costs API calls."""
         while self.pool_id is None:
             await anyio.sleep(0.2)
         event_filter = EventFilter(
-            # only runs becoming ready to start: a run of ours that ends wakes the worker
-            # locally (pod message, process exit), and every wake costs API calls
-            event=EventNameFilter(name=[f"prefect.flow-run.{name}" for name in WAKE_ON_STATES]),
+            event=EventNameFilter(name=[f"prefect.flow-run.{name}" for name in states]),
             related=EventRelatedFilter(id=[f"prefect.work-pool.{self.pool_id}"]),
         )
         while True:
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
                     async for _event in subscriber:
-                        self.wake()
+                        wake()
             except Exception as exc:  # the poll keeps working meanwhile
                 self.worker_logger.debug("Event subscription ended (%s); reconnecting", exc)
                 await anyio.sleep(2)
@@ -479,6 +482,7 @@ class PipeDeployWorker(
     async def after_pod_run(self, deployment_id: UUID, flow_run_id: UUID, state: str) -> None:
         """A run of a pod ended: see `after_run` (only when it failed or had sealed inputs, so
         a run that succeeded costs no API call)."""
+        self.cancels.forget(flow_run_id)
         if state in ("FAILED", "CRASHED") or flow_run_id in self._sealed:
             await self.after_run(deployment_id, flow_run_id)
 
@@ -522,9 +526,14 @@ class PipeDeployWorker(
             self._elastic[flow_run.id] = process
             if task_status is not None:
                 task_status.started(int(process.identifier))
+            if self.cancels.cancelled(flow_run.id):  # cancelled as it started
+                kill_process_tree(int(process.identifier))
 
         self._elastic_running.add(flow_run.id)
         try:
+            if (reason := self.cancels.cancelled(flow_run.id)) is not None:
+                await cancel_run(self.client, flow_run.id, reason)  # it never starts
+                return PipeDeployWorkerResult(identifier="", status_code=0)
             outcome = await run_elastic(
                 self.runtime,
                 self.rss,
@@ -535,7 +544,10 @@ class PipeDeployWorker(
                 configuration.ram_request_mib,
                 started,
             )
-            if outcome.crash is not None:
+            if (reason := self.cancels.cancelled(flow_run.id)) is not None:
+                self._crashes_reported.add(flow_run.id)  # killed on purpose: no crash
+                await cancel_run(self.client, flow_run.id, reason)
+            elif outcome.crash is not None:
                 self._crashes_reported.add(flow_run.id)
                 await self._report_crash(flow_run, outcome.crash)
             if flow_run.deployment_id is not None:
@@ -543,7 +555,16 @@ class PipeDeployWorker(
         finally:
             self._elastic_running.discard(flow_run.id)
             self._elastic.pop(flow_run.id, None)
+            self.cancels.forget(flow_run.id)
         return PipeDeployWorkerResult(identifier=outcome.identifier, status_code=outcome.exit_code)
+
+    def elastic_runs(self) -> set[UUID]:
+        """The elastic runs this worker holds (submitted to `run`, process started or not)."""
+        return set(self._elastic_running)
+
+    def elastic_process(self, flow_run_id: UUID) -> RuntimeHandle | None:
+        """The process of an elastic run of this worker, once started."""
+        return self._elastic.get(flow_run_id)
 
     def crash_reported(self, flow_run_id: UUID) -> bool:
         """Whether `run` reported this run's crash (and its retry) itself: then BaseWorker does

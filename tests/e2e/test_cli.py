@@ -163,6 +163,9 @@ def test_deployment_and_execution_commands(sdk: PipeDeploy, worker: ChildProcess
         0.5,
         until=lambda logs: "marker=from-cli" in logs,
     )
+    ended = run_cli("executions", "cancel", execution["execution_id"])
+    assert ended.returncode == 1 and "Traceback" not in ended.stderr, ended.stderr
+    assert f"execution {execution['execution_id']} has already ended" in ended.stderr
     assert run_cli("deployment", "rm", name).returncode == 0
 
 

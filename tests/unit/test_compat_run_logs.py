@@ -60,3 +60,35 @@ def test_the_api_log_handler_hands_lines_to_the_sink() -> None:
     assert "emit_api_log(log)" in inspect.getsource(handlers.APILogHandler.emit), changed(
         "APILogHandler.emit", "install_api_log_sink"
     )
+
+
+@pytest.mark.parametrize("engine_class", ["_FlowRunEngine", "_AsyncFlowRunEngine"])
+def test_a_run_ended_elsewhere_proposes_no_state_and_stops_its_engine(engine_class: str) -> None:
+    """A run cancelled while its `def` pipeline's thread runs on: its engine proposes no state
+    (this engine has no client: a proposal would raise) and takes the Cancelled state as its
+    own, so it stops instead of running the flow again (3.9.1 reads `flow_run.state`)."""
+    import asyncio
+    import uuid
+
+    from prefect import flow
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Cancelled, Completed, Running
+
+    @flow
+    def pipeline() -> None:
+        return None
+
+    flow_run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="r", state=Running())
+    engine = getattr(_compat, engine_class)(flow=pipeline, flow_run=flow_run)
+    cancelled = Cancelled(message="Cancelled on request")
+    _compat.discard_engine_states(flow_run.id, cancelled)
+    try:
+        assert _compat.engine_states_discarded(flow_run.id)
+        proposed = engine.set_state(Completed())
+        if inspect.isawaitable(proposed):
+            proposed = asyncio.run(proposed)
+        assert proposed is cancelled
+        assert engine.state is cancelled and not engine.is_running()
+    finally:
+        _compat.forget_discarded_states(flow_run.id)
+    assert not _compat.engine_states_discarded(flow_run.id)

@@ -37,6 +37,7 @@ def test_sdk_has_the_platform_verbs() -> None:
         "list_pipeline_executions",
         "get_pipeline_execution",
         "get_pipeline_execution_logs",
+        "cancel_pipeline_execution",
         "get_deployment_logs",
         "get_pipeline_execution_input",
         "get_pipeline_execution_output",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,9 @@ from prefect import Flow, flow
 from prefect_pipedeploy.engine.loader import import_pipeline, load_pipeline
 from prefect_pipedeploy.exceptions import PipelineLoadError
 
-PACKAGE = f"rules_pipes_{uuid.uuid4().hex[:8]}"  # unique: imported modules stay in sys.modules
+# unique to this module (imported modules stay in sys.modules), and the same in every pytest
+# process: xdist workers must collect the same test ids
+PACKAGE = "rules_pipes_of_test_rules_loader"
 
 FILES = {
     "plain.py": """

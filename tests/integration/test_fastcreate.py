@@ -98,7 +98,11 @@ def test_refused_creates_are_retried_quickly_and_create_one_run(
     before, runs_before = len(creates(counting)), runs_of(deployment_id)
     refusals.count = refused
     create_through(counting, deployment_id)
-    assert creates(counting)[before:] == expected
+    statuses = creates(counting)[before:]
+    # the refused tries, then the create; the real server may refuse once more itself (its
+    # SQLite database busy: CI, with another test session on the machine), which is retried too
+    assert statuses[: len(expected) - 1] == expected[:-1] and statuses[-1] == 201, statuses
+    assert set(statuses[:-1]) <= {503}, statuses
     assert runs_of(deployment_id) == runs_before + 1
 
 

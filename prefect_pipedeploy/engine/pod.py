@@ -75,6 +75,7 @@ from prefect_pipedeploy.engine.runlogs import (
     flush_run_logs,
 )
 from prefect_pipedeploy.engine.runner import PipelineRunner
+from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, when_api_answers
 from prefect_pipedeploy.runtimes.orphans import OrphanNote
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
@@ -214,6 +215,7 @@ class Pod:
             }
         )
         await self.writer.drain()
+        remove_execution_dirs(str(flow_run_id))  # what its `_run` would have removed
         flush_all_run_logs()  # os._exit skips the at-exit flush
         os._exit(EXIT_RECYCLE)
 

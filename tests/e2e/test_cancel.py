@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.exceptions import ExecutionAlreadyFinal, ExecutionNotFound
+from prefect_pipedeploy.iomapping import EXECUTION_DIR_PREFIX
 from prefect_pipedeploy.stack import ChildProcess
 from tests.support.eventually import eventually
 from tests.support.executions import eventual_log_messages, unique, wait_until_up
@@ -150,6 +152,8 @@ def test_a_sync_run_cancelled_in_queue_mode_gets_its_pod_recreated(
     assert skipped["message"] == "Cancelled on request before it started", skipped
     assert_cancelled(sdk.cancel_pipeline_execution(victim, timeout_s=30))
     eventually(lambda: old_pod.is_running(), 30, until=lambda alive: not alive, what="old pod gone")
+    # its temporary directory goes with it (before: left behind by the pod's quick exit)
+    assert not list(Path(tempfile.gettempdir()).glob(f"{EXECUTION_DIR_PREFIX}{victim}-*"))
     wait_until_up(sdk, name, timeout_s=60)
     after = sdk.run_deployment(name, {"marker": "after"}, timeout_s=60)
     assert after["status"] == "Succeeded", after

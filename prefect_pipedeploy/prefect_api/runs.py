@@ -9,12 +9,8 @@ alone), and `request_cancel` (the Cancelling state the UI's Cancel writes). Not 
 pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
 (`gateway.service`).
 
-A SQLite Prefect server answers a write that meets a locked database with 503 (the transaction was
-rolled back, so nothing was created); Prefect's client then waits about 2 s before it tries again,
-which makes a burst of creates crawl. `create_run` retries a 503 itself after a few milliseconds
-(the 503 raised at once, `_compat.busy_raised`: Prefect's client sleeps about 2 s on a 503 even
-with its retries off), then, if the server is still busy, falls back to the client's usual retries.
-Other calls keep Prefect's behaviour.
+`create_run` retries a 503 (a SQLite server whose database is locked) within milliseconds,
+`busy.retry_busy`. Other calls keep Prefect's behaviour.
 """
 
 from __future__ import annotations
@@ -32,13 +28,10 @@ from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled
 from prefect.utilities.engine import propose_state
 
-from prefect_pipedeploy._compat import ServerBusy, busy_raised
 from prefect_pipedeploy.exceptions import ServerUnavailable
+from prefect_pipedeploy.prefect_api.busy import retry_busy
 from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys, sealed_tag
 from prefect_pipedeploy.spec import DeploymentSpec
-
-#: Pauses before the quick tries; after them, Prefect's client retries as usual.
-QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 #: How long a process waits for an API that does not answer before it gives up: about as long
 #: as Prefect's client retries a refused connection once it has connected (2 + 4 + ... + 32 s).
@@ -68,14 +61,9 @@ async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) 
     404 status error there).
     """
     try:
-        for delay_s in QUICK_RETRY_DELAYS_S:
-            try:
-                with busy_raised(client):
-                    return await client.create_flow_run_from_deployment(deployment_id, **kwargs)
-            except ServerBusy:
-                pass
-            await asyncio.sleep(delay_s)
-        return await client.create_flow_run_from_deployment(deployment_id, **kwargs)
+        return await retry_busy(
+            client, lambda: client.create_flow_run_from_deployment(deployment_id, **kwargs)
+        )
     except PrefectHTTPStatusError as exc:
         if exc.response.status_code == 404:
             raise ObjectNotFound(http_exc=exc) from exc

@@ -6,6 +6,7 @@ Not for: executions (`executions`), endpoint calls and tokens (`endpoints`).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from prefect_pipedeploy.exceptions import (
     SpecError,
 )
 from prefect_pipedeploy.iomapping import pipeline_inputs_of
+from prefect_pipedeploy.prefect_api.busy import retry_busy
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.poolcap import (
     check_fits_cap,
@@ -195,7 +197,10 @@ class DeploymentVerbs(Verbs):
                 update["description"] = changes["description"]
             if "disabled" in changes:
                 update["paused"] = bool(changes["disabled"])
-            await client.update_deployment(deployment.id, DeploymentUpdate(**update))
+            # pausing deletes the scheduled runs: a long write, often refused by a busy SQLite
+            await retry_busy(
+                client, lambda: client.update_deployment(deployment.id, DeploymentUpdate(**update))
+            )
             if "schedule" in changes or "execution_rule" in changes:
                 await _replace_schedules(client, deployment, spec)
             await ensure_endpoint_trigger(client, await client.read_deployment(deployment.id))
@@ -205,7 +210,7 @@ class DeploymentVerbs(Verbs):
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
             await delete_endpoint_trigger(client, deployment)  # Prefect would leave it behind
-            await client.delete_deployment(deployment.id)
+            await retry_busy(client, lambda: client.delete_deployment(deployment.id))
             await delete_pod_statuses(client, deployment.id)
 
     def create_deployment(
@@ -287,10 +292,11 @@ async def _check_ram_fits(
 async def _replace_schedules(
     client: PrefectClient, deployment: DeploymentResponse, spec: DeploymentSpec
 ) -> None:
-    for schedule in deployment.schedules or []:
-        await client.delete_deployment_schedule(deployment.id, schedule.id)
-    new = spec.prefect_schedules()
-    if new:
-        await client.create_deployment_schedules(
-            deployment.id, [(s.schedule, s.active) for s in new]
+    for schedule_id in [schedule.id for schedule in deployment.schedules or []]:
+        await retry_busy(
+            client,
+            functools.partial(client.delete_deployment_schedule, deployment.id, schedule_id),
         )
+    new = [(s.schedule, s.active) for s in spec.prefect_schedules()]
+    if new:
+        await retry_busy(client, lambda: client.create_deployment_schedules(deployment.id, new))

@@ -20,7 +20,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.prefect_api.runs import QUICK_RETRY_DELAYS_S, create_run
+from prefect_pipedeploy.prefect_api.busy import QUICK_RETRY_DELAYS_S
+from prefect_pipedeploy.prefect_api.runs import create_run
 from prefect_pipedeploy.stack import free_port
 from tests.support.executions import unique
 from tests.support.paths import PIPELINES
@@ -29,13 +30,14 @@ CREATE = "/deployments/{id}/create_flow_run"
 
 
 class Refusals:
-    """Answer the next `count` creates with 503."""
+    """Answer the next `count` calls to `call` (method, endpoint: creates by default) with 503."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.call = ("POST", CREATE)
 
     def __call__(self, method: str, endpoint: str) -> int | None:
-        if method == "POST" and endpoint == CREATE and self.count > 0:
+        if (method, endpoint) == self.call and self.count > 0:
             self.count -= 1
             return 503
         return None
@@ -48,6 +50,13 @@ def proxy(prefect_api: str) -> Iterator[tuple[CountingProxy, Refusals]]:
     proxy.start()
     yield proxy, refusals
     proxy.stop()
+
+
+@pytest.fixture
+def refusals(proxy: tuple[CountingProxy, Refusals]) -> Iterator[Refusals]:
+    """The proxy's refusals, put back to creates and none after the test."""
+    yield proxy[1]
+    proxy[1].count, proxy[1].call = 0, ("POST", CREATE)
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +167,22 @@ def test_the_quick_tries_do_not_wait_for_the_clients_pause(
     assert not [m for m in records.messages if "Another attempt will be made" in m], (
         records.messages
     )
+
+
+def test_a_refused_pause_of_a_deployment_is_retried(
+    proxy: tuple[CountingProxy, Refusals], refusals: Refusals
+) -> None:
+    """CI: pausing a deployment with a 2 s schedule (its update deletes the scheduled runs) met
+    another commit on each of the six tries Prefect's client makes, and `update_deployment`
+    raised the 503. The SDK's writes to deployments retry a 503 quickly, as creates do."""
+    counting, _ = proxy
+    sdk = PipeDeploy(api_url=counting.url("test"), work_pool_name=unique("idle"))
+    name = unique("paused")
+    sdk.create_deployment(f"{PIPELINES}:score", name)
+    refusals.call, refusals.count = ("PATCH", "/deployments/{id}"), 4
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        updated = sdk.update_deployment(name, disabled=True)
+    assert updated["status"] == "disabled"
+    patches = [c.status for c in counting.snapshot() if c.method == "PATCH"]
+    assert patches[-5:] == [503, 503, 503, 503, 204], patches
+    sdk.delete_deployment(name)

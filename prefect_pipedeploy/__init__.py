@@ -25,6 +25,7 @@ from prefect_pipedeploy.exceptions import (
     PipelineLoadError,
     SpecError,
 )
+from prefect_pipedeploy.iomapping import execution_dir
 from prefect_pipedeploy.sdk import PipeDeploy
 from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
 from prefect_pipedeploy.worker import PipeDeployWorker
@@ -56,4 +57,5 @@ __all__ = [
     "PipelineLoadError",
     "S3DataStore",
     "SpecError",
+    "execution_dir",
 ]

@@ -6,7 +6,8 @@ and passed as {"path": ...}, null; a file endpoint input arrives as a data-store
 {"datastore_path": key} and is downloaded the same way), and sending its returned outputs where the mapping says
 after it ends (`route_outputs`: back to the caller, into the data store under a path with
 {execution_id}, {date} and {date_time} filled in, or dropped; a returned `pathlib.Path` is a
-file output, uploaded as its bytes when it lies where the execution may write).
+file output, uploaded as its bytes when it lies where the execution may write), and giving a
+running pipeline its execution's own directory for such files (`execution_dir`).
 Not for: validating mappings when a deployment is created (`spec`), running the pipeline or
 deciding its final state (the runtimes and `engine`), or recording what was
 resolved (`prefect_api.records`). Elastic runs and low-latency pods call the same functions.
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from prefect.context import FlowRunContext
 
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import _CONFIGURE_FIX
@@ -123,6 +126,28 @@ def make_execution_dir(execution_id: str) -> Path:
     directory, so whoever outlives the execution's process can find it by the id."""
     execution_inputs_dir(Path(), execution_id)  # the id is one safe path segment
     return Path(tempfile.mkdtemp(prefix=f"{EXECUTION_DIR_PREFIX}{execution_id}-"))
+
+
+def execution_dir() -> Path:
+    """The running execution's own temporary directory, for the files a pipeline writes (a
+    model, a report it returns as a `pathlib.Path` output): removed once the execution ends,
+    after its outputs are stored. Call it inside a pipeline run by a pipedeploy worker; raises
+    `RuntimeError` elsewhere (a flow called directly has no such directory)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        raise RuntimeError(
+            "execution_dir() is called outside a flow run; call it inside a pipeline that a "
+            "pipedeploy worker runs"
+        )
+    execution_id = str(context.flow_run.id)
+    prefix = f"{EXECUTION_DIR_PREFIX}{execution_id}-"
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        return path
+    raise RuntimeError(
+        f"execution_dir(): flow run {execution_id} has no execution directory: it is not run by "
+        "a pipedeploy worker (a flow called directly, or run by another worker type); write to "
+        "a directory of your own there"
+    )
 
 
 def remove_execution_dirs(execution_id: str) -> None:

@@ -122,7 +122,8 @@ class DeploymentVerbs(Verbs):
                 job_variables=spec.job_variables(),
                 schedules=spec.prefect_schedules(),
                 description=description,
-                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                # as `prefect deploy` stores it, so both make the same deployment
+                parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
                 enforce_parameter_schema=False,
                 tags=[TAG],
             )

@@ -1,9 +1,9 @@
 """Prefect-native use: the repository's prefect.yaml deployed with `prefect deploy`, as a user would.
 
 The repository's prefect.yaml, its pool renamed, is copied to a fresh directory; `prefect
-work-pool create --type pipedeploy` and `prefect --no-prompt deploy --all --prefect-file <the
-copy>` run as subprocesses in the checkout (its entrypoints are paths there: the packaged demo,
-prefect_pipedeploy/examples/demo.py); then a pipedeploy worker and gateway serve the
+work-pool create --type pipedeploy` and `prefect --no-prompt deploy --name ... --prefect-file
+<the copy>` (the demo's two deployments) run as subprocesses in the checkout (its entrypoints
+are paths there: the packaged demo, prefect_pipedeploy/examples/demo.py); then a pipedeploy worker and gateway serve the
 deployments: the SDK reads them, the low-latency pod comes up, both run, and the endpoint
 answers once its token is made with `pipedeploy endpoint token` (a deployment made by `prefect
 deploy` has none yet).
@@ -44,13 +44,15 @@ def project(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
     directory = tmp_path_factory.mktemp("project")
     pool = unique("yaml-pool")
     manifest = (ROOT / "prefect.yaml").read_text()
-    assert manifest.count("name: pipedeploy\n") == 2, "prefect.yaml's pools changed"
+    assert manifest.count("name: pipedeploy\n") == 4, "prefect.yaml's pools changed"
     prefect_file = directory / "prefect.yaml"
     prefect_file.write_text(manifest.replace("name: pipedeploy\n", f"name: {pool}\n"))
     prefect = [sys.executable, "-m", "prefect"]
     run([*prefect, "work-pool", "create", pool, "--type", "pipedeploy"], ROOT)
+    # the demo's two (tests/e2e/test_examples.py deploys `--all`, the examples' too)
+    names = [arg for name in (ELASTIC, LOW_LATENCY) for arg in ("--name", name)]
     deployed = run(
-        [*prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], ROOT
+        [*prefect, "--no-prompt", "deploy", *names, "--prefect-file", str(prefect_file)], ROOT
     )
     assert f"score/{ELASTIC}" in deployed
     assert f"counter/{LOW_LATENCY}" in deployed

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -44,6 +45,18 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's chromium for the browser test (tests/e2e/test_ui_browser.py) when it is
+    missing and this is a Debian machine run as root; elsewhere that test says what to install.
+    Playwright's own browser download is never used."""
+    if shutil.which("chromium") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    print("Installing Debian's chromium for the browser test ...", flush=True)
+    apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=apt)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=apt)
+
+
 def run(*args: str) -> int:
     print("+", " ".join(args), flush=True)
     return subprocess.call(list(args), cwd=ROOT)
@@ -64,6 +77,8 @@ def test(extra: list[str]) -> int:
         if run(*check) != 0:
             return 1
     selection = ["-m", "not e2e"] if fast else []
+    if not fast:
+        ensure_chromium()
     return run(str(BIN / "python"), "-m", "pytest", *selection, *(extra or ["-q", *PARALLEL]))
 
 

@@ -124,6 +124,7 @@ def up(
         typer.echo(
             f"Gateway:         {gateway_url}/endpoints/<path>   (API docs: {gateway_url}/docs)"
         )
+        _wait_for_worker(api_url, pool, worker_child)
         record = StackRecord(api_url, gateway_url, pool, data_store, str(home), os.getpid())
         with recorded(record):
             if demo:
@@ -145,6 +146,42 @@ def up(
                         fail(f"{child.name} exited; see {child.log_path}:\n{child.log_tail()}")
                 time.sleep(0.5)
             typer.echo("Stopping...")
+
+
+#: How long `up` waits for its worker to come online in its pool (a first start imports Prefect
+#: and the worker's modules: ~10 s on a loaded 2-core machine).
+WORKER_ONLINE_TIMEOUT_S = 120.0
+
+
+def _wait_for_worker(api_url: str, pool: str, worker: ChildProcess) -> None:
+    """Return once `worker` has created (or found) `pool` and heartbeats in it, so that what
+    `up` prints "Ready." after (the pool, its settings form) is there; stop `up` with the
+    worker's log when it exits or stays away."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def online() -> bool:
+        async with PrefectClient(api_url) as client:
+            try:
+                return bool(await client.read_workers_for_work_pool(pool))
+            except ObjectNotFound:
+                return False
+            except PrefectHTTPStatusError as exc:  # 3.9.1 raises a bare 404: no pool yet
+                if exc.response.status_code == 404:
+                    return False
+                raise
+
+    deadline = time.monotonic() + WORKER_ONLINE_TIMEOUT_S
+    while not run_coro_as_sync(online()):
+        if not worker.alive():
+            fail(f"the worker exited; see {worker.log_path}:\n{worker.log_tail()}")
+        if time.monotonic() >= deadline:
+            fail(
+                f"the worker did not come online in pool {pool!r} within "
+                f"{WORKER_ONLINE_TIMEOUT_S:g} s; see {worker.log_path}:\n{worker.log_tail()}"
+            )
+        time.sleep(0.5)
 
 
 def _configured_api() -> str | None:

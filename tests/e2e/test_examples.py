@@ -95,8 +95,7 @@ def test_inference_answers_a_burst_with_the_latest_model_loaded_once(
     examples: tuple[PipeDeploy, str, str],
 ) -> None:
     sdk, url, token = examples
-    train(sdk)
-    latest = train(sdk)  # a second model: the endpoint must answer with this one
+    latest = train(sdk)  # after the first test's: the endpoint must answer with this one
     newest = max(o["key"] for o in sdk.list_data_store_objects(iris.MODEL_PREFIX))
     assert newest == model_key(sdk, latest)
     wait_until_up(sdk, iris.INFERENCE)

@@ -36,6 +36,7 @@ from tests.support.local_stack import pipedeploy_up
 from tests.support.paths import PIPELINES, ROOT
 
 SCREENSHOTS = ROOT / "tests-output" / "screenshots"
+AT_READY: dict[str, Any] = {}  # what the API said the moment `up` printed "Ready."
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 UI_TIMEOUT_MS = 30_000  # a page of the UI on a loaded 2-core machine, API calls included
 MARKER = "hello from the Prefect UI"
@@ -56,6 +57,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackRecord]:
     """The module's own `pipedeploy up` (server with its UI, worker, gateway, data store)."""
     directory = tmp_path_factory.mktemp("ui-stack")
     with pipedeploy_up(directory, unique("ui-pool")) as record:
+        AT_READY["workers"] = httpx.post(
+            f"{record.api_url}/work_pools/{record.pool}/workers/filter", json={}, timeout=30
+        ).json()
         yield record
     shutil.rmtree(directory)  # the server's database and logs: nothing left once it passed
 
@@ -181,7 +185,7 @@ def check_fields(page: Page, scope: Locator, schema: dict[str, Any], definitions
 
 def published_template(stack: StackRecord, declared: dict[str, Any]) -> dict[str, Any]:
     """The variables of the pool's template once the worker has created the pool and said,
-    under ram_request, how much RAM it hands out (`up` is ready before its worker is)."""
+    under ram_request, how much RAM it hands out (just after it came online)."""
 
     def read() -> dict[str, Any]:
         answer = httpx.get(f"{stack.api_url}/work_pools/{stack.pool}", timeout=30)
@@ -194,6 +198,13 @@ def published_template(stack: StackRecord, declared: dict[str, Any]) -> dict[str
         )
 
     return eventually(read, 90, 0.5, until=published, what="the worker's pool published")
+
+
+def test_up_is_ready_once_its_worker_is_online_in_its_pool(stack: StackRecord) -> None:
+    """Before, `up` printed "Ready." before its worker had created the pool: a script using the
+    pool at once met a 404. Now the pool exists and lists the worker by then."""
+    workers = AT_READY["workers"]
+    assert isinstance(workers, list) and len(workers) == 1, workers
 
 
 def test_the_work_pool_form_shows_every_field_with_its_description_and_choices(

@@ -378,7 +378,7 @@ class PipeDeployWorker(
             i: (d.job_variables or {}).get("mode") if d is not None else None
             for i, d in deployments.items()
         }
-        ready = split_ready_runs(runs, self.pods.pods, modes, _Submitting(self))
+        ready = split_ready_runs(runs, self.pods.pods, modes, self.submitting_runs())
         for deployment_id, flow_runs in ready.to_pods.items():
             await self._dispatch_to_pod(deployment_id, flow_runs)
         admitted = await self._admit_elastic(ready.elastic, deployments)
@@ -585,16 +585,6 @@ class PipeDeployWorker(
         grace_seconds: int = 30,
     ) -> None:
         kill_process_tree(int(infrastructure_pid))
-
-
-class _Submitting:
-    """The runs a worker is submitting now, as a container (for `split_ready_runs`)."""
-
-    def __init__(self, worker: PipeDeployWorker) -> None:
-        self._worker = worker
-
-    def __contains__(self, flow_run_id: object) -> bool:
-        return isinstance(flow_run_id, UUID) and self._worker.is_submitting(flow_run_id)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,9 @@ Sections:
    14 lines with the run's logs stored before its final state (the default) and without (as
    before), runs alternating in the same benchmark, and whether every line was stored when the
    run was seen final.
+5. the endpoint path (`benchmarks/endpoint_path.py`): the gateway and the SDK against the
+   bookkeeping floor (two writes: a run created Running, then set Completed), back-to-back
+   calls, accepted calls per second and a parallel pod under 16 concurrent callers.
 Results: a Markdown report on stdout, and benchmarks/results/latency-<timestamp>.json.
 """
 
@@ -73,6 +76,10 @@ from prefect.events.filters import EventFilter, EventNameFilter  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from benchmarks.apiproxy import Call, CountingProxy, calls_as_dicts  # noqa: E402
+from benchmarks.endpoint_path import (  # noqa: E402
+    endpoint_path_section,
+    report_endpoint_path,
+)
 from benchmarks.logs_at_final import (  # noqa: E402
     logs_at_final_section,
     report_logs_at_final,
@@ -1073,6 +1080,7 @@ def report(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {c['at_ms']:.0f} | {c['duration_ms']:.0f} | {c['who']} | {c['method']} | `{c['endpoint']}` |"
                 )
+    lines += report_endpoint_path(results.get("endpoint_path", {}))
     if results["errors"]:
         lines += ["", "## Paths that failed here", ""]
         lines += [f"- {name}: {error}" for name, error in results["errors"].items()]
@@ -1096,6 +1104,7 @@ async def run_all(
                 ("create", create_cost_section),
                 ("pipedeploy", pipedeploy_section),
                 ("logs", logs_section),
+                ("gateway", gateway_section),
                 ("process", process_worker_section),
                 ("serve", serve_section),
                 ("api", api_count_section),
@@ -1118,6 +1127,10 @@ async def run_all(
 
 async def logs_section(bench: Bench) -> None:
     await logs_at_final_section(bench, FLOWS_FILE)
+
+
+async def gateway_section(bench: Bench) -> None:
+    await endpoint_path_section(bench, FLOWS_FILE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1182,6 +1195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "create",
             "pipedeploy",
             "logs",
+            "gateway",
             "elastic",
             "throughput",
             "process",

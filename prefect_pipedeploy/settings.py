@@ -112,8 +112,16 @@ class PipeDeploySettings(PrefectBaseSettings):
         default=10,
         gt=0,
         description=(
-            "Calls the gateway holds waiting for their turn to create an execution (creates go "
-            "one at a time); past it, 429 with Retry-After."
+            "Calls the gateway holds waiting for their turn to create an execution (creating "
+            "ones included); past it, 429 with Retry-After."
+        ),
+    )
+    gateway_max_creating: int = Field(
+        default=4,
+        gt=0,
+        description=(
+            "Executions the gateway creates at the same time (the others wait their turn, "
+            "first come first served)."
         ),
     )
     gateway_upload_retention_s: float = Field(

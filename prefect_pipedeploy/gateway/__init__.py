@@ -32,9 +32,11 @@ Where DESIGN.md is silent, this module decides:
   levels, lone surrogates, numbers beyond a 64-bit float. Inputs other than files over what the
   Prefect server stores for one execution (`max_parameter_size`, 512 KiB) get 413 before any
   upload or create.
-- Executions are created one at a time through the gateway's own queue (`GATEWAY_MAX_QUEUED`
-  calls, then 429 with Retry-After); a caller that disconnects while it waits, or before its
-  create, gets no execution.
+- Executions are created `GATEWAY_MAX_CREATING` at a time through the gateway's own queue
+  (`GATEWAY_MAX_QUEUED` calls, then 429 with Retry-After); a caller that disconnects while it
+  waits, or before its create, gets no execution.
+- A waiting call is answered when Prefect's event stream says its execution moved and a read
+  shows it settled (`waiting.RunWatcher`; a poll only while the stream is down).
 - File inputs are stored in the data store under `uploads/<uuid>/<file name>` before the
   execution is created (its id does not exist yet); the run's parameter is
   {"datastore_path": key} and the execution downloads it and passes {"path": <local file>}.

@@ -133,7 +133,7 @@ class Gateway:
         self.client = client
         self.limiter = BadTokenLimiter()
         self.watcher = RunWatcher(client)
-        self.queue = CreateQueue()
+        self.queue = CreateQueue(get_settings().gateway_max_creating)
         self._table: dict[str, Endpoint] = {}
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
@@ -336,8 +336,8 @@ class Gateway:
         executions wait already (`gateway_max_waiting`). Nothing is created for a caller that
         has gone (`gone()` is checked while the call waits and right before the create).
 
-        Creates go one at a time, and a 503 from a busy SQLite server is retried within
-        milliseconds instead of Prefect's seconds.
+        Up to `gateway_max_creating` creates go at a time, and a 503 from a busy SQLite
+        server is retried within milliseconds instead of Prefect's seconds.
         """
         settings = get_settings()
         try:

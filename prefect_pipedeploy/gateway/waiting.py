@@ -1,7 +1,8 @@
 """Waiting for executions, for a turn to create one, and the limit on wrong tokens: small
 in-memory state.
 
-For: `RunWatcher` (one API call per tick serves every request waiting for an execution),
+For: `RunWatcher` (Prefect's event stream says when the executions that requests wait for
+change state; one API call reads them all),
 `CreateQueue` (the calls waiting for their turn to create an execution: bounded, first come
 first served, a caller that leaves gives up its place) and `BadTokenLimiter` (wrong tokens per
 client over a sliding minute). Not for: when an execution is settled (`status.settled`).
@@ -25,6 +26,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.events import Event
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.settings import get_settings
@@ -32,8 +36,11 @@ from prefect_pipedeploy.status import settled
 
 logger = get_logger("prefect_pipedeploy.gateway.waiting")
 
-#: How often the gateway asks the API for the state of the executions it waits for.
-POLL_INTERVAL_S = 0.15
+#: How often the gateway reads the executions it waits for while Prefect's event stream is down.
+FALLBACK_POLL_S = 0.5
+
+#: How often it reads them anyway while the stream is up (an event lost on the way).
+SAFETY_POLL_S = 5.0
 
 
 class BadTokenLimiter:
@@ -96,25 +103,29 @@ async def never_gone() -> bool:
 
 
 class CreateQueue:
-    """The gateway's own queue of calls waiting to create an execution, one create at a time.
+    """The gateway's own queue of calls waiting to create an execution, `concurrency` creates
+    at a time.
 
-    The Prefect server takes creates one by one best (SQLite: concurrent ones collide and are
-    retried after seconds), so calls take turns, first come first served. At most `limit` calls
-    hold a place (the one creating included); the next is refused at once (`QueueFull`), with
-    how long the calls ahead should take by the recent pace of creates. A call whose caller
-    disconnects gives up its place while it waits (`CallerGone`; `gone` is checked every
-    `check_s`); the call itself checks once more right before it creates.
+    Creates do not go all at once: on SQLite each is a write, and a crowd of them only makes
+    the server refuse more of them (503, retried). Neither one by one: a create's round trip is
+    mostly waiting on the server, and one at a time capped the gateway at about one create per
+    round trip while runs executed (issue 14: 0.5/s). Calls take turns first come first served.
+    At most `limit` calls hold a place (those creating included); the next is refused at once
+    (`QueueFull`), with how long the calls ahead should take by the recent pace of creates. A
+    call whose caller disconnects gives up its place while it waits (`CallerGone`; `gone` is
+    checked every `check_s`); the call itself checks once more right before it creates.
     """
 
-    def __init__(self, check_s: float = 0.25) -> None:
-        self._lock = asyncio.Lock()
+    def __init__(self, concurrency: int = 1, check_s: float = 0.25) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._check_s = check_s
         self.queued = 0
         self.create_s = 0.5
         """Recent time one turn takes (an exponential average)."""
 
     def retry_after_s(self) -> int:
-        return min(60, max(1, math.ceil(self.queued * self.create_s)))
+        return min(60, max(1, math.ceil(self.queued * self.create_s / self._concurrency)))
 
     @contextlib.asynccontextmanager
     async def turn(self, limit: int, gone: Callable[[], Awaitable[bool]]) -> AsyncIterator[None]:
@@ -128,13 +139,13 @@ class CreateQueue:
             try:
                 yield
             finally:
-                self._lock.release()
+                self._slots.release()
                 self.create_s = 0.8 * self.create_s + 0.2 * (time.monotonic() - started)
         finally:
             self.queued -= 1
 
     async def _wait_for_turn(self, gone: Callable[[], Awaitable[bool]]) -> None:
-        acquire = asyncio.ensure_future(self._lock.acquire())
+        acquire = asyncio.ensure_future(self._slots.acquire())
         try:
             while True:
                 done, _ = await asyncio.wait({acquire}, timeout=self._check_s)
@@ -144,7 +155,7 @@ class CreateQueue:
                     raise CallerGone()
         except BaseException:
             if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
-                self._lock.release()
+                self._slots.release()
             else:
                 acquire.cancel()
             raise
@@ -156,17 +167,52 @@ class _Watch:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     latest: FlowRun | None = None
     waiters: int = 0
+    recheck_at: float | None = None
+    """When (monotonic) a run that failed with retries left is settled unless it moved."""
+
+
+def run_id_of(event: Event) -> UUID | None:
+    """The flow run an event of Prefect's is about (`prefect.flow-run.<id>`), if any."""
+    kind, _, ident = event.resource.id.rpartition(".")
+    if kind != "prefect.flow-run":
+        return None
+    try:
+        return UUID(ident)
+    except ValueError:
+        return None
 
 
 class RunWatcher:
-    """Waits for executions to settle: one API call per tick serves every waiting request."""
+    """Waits for executions to settle, without polling while Prefect's event stream is up.
 
-    def __init__(self, client: PrefectClient, interval_s: float = POLL_INTERVAL_S) -> None:
+    One subscription to the flow-run events of the server serves every waiting request: an
+    event about a watched run has it read (one API call for all the runs that moved), and a run
+    settles when `status.settled` says so. A run that failed with retries left is read again
+    when its grace ends. While the stream is down (the server restarting, or the gateway just
+    started), every watched run is read each `fallback_s`; when it comes back, each once more
+    (events sent meanwhile may be lost). Each `safety_s` the runs are read even while the
+    stream is up: an event lost on the way costs that long, not a hung call.
+    """
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        fallback_s: float = FALLBACK_POLL_S,
+        safety_s: float = SAFETY_POLL_S,
+    ) -> None:
         self._client = client
-        self._interval_s = interval_s
+        self._fallback_s = fallback_s
+        self._safety_s = safety_s
         self._watches: dict[UUID, _Watch] = {}
+        self._due: set[UUID] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._live = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def live(self) -> bool:
+        """Whether the event subscription is up (else the watcher polls)."""
+        return self._live
 
     async def wait(
         self, run_id: UUID, max_retries: int, timeout_s: float
@@ -174,8 +220,10 @@ class RunWatcher:
         """The latest state of the run seen, and whether it settled within `timeout_s`."""
         watch = self._watches.setdefault(run_id, _Watch(max_retries))
         watch.waiters += 1
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._poll())
+        if not self._tasks or any(task.done() for task in self._tasks):
+            await self.close()
+            self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._read())]
+        self._due.add(run_id)  # read once now: it may have settled before it was watched
         self._wake.set()
         try:
             await asyncio.wait_for(watch.done.wait(), timeout=max(timeout_s, 0.001))
@@ -188,39 +236,91 @@ class RunWatcher:
         return watch.latest, watch.done.is_set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
+        self._live = False
 
-    async def _poll(self) -> None:
-        while self._watches:
+    async def _listen(self) -> None:
+        event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]))
+        while True:
+            try:
+                async with get_events_subscriber(filter=event_filter) as subscriber:
+                    self._live = True
+                    self._due.update(self._watches)  # what moved while the stream was down
+                    self._wake.set()
+                    async for event in subscriber:
+                        run_id = run_id_of(event)
+                        if run_id is not None and run_id in self._watches:
+                            self._due.add(run_id)
+                            self._wake.set()
+            except Exception as exc:  # the server is away: the watcher polls meanwhile
+                logger.debug("The flow-run event stream ended (%s); polling", exc)
+            finally:
+                self._live = False
+            self._wake.set()
+            await asyncio.sleep(self._fallback_s)
+
+    async def _read(self) -> None:
+        last_full = time.monotonic()
+        while True:
+            now = time.monotonic()
+            pending = {i for i, w in self._watches.items() if not w.done.is_set()}
+            rechecks = {
+                i for i in pending if (at := self._watches[i].recheck_at) is not None and at <= now
+            }
+            full = not self._live or now - last_full >= self._safety_s
+            ids = list(pending if full else pending & (self._due | rechecks))
+            self._due.clear()
+            if full:
+                last_full = now
+            if ids and not await self._read_runs(ids):
+                await asyncio.sleep(1.0)
             self._wake.clear()
-            pending = [run_id for run_id, w in self._watches.items() if not w.done.is_set()]
-            for start in range(0, len(pending), 200):
-                ids = pending[start : start + 200]
-                try:
-                    runs = await self._client.read_flow_runs(
-                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                        limit=len(ids),
-                    )
-                except Exception as exc:  # the API is away: the waiters time out into 303s
-                    logger.warning(
-                        "Could not read the state of %d executions: %s",
-                        len(ids),
-                        exc,
-                        extra={"action": "poll_failed"},
-                    )
-                    await asyncio.sleep(1.0)
-                    break
-                now = datetime.now(timezone.utc)
-                grace_s = get_settings().retry_grace_s
-                for run in runs:
-                    watch = self._watches.get(run.id)
-                    if watch is None:
-                        continue
-                    watch.latest = run
-                    if settled(run, watch.max_retries, now, grace_s):
-                        watch.done.set()
+            if self._due:
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._next_read_in(last_full))
+
+    def _next_read_in(self, last_full: float) -> float:
+        now = time.monotonic()
+        if not self._live:
+            return self._fallback_s
+        moments = [last_full + self._safety_s]
+        moments += [w.recheck_at for w in self._watches.values() if w.recheck_at is not None]
+        return max(0.01, min(moments) - now)
+
+    async def _read_runs(self, ids: list[UUID]) -> bool:
+        """Read the runs, settle their watches; False when the API did not answer."""
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            try:
+                runs = await self._client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                    limit=len(chunk),
+                )
+            except Exception as exc:  # the API is away: the waiters time out into 303s
+                logger.warning(
+                    "Could not read the state of %d executions: %s",
+                    len(chunk),
+                    exc,
+                    extra={"action": "poll_failed"},
+                )
+                return False
+            now = datetime.now(timezone.utc)
+            grace_s = get_settings().retry_grace_s
+            for run in runs:
+                watch = self._watches.get(run.id)
+                if watch is None:
+                    continue
+                watch.latest = run
+                watch.recheck_at = None
+                if settled(run, watch.max_retries, now, grace_s):
+                    watch.done.set()
+                elif run.state is not None and run.state.is_final():  # failed, may be retried
+                    left_s = grace_s - (now - run.state.timestamp).total_seconds()
+                    watch.recheck_at = time.monotonic() + max(0.0, left_s) + 0.05
+        return True

@@ -660,3 +660,52 @@ def test_no_answer_leaks_a_traceback_or_a_path() -> None:
         assert not _PYTHON_PATH.search(body), (request, status, body)
     for request, status, body in errors:
         assert isinstance(json.loads(body).get("message"), str), (request, status, body)
+
+
+def test_back_to_back_calls_to_a_parallel_pod_run_together(
+    main: httpx.Client, client: Client
+) -> None:
+    """Issue 14: six non-waiting calls made one after the other to a parallel pod were answered
+    over 16 s (each a 2 s back-off of Prefect's client on a 503), so six "parallel" 1 s
+    executions ran one after another. Each is accepted, all six succeed, and they run at the
+    same time (their Running intervals overlap), as parallel mode promises."""
+    sleeper = deploy(
+        client,
+        "async_sleeper",
+        mode="low_latency",
+        enable_parallel_executions=True,
+        max_parallel_executions_per_pod=6,
+        max_retries=0,
+    )
+    eventually(
+        lambda: client.get_deployment(sleeper["name"]),
+        90,
+        until=lambda d: d["status"] == "up",
+        what="the pod is up",
+    )
+    ids = []
+    for i in range(6):
+        accepted = main.post(
+            f"/endpoints/{sleeper['path']}?wait_for_completion=false",
+            json={"marker": f"b2b{i}", "sleep_s": 1.0},
+            headers=auth(sleeper["token"]),
+        )
+        assert accepted.status_code == 202, accepted.text
+        ids.append(accepted.json()["execution_id"])
+    for execution_id in ids:
+        result = main.get(
+            f"/endpoints/{sleeper['path']}/executions/{execution_id}",
+            headers=auth(sleeper["token"]),
+            follow_redirects=True,
+        )
+        assert result.status_code == 200, result.text
+
+    async def intervals() -> list[tuple[datetime, datetime]]:
+        async with get_client() as prefect:
+            runs = [await prefect.read_flow_run(uuid.UUID(i)) for i in ids]
+        assert all(r.start_time and r.end_time for r in runs), runs
+        return [(r.start_time, r.end_time) for r in runs]  # type: ignore[misc]
+
+    spans = run_coro_as_sync(intervals())
+    overlapping = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert overlapping >= 2, spans

@@ -78,8 +78,9 @@ async def test_sdk_and_gateway_report_a_failed_run_final_after_the_same_grace(
                 both.start_soon(gateway_waits)
         finally:
             await watcher.close()
-    # after the grace, and both at about the same moment (each polls: the SDK every 0.1 s,
-    # the gateway every 0.15 s, plus the API's answer time on a loaded machine)
+    # after the grace, and both at about the same moment (the SDK polls every 0.1 s, the
+    # gateway reads the run again when its grace ends, plus the API's answer time on a loaded
+    # machine)
     assert short_grace <= settled_after["sdk"] < short_grace + 3, settled_after
     assert short_grace <= settled_after["gateway"] < short_grace + 3, settled_after
     assert abs(settled_after["sdk"] - settled_after["gateway"]) < 1.5, settled_after

@@ -206,14 +206,48 @@ async def test_a_caller_who_leaves_while_waiting_frees_its_place() -> None:
         assert queue.queued == 1
 
 
+@pytest.mark.anyio
+async def test_up_to_its_concurrency_creates_go_at_once_the_rest_in_arrival_order() -> None:
+    """Issue 14: creates one at a time held the gateway to about 0.5 creates/s while runs
+    executed; now `gateway_max_creating` go at once, and the others still in arrival order."""
+    queue = CreateQueue(concurrency=3, check_s=0.01)
+    inside: list[int] = []
+    release = {i: asyncio.Event() for i in range(6)}
+
+    async def call(i: int) -> None:
+        async with queue.turn(10, never_gone):
+            inside.append(i)
+            await release[i].wait()
+
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.create_task(call(i)))
+        await asyncio.sleep(0.01)  # arrive in order
+    assert inside == [0, 1, 2] and queue.queued == 6
+    for i in (1, 0):
+        release[i].set()
+        await asyncio.sleep(0.02)
+    assert inside == [0, 1, 2, 3, 4]
+    for event in release.values():
+        event.set()
+    await asyncio.gather(*tasks)
+    assert inside == [0, 1, 2, 3, 4, 5] and queue.queued == 0
+
+
 @pytest.mark.parametrize(
-    ("queued", "create_s", "retry_after"),
-    [(0, 0.5, 1), (10, 0.05, 1), (10, 2.0, 20), (100, 5.0, 60)],
+    ("queued", "create_s", "concurrency", "retry_after"),
+    [
+        (0, 0.5, 1, 1),
+        (10, 0.05, 1, 1),
+        (10, 2.0, 1, 20),
+        (10, 2.0, 4, 5),
+        (100, 5.0, 1, 60),
+    ],
 )
 def test_retry_after_follows_the_pace_of_creates(
-    queued: int, create_s: float, retry_after: int
+    queued: int, create_s: float, concurrency: int, retry_after: int
 ) -> None:
-    queue = CreateQueue()
+    queue = CreateQueue(concurrency)
     queue.queued, queue.create_s = queued, create_s
     assert queue.retry_after_s() == retry_after
 

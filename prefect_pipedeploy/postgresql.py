@@ -11,8 +11,9 @@ PREFECT_SERVER_DATABASE_CONNECTION_URL at it: README, "A Prefect server on Postg
 tuning, backups or upgrades.
 
 What Prefect 3.9.1 needs of it (read in its migrations, server/database/_migrations/versions/
-postgresql): the `pg_trgm` extension, which its migrations create (the superuser may; Debian's
-postgresql package ships it), and the asyncpg driver (installed with Prefect).
+postgresql): the `pg_trgm` extension, which its migrations create (a trusted extension since
+PostgreSQL 13; Debian's postgresql package ships it), and the asyncpg driver (installed with
+Prefect).
 
     pipedeploy up --database postgresql
 """

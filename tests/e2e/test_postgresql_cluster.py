@@ -1,5 +1,6 @@
 """The stack's PostgreSQL cluster, real: Debian's postgresql started and stopped by
-prefect_pipedeploy.postgresql, talked to with asyncpg (Prefect's own driver)."""
+prefect_pipedeploy.postgresql (a server process of its own: this tier), talked to with asyncpg
+(Prefect's own driver). A Prefect server on it: test_on_postgresql.py."""
 
 from __future__ import annotations
 
@@ -73,12 +74,13 @@ def test_a_throwaway_cluster_serves_prefect_s_url_and_leaves_nothing() -> None:
         with pytest.raises(asyncpg.InvalidPasswordError):
             query(cluster, "SELECT 1", url=connection_url(cluster.port, "not-the-password"))
         if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as `postgres`
-            assert {p.username() for p in processes} == {"postgres"}
+            assert psutil.Process(cluster.popen.pid).username() == "postgres"
     finally:
         cluster.stop()
     assert cluster.popen.returncode == 0  # a clean (fast) shutdown, not a kill
     assert not cluster.data_dir.parent.exists()
-    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert alive == [], f"left running: {alive}"
 
 
 def test_a_kept_cluster_is_reused_with_its_data(kept_dir: Path) -> None:

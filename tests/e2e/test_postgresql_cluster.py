@@ -4,13 +4,9 @@ prefect_pipedeploy.postgresql (a server process of its own: this tier), talked t
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import psutil
@@ -19,23 +15,7 @@ import pytest
 from prefect_pipedeploy.exceptions import DatabaseUnavailable
 from prefect_pipedeploy.postgresql import PostgreSQL, connection_url, start_postgresql
 from prefect_pipedeploy.stack import free_port
-
-
-def query(cluster: PostgreSQL, sql: str, url: str | None = None, first: str = "") -> Any:
-    """The first value `sql` returns (after running the statements `first`), through the URL a
-    Prefect server is given."""
-
-    async def run() -> Any:
-        dsn = (url or cluster.url).replace("postgresql+asyncpg://", "postgresql://")
-        connection = await asyncpg.connect(dsn, timeout=10)
-        try:
-            if first:
-                await connection.execute(first)
-            return await connection.fetchval(sql)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
+from tests.support.postgresql import fetch_value, open_directory
 
 
 def processes_of(cluster: PostgreSQL) -> list[psutil.Process]:
@@ -48,12 +28,8 @@ def processes_of(cluster: PostgreSQL) -> list[psutil.Process]:
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A directory the `postgres` user may enter (pytest's tmp_path sits under one only root
-    may enter); removed afterwards."""
-    parent = Path(tempfile.mkdtemp(prefix="pipedeploy-pg-"))
-    parent.chmod(0o755)
-    yield parent
-    shutil.rmtree(parent)
+    with open_directory("pipedeploy-pg-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -66,13 +42,16 @@ def test_a_throwaway_cluster_serves_prefect_s_url_and_leaves_nothing() -> None:
     cluster = start_postgresql(free_port())
     try:
         processes = processes_of(cluster)
-        assert query(cluster, "SELECT current_database()") == "prefect"
+        assert fetch_value(cluster.url, "SELECT current_database()") == "prefect"
         # what Prefect's migrations create
-        assert query(cluster, "SELECT 1", first="CREATE EXTENSION IF NOT EXISTS pg_trgm") == 1
-        assert query(cluster, "SHOW listen_addresses") == "127.0.0.1"
-        assert query(cluster, "SHOW unix_socket_directories") == ""
+        assert (
+            fetch_value(cluster.url, "SELECT 1", first="CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            == 1
+        )
+        assert fetch_value(cluster.url, "SHOW listen_addresses") == "127.0.0.1"
+        assert fetch_value(cluster.url, "SHOW unix_socket_directories") == ""
         with pytest.raises(asyncpg.InvalidPasswordError):
-            query(cluster, "SELECT 1", url=connection_url(cluster.port, "not-the-password"))
+            fetch_value(connection_url(cluster.port, "not-the-password"), "SELECT 1")
         if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as `postgres`
             assert psutil.Process(cluster.popen.pid).username() == "postgres"
     finally:
@@ -86,7 +65,9 @@ def test_a_throwaway_cluster_serves_prefect_s_url_and_leaves_nothing() -> None:
 def test_a_kept_cluster_is_reused_with_its_data(kept_dir: Path) -> None:
     first = start_postgresql(free_port(), kept_dir)
     try:
-        query(first, "SELECT 1", first="CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        fetch_value(
+            first.url, "SELECT 1", first="CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)"
+        )
         with pytest.raises(DatabaseUnavailable, match=r"running already \(pid \d+\).*--home"):
             start_postgresql(free_port(), kept_dir)
     finally:
@@ -95,7 +76,7 @@ def test_a_kept_cluster_is_reused_with_its_data(kept_dir: Path) -> None:
     second = start_postgresql(free_port(), kept_dir)
     try:
         assert second.port != first.port
-        assert query(second, "SELECT x FROM kept") == 42
+        assert fetch_value(second.url, "SELECT x FROM kept") == 42
     finally:
         second.stop()
 

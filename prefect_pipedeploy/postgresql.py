@@ -164,9 +164,9 @@ def connection_url(
 
 
 def client_environment(password: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of PostgreSQL's own programs: this process's, with the superuser's
-    password, no inherited PG* connection variables (they would win over nothing we pass, but
-    PGSERVICE and friends would add to it) and C messages."""
+    """The environment of PostgreSQL's own programs: this process's without its PG* variables
+    (a user's PGDATABASE, PGSSLMODE or PGSERVICE must not reach the stack's cluster), with the
+    superuser's password, a connect timeout and messages in English."""
     env = {
         k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("PG")
     }

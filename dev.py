@@ -2,6 +2,7 @@
 """The two set-up commands of prefect-pipedeploy; needs only python3.
 
     python3 dev.py up               # the local stack (Prefect server, worker) with its demo
+    python3 dev.py up --database postgresql     # the same, the server on PostgreSQL
     python3 dev.py test             # lint, type-check and run the whole test suite (what CI runs)
     python3 dev.py test --fast      # lint, type-check, unit + integration tiers (no e2e)
     python3 dev.py test ARGS...     # lint, type-check, then `pytest ARGS` (e.g. tests/unit -x)
@@ -16,6 +17,7 @@ The test tiers are tests/unit, tests/integration and tests/e2e (marked `e2e`): R
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -57,6 +59,26 @@ def ensure_chromium() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=apt)
 
 
+def ensure_postgresql() -> None:
+    """Install Debian's postgresql for the end-to-end tests on PostgreSQL (tests/e2e/
+    test_on_postgresql.py, test_postgresql_cluster.py) and `up --database postgresql` when it
+    is missing and this is a Debian machine run as root; elsewhere they say what to install."""
+    if glob.glob("/usr/lib/postgresql/*/bin/initdb") or not shutil.which("apt-get"):
+        return
+    if os.geteuid() != 0:
+        return
+    print("Installing Debian's postgresql for the tests on PostgreSQL ...", flush=True)
+    apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=apt)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=apt)
+
+
+def wants_postgresql(args: list[str]) -> bool:
+    """Whether `up` was asked for `--database postgresql` (or `--database=postgresql`)."""
+    pairs = zip(args, args[1:], strict=False)
+    return "--database=postgresql" in args or ("--database", "postgresql") in pairs
+
+
 def run(*args: str) -> int:
     print("+", " ".join(args), flush=True)
     return subprocess.call(list(args), cwd=ROOT)
@@ -79,6 +101,7 @@ def test(extra: list[str]) -> int:
     selection = ["-m", "not e2e"] if fast else []
     if not fast:
         ensure_chromium()
+        ensure_postgresql()
     return run(str(BIN / "python"), "-m", "pytest", *selection, *(extra or ["-q", *PARALLEL]))
 
 
@@ -93,6 +116,8 @@ def main() -> int:
         return 2
     ensure_venv()
     if command == "up":
+        if wants_postgresql(sys.argv[2:]):
+            ensure_postgresql()
         os.execv(str(BIN / "pipedeploy"), [str(BIN / "pipedeploy"), "up", "--demo", *sys.argv[2:]])
     return test(sys.argv[2:])
 

@@ -43,6 +43,12 @@ class ServerUnavailable(PipeDeployError):
     """The Prefect API cannot be reached; start it with `pipedeploy up` or set PREFECT_API_URL."""
 
 
+class DatabaseUnavailable(PipeDeployError):
+    """The local stack's PostgreSQL cluster cannot be made or started; the message says why and
+    what to do (for missing programs: install Debian's postgresql package, `apt-get install -y
+    postgresql`), with the last lines of PostgreSQL's own log."""
+
+
 class InvalidSettings(PipeDeployError, ValueError):
     """A prefect-pipedeploy setting has a value it cannot take; the message names each setting,
     its environment variable, the value and the rule, and where settings are read from."""

@@ -1,6 +1,7 @@
 """The local stack: start and stop the processes `pipedeploy up` (and the test fixtures) need.
 
-For: an embedded Prefect server on SQLite under a project-local home, and child processes
+For: an embedded Prefect server under a project-local home, on SQLite or on a PostgreSQL
+cluster of its own (`start_prefect_server_on`; the cluster itself is postgresql.py's), and child processes
 (workers, gateway) started the way a user would start them and stopped with terminate, grace,
 kill; the record a running `pipedeploy up` leaves (`StackRecord`) so that another shell's CLI
 and SDK find it when no PREFECT_API_URL is set (`find_running_stack`). Not for: deciding what
@@ -13,6 +14,7 @@ start workers with `prefect worker start`).
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import socket
@@ -21,11 +23,13 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
 from prefect_pipedeploy.exceptions import ServerUnavailable
+from prefect_pipedeploy.postgresql import start_postgresql
 from prefect_pipedeploy.prefect_api.poolcap import FILE_LEASE_STORAGE
 from prefect_pipedeploy.runtimes.process import ChildProcess, start_child
 
@@ -56,14 +60,30 @@ def reachable_host(host: str) -> str:
             return "127.0.0.1"
 
 
+class Database(enum.StrEnum):
+    """Where an embedded Prefect server keeps its data (`pipedeploy up --database`)."""
+
+    sqlite = "sqlite"  # one file under the stack's home: one machine, light load
+    postgresql = "postgresql"  # a PostgreSQL cluster of the stack's own (postgresql.py)
+
+
+def sqlite_url(home: Path) -> str:
+    """The SQLAlchemy URL of the SQLite database of a server whose home is `home`."""
+    return f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+
+
 def server_environment(
-    home: Path, base: Mapping[str, str] | None = None, host: str = "127.0.0.1", port: int = 4200
+    home: Path,
+    base: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    database_url: str | None = None,
 ) -> dict[str, str]:
-    """Environment of an embedded Prefect server whose database lives under `home`, listening
-    on `host`:`port`. Its UI asks for its API at that address (Prefect derives the UI's API URL
-    from PREFECT_SERVER_API_HOST/PORT, not from `prefect server start --port`: before, the UI of
-    a server on any port but 4200 called 127.0.0.1:4200). A PREFECT_UI_API_URL the user set is
-    kept (a reverse proxy's)."""
+    """Environment of an embedded Prefect server whose home is `home`, on the database at
+    `database_url` (default: SQLite under `home`), listening on `host`:`port`. Its UI asks for
+    its API at that address (Prefect derives the UI's API URL from PREFECT_SERVER_API_HOST/PORT,
+    not from `prefect server start --port`: before, the UI of a server on any port but 4200
+    called 127.0.0.1:4200). A PREFECT_UI_API_URL the user set is kept (a reverse proxy's)."""
     env = dict(base if base is not None else os.environ)
     home.mkdir(parents=True, exist_ok=True)
     env.setdefault("PREFECT_UI_API_URL", f"http://{reachable_host(host)}:{port}/api")
@@ -72,9 +92,7 @@ def server_environment(
             "PREFECT_SERVER_API_HOST": host,
             "PREFECT_SERVER_API_PORT": str(port),
             "PREFECT_HOME": str(home),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
-                f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-            ),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url or sqlite_url(home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
@@ -94,10 +112,15 @@ def start_prefect_server(
     ui: bool = True,
     timeout_s: float = 90.0,
     env_overrides: Mapping[str, str] | None = None,
+    database_url: str | None = None,
 ) -> tuple[ChildProcess, str]:
-    """Start `prefect server start` on SQLite under `home`; returns it and its API URL."""
+    """Start `prefect server start` with its home in `home`, on the database at `database_url`
+    (default: SQLite under `home`); returns it and its API URL."""
     port = port or free_port(host)
-    env = {**server_environment(home, host=host, port=port), **(env_overrides or {})}
+    env = {
+        **server_environment(home, host=host, port=port, database_url=database_url),
+        **(env_overrides or {}),
+    }
     env["PREFECT_UI_ENABLED"] = "true" if ui else "false"
     child = start_child(
         "prefect-server",
@@ -124,6 +147,32 @@ def start_prefect_server(
         child.stop()
         raise
     return child, api_url
+
+
+def start_prefect_server_on(
+    database: Database | str,
+    home: Path,
+    database_dir: Path | None = None,
+    **server_options: Any,
+) -> tuple[list[ChildProcess], str]:
+    """Start a Prefect server with its home in `home` on `database`; returns the processes
+    started, the database's first (`running` stops them in reverse), and the API URL.
+
+    For "sqlite": `start_prefect_server` as it is. For "postgresql": first a PostgreSQL cluster
+    kept in `database_dir` (reused by the next start), or, with no `database_dir`, a throwaway
+    one removed when it stops, then the server on it; its log is `home/logs/postgresql.log`.
+    `server_options` go to `start_prefect_server` (host, port, ui, timeout_s, env_overrides).
+    What is started is stopped again when the server does not come up."""
+    if Database(database) is Database.sqlite:
+        server, api_url = start_prefect_server(home, **server_options)
+        return [server], api_url
+    cluster = start_postgresql(free_port(), database_dir, log_path=home / "logs" / "postgresql.log")
+    try:
+        server, api_url = start_prefect_server(home, database_url=cluster.url, **server_options)
+    except BaseException:
+        cluster.stop()
+        raise
+    return [cluster, server], api_url
 
 
 def wait_for_http(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:

@@ -1,6 +1,7 @@
 """`pipedeploy up`: the whole local stack (Prefect server, pool, worker, gateway), and its demo.
 
 pipedeploy up --demo
+pipedeploy up --database postgresql     # the server on a PostgreSQL cluster kept in <home>/postgres
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 import typer
 
 from prefect_pipedeploy.cli.app import app, fail
-from prefect_pipedeploy.exceptions import DeploymentNotFound, PipeDeployError
+from prefect_pipedeploy.exceptions import DatabaseUnavailable, DeploymentNotFound, PipeDeployError
+from prefect_pipedeploy.postgresql import PostgreSQL
 from prefect_pipedeploy.sdk.client import PipeDeploy
 from prefect_pipedeploy.settings import env_name, get_settings
-from prefect_pipedeploy.stack import ChildProcess
+from prefect_pipedeploy.stack import ChildProcess, Database, sqlite_url
 
 DEMO_DEPLOYMENT = "demo-score"
 
@@ -35,11 +37,20 @@ def up(
         None, "--pool", help="Work pool to create and serve (default: the default_pool setting)."
     ),
     home: Path = typer.Option(None, "--home", help="Where the local stack keeps its data."),
+    database: Database = typer.Option(
+        Database.sqlite,
+        "--database",
+        help=(
+            "The Prefect server's database: sqlite (a file under --home) or postgresql (a"
+            " PostgreSQL cluster kept in <home>/postgres, from Debian's postgresql package)."
+        ),
+    ),
     exit_after_demo: bool = typer.Option(
         False, "--exit-after-demo", help="Stop everything once the demo has printed its outputs."
     ),
 ) -> None:
-    """Start the whole local stack: Prefect server (SQLite), the pool, a worker. Ctrl-C stops it."""
+    """Start the whole local stack: Prefect server (SQLite, or PostgreSQL with --database
+    postgresql), the pool, a worker, the gateway. Ctrl-C stops it."""
     from prefect_pipedeploy.stack import (
         StackRecord,
         free_port,
@@ -47,7 +58,7 @@ def up(
         recorded,
         running,
         start_child,
-        start_prefect_server,
+        start_prefect_server_on,
         wait_for_http,
     )
 
@@ -60,20 +71,25 @@ def up(
     def request_stop(signum: int, frame: Any) -> None:
         stop["requested"] = True
 
+    api_url = _configured_api(database)  # before anything starts: it may stop `up`
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with running(children):
-        api_url = _configured_api()
         if api_url:
             typer.echo(f"Using the Prefect API at {api_url} (PREFECT_API_URL is set)")
         else:
             if port == 0:
                 port = free_port(host)
             try:
-                server, api_url = start_prefect_server(home, host=host, port=port)
+                started, api_url = start_prefect_server_on(
+                    database, home, database_dir=home / "postgres", host=host, port=port
+                )
+            except DatabaseUnavailable as exc:
+                fail(str(exc))
             except PipeDeployError as exc:
                 fail(f"{exc}\n(is port {port} in use? pass --port)")
-            children.append(server)
+            children.extend(started)
+            typer.echo(f"Database:        {_describe_database(started, home)}")
             ui_url = f"http://{reachable_host(host)}:{port}"
             typer.echo(f"Prefect server:  {api_url}   (UI: {ui_url})")
         data_store = _ensure_data_store(api_url, home)
@@ -184,10 +200,19 @@ def _wait_for_worker(api_url: str, pool: str, worker: ChildProcess) -> None:
         time.sleep(0.5)
 
 
-def _configured_api() -> str | None:
+def _describe_database(started: list[ChildProcess], home: Path) -> str:
+    """What `up` prints of the server's database: the PostgreSQL cluster it started, if any."""
+    for child in started:
+        if isinstance(child, PostgreSQL):
+            return f"{child.describe()}, log {child.log_path}"
+    return f"SQLite, {sqlite_url(home).split('///', 1)[1]}"
+
+
+def _configured_api(database: Database = Database.sqlite) -> str | None:
     """The Prefect API the user configured (environment or profile), checked to answer: `up`
     then uses it rather than starting a server. One that does not answer stops `up` with what
-    it tried and the two ways out (before: a traceback ending in ConnectError)."""
+    it tried and the two ways out (before: a traceback ending in ConnectError); so does one
+    set together with `--database postgresql`, which only a server `up` starts can honour."""
     from prefect.settings import PREFECT_API_URL
 
     from prefect_pipedeploy.stack import wait_for_http
@@ -196,6 +221,13 @@ def _configured_api() -> str | None:
     if not api_url:
         return None
     source = "the environment" if os.environ.get("PREFECT_API_URL") else "your Prefect profile"
+    if database is not Database.sqlite:
+        fail(
+            f"--database {database} starts a Prefect server on {database}, but PREFECT_API_URL"
+            f" is set to {api_url} (in {source}), so `pipedeploy up` would use that server."
+            " Either unset PREFECT_API_URL (`unset PREFECT_API_URL`, or `prefect config unset"
+            " PREFECT_API_URL` for a profile), or drop --database: that server keeps its own."
+        )
     try:
         wait_for_http(f"{api_url.rstrip('/')}/health", 5)
     except PipeDeployError:

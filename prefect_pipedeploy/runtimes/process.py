@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -165,13 +166,28 @@ def start_child(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    user: str | None = None,
 ) -> ChildProcess:
-    """Start `args` in its own process group, output appended to `log_path`."""
+    """Start `args` in its own process group, output appended to `log_path`; as the OS user
+    `user` (its own group, no other) when given: only root can do that (PostgreSQL, which
+    refuses to run as root, runs as `postgres`)."""
     with _output_to(log_path) as options:
         popen = subprocess.Popen(
-            args, env=dict(env) if env is not None else None, cwd=cwd, **options
+            args,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            **options,
+            **as_user(user),
         )
     return ChildProcess(name=name, popen=popen, log_path=log_path)
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """The `subprocess` options that run a child as the OS user `user` with its primary group
+    and no supplementary ones (none for `None`: this process's own user)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 @dataclass

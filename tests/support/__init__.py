@@ -10,4 +10,6 @@ streams       byte streams and payloads for the data-store tests
 endpoints     an endpoint like the gateway builds from a deployment (pure)
 fuzzing       hypothesis strategies for the gateway's fuzz pass (bodies from an OpenAPI schema)
 rawhttp       HTTP/1.1 written by hand: bodies past a server's limit, file names byte for byte
+local_stack   a whole `pipedeploy up` on free ports, stopped with Ctrl-C
+postgresql    what a PostgreSQL database holds, read with asyncpg (the tests on PostgreSQL)
 """

@@ -58,8 +58,11 @@ def wait_until_up(sdk: PipeDeploy, name: str, timeout_s: float = 45) -> dict:
     )
 
 
-def run_many(sdk: PipeDeploy, name: str, inputs: list[dict], delay_s: float = 6) -> list[dict]:
-    """Create the executions, all due `delay_s` from now, then wait for all of them.
+def run_many(
+    sdk: PipeDeploy, name: str, inputs: list[dict], delay_s: float = 6, spacing_s: float = 0
+) -> list[dict]:
+    """Create the executions, all due `delay_s` from now (each `spacing_s` after the one
+    before: their FIFO order), then wait for all of them.
 
     A SQLite server serialises creates (a busy database answers 503 and the client retries
     seconds later), so runs requested back to back would not be waiting at the same time.
@@ -72,9 +75,11 @@ def run_many(sdk: PipeDeploy, name: str, inputs: list[dict], delay_s: float = 6)
         async with get_client() as client:
             runs = [
                 await client.create_flow_run_from_deployment(
-                    deployment_id, parameters=i, state=Scheduled(scheduled_time=due)
+                    deployment_id,
+                    parameters=parameters,
+                    state=Scheduled(scheduled_time=due + datetime.timedelta(seconds=i * spacing_s)),
                 )
-                for i in inputs
+                for i, parameters in enumerate(inputs)
             ]
         return [str(run.id) for run in runs]
 

@@ -33,11 +33,11 @@ UP_STOP_TIMEOUT_S = 60
 
 
 @contextlib.contextmanager
-def pipedeploy_up(directory: Path, pool: str) -> Iterator[StackRecord]:
-    """`pipedeploy up --port P --gateway-port G --home DIR/stack --pool POOL` on free ports,
-    with nothing of the test session's Prefect settings: its own PREFECT_HOME (so the record
-    it leaves for other shells is found by nobody else) and no PREFECT_API_URL (so it starts
-    its own server). Its output goes to DIR/up.log; a start that fails shows it."""
+def pipedeploy_up(directory: Path, pool: str, *options: str) -> Iterator[StackRecord]:
+    """`pipedeploy up --port P --gateway-port G --home DIR/stack --pool POOL [OPTIONS]` on free
+    ports, with nothing of the test session's Prefect settings: its own PREFECT_HOME (so the
+    record it leaves for other shells is found by nobody else) and no PREFECT_API_URL (so it
+    starts its own server). Its output goes to DIR/up.log; a start that fails shows it."""
     home, log_path = directory / "stack", directory / "up.log"
     env = {
         key: value
@@ -58,6 +58,7 @@ def pipedeploy_up(directory: Path, pool: str) -> Iterator[StackRecord]:
         str(home),
         "--pool",
         pool,
+        *options,
     ]
     with open(log_path, "w") as log:
         up = subprocess.Popen(

@@ -1,0 +1,133 @@
+"""The end-to-end core once more with the Prefect server on PostgreSQL (Debian's postgresql):
+an elastic execution, a low-latency queue (FIFO), a low-latency parallel pod, a gateway call.
+`pipedeploy up --database postgresql`: test_up_on_postgresql.py.
+
+The module starts its own throwaway PostgreSQL cluster and its own Prefect server on it
+(`stack.start_prefect_server_on`, as `pipedeploy up --database postgresql` and the benchmarks
+do) and sets the session's SQLite server aside for the module: its `prefect_api` fixture
+overrides the session's, so the shared `pool`, `sdk`, `worker` and `data_store` fixtures use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.postgresql import PostgreSQL
+from prefect_pipedeploy.stack import (
+    ChildProcess,
+    Database,
+    running,
+    start_prefect_server_on,
+    wait_for_http,
+)
+from tests.support.executions import deploy, eventual_log_messages, run_many, unique, wait_until_up
+from tests.support.paths import PIPELINES
+from tests.support.postgresql import flow_runs_in
+from tests.support.processes import start_gateway
+
+
+@pytest.fixture(scope="module")
+def server_on_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """This module's Prefect server on a throwaway PostgreSQL cluster: its API URL and the
+    cluster's URL. Both stop, and the cluster's directory goes, when the module ends."""
+    home = tmp_path_factory.mktemp("server-on-postgresql")
+    started, api_url = start_prefect_server_on(Database.postgresql, home, ui=False, timeout_s=300)
+    cluster = next(child for child in started if isinstance(child, PostgreSQL))
+    with running(started):
+        yield api_url, cluster.url
+    assert not cluster.alive() and not cluster.data_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(server_on_postgresql: tuple[str, str]) -> Iterator[str]:
+    """The module's server as PREFECT_API_URL for this process (environment and Prefect's
+    settings) and its children while the module runs; the session's comes back after."""
+    api_url = server_on_postgresql[0]
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+def test_an_elastic_endpoint_deployment_executes(
+    sdk: PipeDeploy, worker: ChildProcess, server_on_postgresql: tuple[str, str]
+) -> None:
+    """Its execution is a row of the PostgreSQL database."""
+    name = deploy(sdk, "counter")
+    execution = sdk.run_deployment(name, {"marker": "on-postgresql"}, timeout_s=90)
+    assert execution["status"] == "Succeeded", execution
+    assert execution["outputs"]["count"] == 1
+    assert execution["outputs"]["pid"] != worker.popen.pid  # a process of its own
+    assert "marker=on-postgresql" in eventual_log_messages(sdk, execution["execution_id"])
+    assert flow_runs_in(server_on_postgresql[1], execution["execution_id"]) == 1
+
+
+def test_a_low_latency_queue_runs_one_at_a_time_in_order(
+    sdk: PipeDeploy, worker: ChildProcess
+) -> None:
+    name = deploy(sdk, "queue_step", mode="low_latency", max_retries=0)
+    wait_until_up(sdk, name)
+    labels = ["A", "B", "C", "D"]
+    results = run_many(
+        sdk, name, [{"label": label, "sleep_s": 0.5} for label in labels], 3, spacing_s=0.01
+    )
+    assert [r["status"] for r in results] == ["Succeeded"] * 4
+    by_start = sorted(results, key=lambda r: r["start_time"])
+    assert [r["parameters"]["label"] for r in by_start] == labels
+    for before, after in zip(by_start, by_start[1:], strict=False):
+        assert after["start_time"] >= before["end_time"]  # one at a time
+
+
+def test_a_low_latency_parallel_pod_runs_them_together(
+    sdk: PipeDeploy, worker: ChildProcess
+) -> None:
+    name = deploy(sdk, "async_sleeper", mode="low_latency", enable_parallel_executions=True)
+    wait_until_up(sdk, name)
+    results = run_many(sdk, name, [{"marker": f"p{i}", "sleep_s": 4} for i in range(4)], 3)
+    assert [r["status"] for r in results] == ["Succeeded"] * 4
+    assert len({r["outputs"]["pid"] for r in results}) == 1  # in the one pod
+    starts, ends = [r["start_time"] for r in results], [r["end_time"] for r in results]
+    assert max(starts) < min(ends), list(zip(starts, ends, strict=True))  # all at once
+
+
+def test_the_gateway_answers_an_endpoint_call(
+    sdk: PipeDeploy, worker: ChildProcess, data_store: str, tmp_path: Path
+) -> None:
+    name = unique("gateway-counter")
+    created = sdk.create_deployment(
+        f"{PIPELINES}:counter",
+        name,
+        mode="low_latency",
+        max_retries=0,
+    )
+    gateway, url = start_gateway("on-postgresql", [sdk.work_pool_name], tmp_path, {})
+    try:
+        wait_for_http(f"{url}/health", 60, gateway)
+        wait_until_up(sdk, name)
+        answer = httpx.post(
+            f"{url}/endpoints/{created['endpoint_url_path']}",
+            headers={"Authorization": f"EndpointToken {created['endpoint_token']}"},
+            json={"marker": "through-the-gateway"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        outputs = answer.json()["outputs"]
+        assert outputs["count"] == 1
+        execution = sdk.get_pipeline_execution(answer.json()["execution_id"])
+        assert execution["status"] == "Succeeded"
+        assert execution["parameters"]["marker"] == "through-the-gateway"
+    finally:
+        gateway.stop()

@@ -1,12 +1,13 @@
 """Benchmark: execution round trip, parallel-pod throughput and API calls per execution.
 
 For: the headline performance figures of prefect-pipedeploy, each next to Prefect's own way of
-doing the same work measured in the same run, against one Prefect server (SQLite, temporary
-home, 127.0.0.1) this script starts and stops itself. See benchmarks/README.md for what each
+doing the same work measured in the same run, against one Prefect server (SQLite, or PostgreSQL
+with `--database postgresql`; temporary home, 127.0.0.1) this script starts and stops itself. See benchmarks/README.md for what each
 figure means. Not for: timed tests (the test suite never asserts on speed).
 
     .venv/bin/python benchmarks/latency.py                # about 3.5 minutes on 2 cores
     .venv/bin/python benchmarks/latency.py --runs 50 --slow-runs 10 --skip serve
+    .venv/bin/python benchmarks/latency.py --database postgresql    # every section on PostgreSQL
 
 Sections:
 1. round trip of one trivial execution (create a flow run from a deployment -> it reaches a
@@ -89,7 +90,7 @@ from prefect_pipedeploy.stack import (  # noqa: E402
     ChildProcess,
     free_port,
     start_child,
-    start_prefect_server,
+    start_prefect_server_on,
 )
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -897,7 +898,8 @@ def report(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"Machine: {meta['cpus']} CPUs, {meta['platform']}; Python {meta['python']}; "
-        f"Prefect {meta['prefect']}; server: SQLite on 127.0.0.1; completion seen via "
+        f"Prefect {meta['prefect']}; server: {meta['args']['database']} on 127.0.0.1; "
+        "completion seen via "
         f"{meta['watch']}. Load average (1, 5, 15 min) before the benchmark started anything: "
         f"{', '.join(f'{x:.1f}' for x in meta['load_average_at_start'])}; at the end: "
         f"{', '.join(f'{x:.1f}' for x in meta.get('load_average_at_end', ()))}."
@@ -1205,6 +1207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sections to leave out",
     )
     parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the Prefect server's database (postgresql: a throwaway cluster from Debian's package)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help=f"keep the temporary home ({HOME}) with the logs"
     )
     return parser.parse_args(argv)
@@ -1289,10 +1297,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        say(f"Starting a Prefect server (SQLite under {HOME})")
+        say(f"Starting a Prefect server ({args.database}, home {HOME})")
         t0 = time.monotonic()
-        server, api_url = start_prefect_server(HOME / "server", ui=False)
-        children.append(server)
+        started_children, api_url = start_prefect_server_on(
+            args.database, HOME / "server", ui=False
+        )
+        children.extend(started_children)
         say(f"  up at {api_url} in {time.monotonic() - t0:.1f} s")
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):

@@ -117,11 +117,13 @@ class PipeDeploySettings(PrefectBaseSettings):
         ),
     )
     gateway_max_creating: int = Field(
-        default=4,
+        default=1,
         gt=0,
         description=(
             "Executions the gateway creates at the same time (the others wait their turn, "
-            "first come first served)."
+            "first come first served). 1 suits a Prefect server on SQLite, which writes one "
+            "at a time; on PostgreSQL 4 accepts more calls per second (`pipedeploy up "
+            "--database postgresql` sets it)."
         ),
     )
     gateway_upload_retention_s: float = Field(

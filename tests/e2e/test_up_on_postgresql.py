@@ -16,6 +16,7 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.postgresql import OS_USER, connection_url
+from prefect_pipedeploy.settings import env_name
 from tests.support.executions import deploy, unique
 from tests.support.local_stack import pipedeploy_up
 from tests.support.postgresql import flow_runs_in, open_directory
@@ -41,6 +42,10 @@ def test_up_on_postgresql_runs_a_deployment_and_stops_its_database(open_dir: Pat
         assert len(postmaster) == 1, up.children()
         if os.geteuid() == 0:  # PostgreSQL refuses root: `up` runs it as `postgres`
             assert postmaster[0].username() == OS_USER
+
+        # the gateway creates 4 executions at a time on PostgreSQL (1 on SQLite)
+        gateway = next(p for p in up.children() if "gateway" in p.cmdline())
+        assert gateway.environ().get(env_name("gateway_max_creating")) == "4"
 
         sdk = PipeDeploy(stack.api_url, stack.pool, stack.data_store, stack.gateway_url)
         name = deploy(sdk, "counter")

@@ -31,11 +31,12 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import PrefectClient
 from prefect.states import Completed, Running
 
+from benchmarks.logs_at_final import BenchLike as LogsBenchLike
+from benchmarks.logs_at_final import say, wait_until_up
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.stack import ChildProcess, free_port, wait_for_http
+from prefect_pipedeploy.stack import free_port, wait_for_http
 
 POOL = "bench-gateway"
 PARALLEL = 16
@@ -45,28 +46,10 @@ class WatcherLike(Protocol):
     async def wait_final(self, run_id: UUID, timeout_s: float) -> float: ...
 
 
-class BenchLike(Protocol):
+class BenchLike(LogsBenchLike, Protocol):
     """What this section uses of latency.py's `Bench`."""
 
-    api_url: str
-    client: PrefectClient
     watcher: WatcherLike
-    args: Any
-    results: dict[str, Any]
-
-    async def round_trip(
-        self, deployment_id: UUID, parameters: dict[str, Any] | None = None
-    ) -> dict[str, Any]: ...
-
-    def start(
-        self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None
-    ) -> ChildProcess: ...
-
-    def stop(self, child: ChildProcess) -> None: ...
-
-
-def say(message: str = "") -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -261,7 +244,7 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
     bench.results["endpoint_path"] = results
     try:
         await asyncio.to_thread(wait_for_http, f"{gateway_url}/health", 90, gateway)
-        await _wait_until_up(pd, ["bench-gw-noop", "bench-gw-par"])
+        await wait_until_up(pd, ["bench-gw-noop", "bench-gw-par"])
         noop_endpoint, par_endpoint = Endpoint(gateway_url, noop), Endpoint(gateway_url, par)
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as http:
             say(f"- floor, SDK and gateway rows: {args.runs} runs each")
@@ -298,15 +281,6 @@ async def endpoint_call_warmup(http: httpx.AsyncClient, endpoint: Endpoint) -> N
     status, _, answer = await endpoint.call(http, {"sleep_s": 0.0})
     if status != 200:
         raise RuntimeError(f"the parallel endpoint answered {status}: {answer}")
-
-
-async def _wait_until_up(pd: PipeDeploy, names: list[str], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    for name in names:
-        while (deployment := await pd.aget_deployment(name))["status"] != "up":
-            if deployment["status"] == "creation_failed" or time.monotonic() > deadline:
-                raise RuntimeError(f"the pod of {name} is not up: {deployment['status_message']}")
-            await asyncio.sleep(0.3)
 
 
 def report_endpoint_path(results: dict[str, Any]) -> list[str]:

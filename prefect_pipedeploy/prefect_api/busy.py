@@ -37,9 +37,9 @@ QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5)
 
 
 #: Prefect's client's pause before its 1st, 2nd, ... retry of a 503 (it makes five,
-#: PREFECT_CLIENT_MAX_RETRIES): quick first, then as patient as Prefect's (34.6 s in all, 62 s
-#: before) for a server that stays busy.
-BUSY_RETRY_AFTER_S = (0.02, 0.1, 0.5, 4.0, 30.0)
+#: PREFECT_CLIENT_MAX_RETRIES): quick first, then as patient as Prefect's for a server that
+#: stays busy (60.6 s in all; Prefect's 2, 4, 8, 16, 32 s make 62 s).
+BUSY_RETRY_AFTER_S = (0.02, 0.1, 0.5, 8.0, 52.0)
 
 
 def retry_busy_sooner() -> None:

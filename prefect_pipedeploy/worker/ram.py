@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+import anyio
 import httpx
 import psutil
 from prefect.client.orchestration import PrefectClient
@@ -111,6 +112,24 @@ class RamAdmission:
         ]
         if not wants_cap:
             return decisions
+        try:
+            refused = await self._within_cap(wants_cap, now)
+        except BaseException:
+            # The API failed (e.g. 503s past every retry): the caller gets no decision, so
+            # nothing of this round may stay held. Before, the ledger kept the requests it had
+            # admitted and the leases already taken: RAM held for runs that never started,
+            # which starved every later run of the pool for good (CI, three workers).
+            with anyio.CancelScope(shield=True):
+                for request in wants_cap:
+                    await self.release(request.key)
+            raise
+        self._record()
+        return [refused.get(d.key, d) for d in decisions]
+
+    async def _within_cap(
+        self, wants_cap: Sequence[Request], now: datetime.datetime
+    ) -> dict[str, AdmissionDecision]:
+        """Take the cap's leases of the requests the ledger admitted; the refused ones."""
         cap = await read_pool_ram_cap(self._client(), self.pool)
         refused: dict[str, AdmissionDecision] = {}
         blocker: Request | None = None
@@ -129,8 +148,7 @@ class RamAdmission:
             refused[request.key] = AdmissionDecision(request.key, False, reason)
             if blocker is None and starving(request, now):
                 blocker = request
-        self._record()
-        return [refused.get(d.key, d) for d in decisions]
+        return refused
 
     async def _take(self, request: Request, cap: GlobalConcurrencyLimitResponse) -> str | None:
         """Take a lease of the request's MiB on the cap; None when taken, else why it waits."""

@@ -10,13 +10,11 @@ overrides the session's, so the shared `pool`, `sdk`, `worker` and `data_store` 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.postgresql import PostgreSQL
@@ -30,7 +28,7 @@ from prefect_pipedeploy.stack import (
 from tests.support.executions import deploy, eventual_log_messages, run_many, unique, wait_until_up
 from tests.support.paths import PIPELINES
 from tests.support.postgresql import flow_runs_in
-from tests.support.processes import start_gateway
+from tests.support.processes import api_switched, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +47,8 @@ def server_on_postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 def prefect_api(server_on_postgresql: tuple[str, str]) -> Iterator[str]:
     """The module's server as PREFECT_API_URL for this process (environment and Prefect's
     settings) and its children while the module runs; the session's comes back after."""
-    api_url = server_on_postgresql[0]
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield api_url
-    finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
+    with api_switched(server_on_postgresql[0]) as api_url:
+        yield api_url
 
 
 def test_an_elastic_endpoint_deployment_executes(

@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy.admission import RamLedger, Request
 from prefect_pipedeploy.prefect_api.poolcap import read_pool_ram_cap, set_pool_ram_cap
+from prefect_pipedeploy.stack import free_port
 from prefect_pipedeploy.worker.ram import RamAdmission
 
 pytestmark = pytest.mark.anyio
@@ -110,3 +114,45 @@ async def test_without_a_cap_only_the_worker_capacity_counts(
     decisions = await admission.decide([request("a", 768), request("b", 512)], NOW)
     assert [d.admitted for d in decisions] == [True, False]
     assert "of 1GiB held" in decisions[1].reason
+
+
+INCREMENT = ("POST", "/v2/concurrency_limits/increment-with-lease")
+
+
+async def test_an_api_failure_mid_round_leaves_nothing_held(
+    client: PrefectClient, capped: str, tmp_path: Path
+) -> None:
+    """CI (three workers, a burst): the pool cap's lease of the second run of a round was
+    answered 503 past every retry; the round raised, yet the worker's ledger kept both runs and
+    the first one's lease: RAM held for runs that never started, and every later run of the
+    pool waited for it for good. Now the round raises and holds nothing; the next one admits."""
+    increments = 0
+
+    def refuse(method: str, endpoint: str) -> int | None:
+        nonlocal increments
+        if (method, endpoint) != INCREMENT:
+            return None
+        increments += 1
+        return 503 if increments == 2 else None  # the second run's lease
+
+    proxy = CountingProxy(
+        str(client.api_url).removesuffix("/api/"), port=free_port(), refuse=refuse
+    )
+    proxy.start()
+    try:
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            async with PrefectClient(proxy.url("test")) as through:
+                admission = RamAdmission(RamLedger(4096), capped, lambda: through, tmp_path)
+                a, b = request("first", 256), request("second", 256)
+                with pytest.raises(PrefectHTTPStatusError, match="503"):
+                    await admission.decide([a, b], NOW)
+                assert admission.ledger.held == 0 and admission.leases == {}
+                assert await held(client, capped) == 0
+                decisions = await admission.decide([a, b], NOW)  # the next round
+                assert [d.admitted for d in decisions] == [True, True]
+                assert await held(client, capped) == 512
+                for key in (a.key, b.key):
+                    await admission.release(key)
+    finally:
+        proxy.stop()
+    assert await held(client, capped) == 0

@@ -25,7 +25,6 @@ import psutil
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -41,7 +40,13 @@ from tests.support.eventually import eventually
 from tests.support.executions import deploy, unique, wait_until_up
 from tests.support.ledger import check_ledger
 from tests.support.paths import PIPELINES
-from tests.support.processes import cmdline, pod_processes, start_gateway, start_worker
+from tests.support.processes import (
+    api_switched,
+    cmdline,
+    pod_processes,
+    start_gateway,
+    start_worker,
+)
 
 #: How long the server stays down: longer than a worker's poll and a pod's heartbeat timeout.
 SERVER_DOWN_S = 12
@@ -90,16 +95,10 @@ class RestartableServer:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     server = RestartableServer(tmp_path_factory.mktemp("restartable-server"))
     server.start()
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with api_switched(server.api_url):
             yield server
     finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
         server.stop()
 
 

@@ -1,19 +1,21 @@
 """Real processes, started as a user starts them: `pipedeploy worker`, `pipedeploy gateway`.
 
 For: starting a worker or a gateway on the session's Prefect server (through the same stack
-code as `pipedeploy up`), finding the pods under a worker, sampling a value while work runs.
+code as `pipedeploy up`), finding the pods under a worker, sampling a value while work runs,
+pointing this process and its children at another Prefect server for a while (`api_switched`).
 Each child is stopped by the caller (`child.stop()`: terminate, grace, kill).
 Not for: the Prefect server (tests/conftest.py starts the session's) or moto (s3_server.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,3 +116,21 @@ def peaks_during(probes: dict[str, Callable[[], int]], work: Callable[[], T]) ->
     finally:
         stop.set()
         sampler.join()
+
+
+@contextlib.contextmanager
+def api_switched(api_url: str) -> Iterator[str]:
+    """`api_url` as PREFECT_API_URL for this process (environment and Prefect's settings) and
+    the children it starts while the block runs; the session's comes back after."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before

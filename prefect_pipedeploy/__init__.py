@@ -1,9 +1,7 @@
 """prefect-pipedeploy: deploy ML pipelines on Prefect 3 with endpoints, schedules and warm pods.
 
 Importing the package registers the `pipedeploy` worker type with Prefect (the package is a
-`prefect.collections` entry point), so `prefect worker start --type pipedeploy` finds it, and
-makes Prefect's client retry a 503 (a busy SQLite server) within milliseconds before it backs
-off as usual (`prefect_api.busy.retry_busy_sooner`).
+`prefect.collections` entry point), so `prefect worker start --type pipedeploy` finds it.
 """
 
 from prefect_pipedeploy.datastore import DataStore, LocalDataStore, S3DataStore
@@ -28,12 +26,9 @@ from prefect_pipedeploy.exceptions import (
     SpecError,
 )
 from prefect_pipedeploy.iomapping import execution_dir
-from prefect_pipedeploy.prefect_api.busy import retry_busy_sooner
 from prefect_pipedeploy.sdk import PipeDeploy
 from prefect_pipedeploy.spec import DeploymentSpec, InputSource, OutputDestination
 from prefect_pipedeploy.worker import PipeDeployWorker
-
-retry_busy_sooner()
 
 __all__ = [
     "DataStore",

@@ -388,59 +388,6 @@ def busy_raised(client: PrefectClient) -> Generator[None, None, None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prefect's client's retries of a 503, sooner (checked against 3.9.1)
-# ---------------------------------------------------------------------------------------------
-#
-# `PrefectHttpxAsyncClient._send_with_retry` (and the sync client's) waits `Retry-After` seconds
-# when the answer has that header (a float is taken), else 2, 4, 8, 16, 32 s. A Prefect server
-# never sends it with a 503, so every client of ours adds one, from a table indexed by how many
-# 503s this request has had (counted in the request's `extensions`, the same object on every
-# try): the first retries come within milliseconds, the last ones as late as Prefect's.
-
-_BUSY_TRIES = "pipedeploy_busy_tries"
-
-
-def _busy_retry_after(response: httpx.Response, delays_s: tuple[float, ...]) -> None:
-    if response.status_code != 503 or "Retry-After" in response.headers:
-        return
-    tries = response.request.extensions.get(_BUSY_TRIES, 0)
-    response.request.extensions[_BUSY_TRIES] = tries + 1
-    if tries < len(delays_s):
-        response.headers["Retry-After"] = f"{delays_s[tries]:g}"
-
-
-def retry_busy_after(delays_s: tuple[float, ...]) -> None:
-    """From now on, every Prefect client of this process retries a 503 after `delays_s[i]`
-    seconds at its i-th 503 (past the table: Prefect's own back-off). Safe to call again: the
-    last table wins."""
-    from prefect.client.base import PrefectHttpxAsyncClient, PrefectHttpxSyncClient
-
-    _RETRY_AFTER_S[:] = delays_s
-    for cls in (PrefectHttpxAsyncClient, PrefectHttpxSyncClient):
-        if getattr(cls.__init__, "_pipedeploy_busy", False):
-            continue
-        cls.__init__ = _with_busy_hook(cls.__init__, asynchronous=cls is PrefectHttpxAsyncClient)  # type: ignore[method-assign]
-
-
-_RETRY_AFTER_S: list[float] = []
-
-
-def _with_busy_hook(init: Callable[..., None], asynchronous: bool) -> Callable[..., None]:
-    async def async_hook(response: httpx.Response) -> None:
-        _busy_retry_after(response, tuple(_RETRY_AFTER_S))
-
-    def sync_hook(response: httpx.Response) -> None:
-        _busy_retry_after(response, tuple(_RETRY_AFTER_S))
-
-    def __init__(self: httpx.Client | httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.event_hooks["response"].append(async_hook if asynchronous else sync_hook)
-
-    __init__._pipedeploy_busy = True  # type: ignore[attr-defined]
-    return __init__
-
-
-# ---------------------------------------------------------------------------------------------
 # Concurrency leases: what the server's status codes mean (checked against 3.9.1)
 # ---------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -20,7 +20,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from benchmarks.apiproxy import CountingProxy
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.prefect_api.busy import BUSY_RETRY_AFTER_S, QUICK_RETRY_DELAYS_S
+from prefect_pipedeploy.prefect_api.busy import QUICK_RETRY_DELAYS_S
 from prefect_pipedeploy.prefect_api.runs import create_run
 from prefect_pipedeploy.stack import free_port
 from tests.support.executions import unique
@@ -186,39 +186,3 @@ def test_a_refused_pause_of_a_deployment_is_retried(
     patches = [c.status for c in counting.snapshot() if c.method == "PATCH"]
     assert patches[-5:] == [503, 503, 503, 503, 204], patches
     sdk.delete_deployment(name)
-
-
-READ = ("GET", "/deployments/{id}")
-
-
-@pytest.mark.parametrize("synchronous", [False, True], ids=["async client", "sync client"])
-def test_every_prefect_client_retries_a_503_within_milliseconds(
-    proxy: tuple[CountingProxy, Refusals],
-    refusals: Refusals,
-    deployment_id: uuid.UUID,
-    synchronous: bool,
-) -> None:
-    """Issue 14: a call of Prefect's own client (the engine's, the worker's, the gateway's)
-    answered 503 was tried again after 2 s, then 4 s: a pod's write that met the gateway's
-    commit stalled the pod. Importing the package gives every 503 a Retry-After from
-    `BUSY_RETRY_AFTER_S`, which Prefect's client obeys: three 503s, then the answer, within
-    the first three pauses (0.62 s), where Prefect's own back-off takes 14 s."""
-    counting, _ = proxy
-    refusals.call, refusals.count = READ, 3
-    before = len(counting.snapshot())
-    if synchronous:
-        with SyncPrefectClient(counting.url("test")) as client:
-            client.read_deployment(deployment_id)
-    else:
-
-        async def read() -> None:
-            async with PrefectClient(counting.url("test")) as client:
-                await client.read_deployment(deployment_id)
-
-        run_coro_as_sync(read())
-    reads = [c for c in counting.snapshot()[before:] if (c.method, c.endpoint) == READ]
-    assert [c.status for c in reads] == [503, 503, 503, 200], reads
-    waited = reads[-1].started - reads[0].started
-    quick = sum(BUSY_RETRY_AFTER_S[:3])
-    # the pauses with Prefect's jitter (up to 20 % longer), plus the calls themselves
-    assert quick <= waited < quick * 1.2 + 1.0, waited

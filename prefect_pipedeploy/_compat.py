@@ -142,8 +142,10 @@ def engine_states_discarded(flow_run_id: UUID) -> bool:
 
 
 def forget_discarded_states(flow_run_id: UUID) -> None:
-    """The run's engine is done: stop discarding its states."""
+    """The run's engine is done: stop discarding its states (and forget that it was created
+    Running, when its engine never began)."""
     _ENDED_ELSEWHERE.pop(flow_run_id, None)
+    _CREATED_RUNNING.discard(flow_run_id)
 
 
 def _ended_elsewhere(engine: Any) -> State[Any] | None:
@@ -156,12 +158,38 @@ def _ended_elsewhere(engine: Any) -> State[Any] | None:
     return final
 
 
+# Runs created already Running (a pod's direct calls): their engine's first proposal, Running,
+# is the state they have; it is not sent again, one write fewer per execution.
+_CREATED_RUNNING: set[UUID] = set()
+
+
+def created_running(flow_run_id: UUID) -> None:
+    """The run was created in a Running state: its engine does not propose Running again
+    (3.9.1: `begin_run` proposes Running and loops while the answer is Pending)."""
+    _CREATED_RUNNING.add(flow_run_id)
+
+
+def _already_running(engine: Any, state: State[Any]) -> State[Any] | None:
+    """The run's own state when the engine proposes the Running it was created with."""
+    flow_run = engine.flow_run
+    if flow_run is None or flow_run.id not in _CREATED_RUNNING or not state.is_running():
+        return None
+    _CREATED_RUNNING.discard(flow_run.id)
+    current = flow_run.state
+    return current if current is not None and current.is_running() else None
+
+
 class _FlowRunEngine(FlowRunEngine[Any, Any]):
     before_final: BeforeFinal | None = None
 
     def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
         if (final := _ended_elsewhere(self)) is not None:
             return final
+        if (running := _already_running(self, state)) is not None:
+            self._capture_state_report(running)  # what `set_state` does after its proposal
+            self._telemetry.update_state(running)
+            self.call_hooks(running)
+            return running
         if self.before_final is not None and _about_to_be_final(self, state):
             assert self.flow_run is not None
             self.before_final(self.client, self.flow_run.id)
@@ -174,6 +202,11 @@ class _AsyncFlowRunEngine(AsyncFlowRunEngine[Any, Any]):
     async def set_state(self, state: State[Any], force: bool = False) -> State[Any]:
         if (final := _ended_elsewhere(self)) is not None:
             return final
+        if (running := _already_running(self, state)) is not None:
+            self._capture_state_report(running)  # what `set_state` does after its proposal
+            self._telemetry.update_state(running)
+            await self.call_hooks(running)
+            return running
         if self.before_final is not None and _about_to_be_final(self, state):
             assert self.flow_run is not None
             await self.before_final(self.client, self.flow_run.id)

@@ -126,6 +126,14 @@ class PipeDeploySettings(PrefectBaseSettings):
             "--database postgresql` sets it)."
         ),
     )
+    gateway_direct_dispatch: bool = Field(
+        default=True,
+        description=(
+            "Hand an endpoint call straight to its low-latency pod when the pod is up and has a "
+            "free slot (the pod records the execution in Prefect itself, with fewer writes); "
+            "false: every call creates a run the worker hands on, as runs made any other way."
+        ),
+    )
     gateway_upload_retention_s: float = Field(
         default=24 * 3600.0,
         gt=0,

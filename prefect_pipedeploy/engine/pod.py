@@ -13,9 +13,14 @@ The worker starts it as
         --heartbeat-fd FD2 --drain-grace-s SECONDS --orphan-notes-dir DIR
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
 {...}}, {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
-token, timeout) and {"op": "cancel", "flow_run_id": ..., "reason": ...}; the pod answers {"event": "ready"}, {"event": "load_failed", "error": ...},
-{"event": "started", "flow_run_id": ...}, {"event": "finished", "flow_run_id": ..., "state":
-..., "message": ...}. A thread writes a byte to FD2 every second: the worker kills a pod whose
+token, timeout), {"op": "cancel", "flow_run_id": ..., "reason": ...} and {"op": "direct",
+"open": bool} (whether runs of the deployment wait for the pod: direct calls are taken only when
+none do); the pod answers {"event": "ready", "pid": ..., "direct": {host, port, key}},
+{"event": "load_failed", "error": ...}, {"event": "started", "flow_run_id": ..., "direct":
+bool} (a run took a slot; `direct`: the pod created it for a gateway call, `engine.direct`),
+{"event": "finished", "flow_run_id": ..., "state": ..., "message": ..., "sealed": bool}.
+Up to the deployment's parallelism runs execute at once, whichever way they came; a run the
+worker hands over while every slot is taken waits for one. A thread writes a byte to FD2 every second: the worker kills a pod whose
 heartbeats stop (stopped with SIGSTOP, or deadlocked).
 
 Cancelling a run (its Cancelling state, seen by the worker): an `async def` run's task is
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import builtins
+import collections
 import contextlib
 import contextvars
 import json
@@ -67,6 +73,7 @@ from prefect_pipedeploy._compat import (
     shared_suspension_observer,
     watch_suspension,
 )
+from prefect_pipedeploy.engine.direct import DirectDoor
 from prefect_pipedeploy.engine.flow_engine import run_pipeline_async, run_pipeline_sync
 from prefect_pipedeploy.engine.loader import load_deployment_pipeline, load_error
 from prefect_pipedeploy.engine.runlogs import (
@@ -77,6 +84,7 @@ from prefect_pipedeploy.engine.runlogs import (
 from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, when_api_answers
+from prefect_pipedeploy.prefect_api.sealed import sealed_keys
 from prefect_pipedeploy.runtimes.orphans import OrphanNote
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
@@ -139,13 +147,21 @@ class Pod:
         self.client = client
         self.writer = writer
         self.suspensions = suspensions
-        self.runs: dict[UUID, asyncio.Task[None]] = {}
+        self.runs: dict[UUID, asyncio.Task[dict[str, Any]]] = {}
         # an async run's engine, as a task of its own (cancelling it stops the run)
         self.executions: dict[UUID, asyncio.Future[Any]] = {}
         self.threads: set[UUID] = set()  # `def` runs whose thread has started
         self.cancelled: dict[UUID, str] = {}  # run -> why it was cancelled
         self.abandoned_threads = 0
         self.draining = False
+        # Slots: up to the deployment's parallelism runs execute at once, whichever way they
+        # came (the worker's hand-off or a direct call, `engine.direct`). A run the worker
+        # hands over while every slot is taken waits for one, first come first served.
+        self.holding = 0
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # the worker says whether runs of this deployment wait for the pod (its queue):
+        # direct calls are taken only when none do, so they never pass them
+        self.direct_open = True
         self.orphan_note: Path | None = None  # written once the worker is gone
         self._background: set[asyncio.Task[None]] = set()
 
@@ -177,6 +193,55 @@ class Pod:
         if flow_run.id in self.runs or self.draining:
             return  # a draining pod takes nothing new; the worker re-queues what it sent
         self.runs[flow_run.id] = asyncio.create_task(self._run(flow_run))
+
+    def direct_refusal(self) -> str | None:
+        """Why a direct call cannot start now (it then takes the worker's path); None: it can."""
+        if self.draining:
+            return "the pod is stopping"
+        if not self.direct_open or self._slot_waiters:
+            return "executions of this deployment wait for the pod"
+        if self.holding >= self.spec.parallelism:
+            return "every slot of the pod is taken"
+        return None
+
+    def take_slot_now(self) -> bool:
+        """Take a slot for a direct call if one is free and nothing waits (see `direct_refusal`)."""
+        if self.direct_refusal() is not None:
+            return False
+        self.holding += 1
+        return True
+
+    def release_slot(self) -> None:
+        self.holding -= 1
+        while self._slot_waiters and self.holding < self.spec.parallelism:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self.holding += 1
+                waiter.set_result(None)
+
+    async def _take_slot(self) -> None:
+        """Wait for a slot (FIFO among the runs the worker handed over)."""
+        if not self._slot_waiters and self.holding < self.spec.parallelism:
+            self.holding += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release_slot()  # given a slot as it was cancelled: hand it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+            raise
+
+    def start_direct_run(self, flow_run: FlowRun) -> asyncio.Task[dict[str, Any]]:
+        """Run a direct call's run (created Running, its slot taken): the worker hears of it
+        as of a run it handed over, so a pod that dies under it ends it Crashed."""
+        task = asyncio.create_task(self._run(flow_run, slot_taken=True, direct=True))
+        self.runs[flow_run.id] = task
+        return task
 
     def cancel_run(self, flow_run_id: UUID, reason: str) -> None:
         """Stop a run the worker was asked to cancel (see the module's docstring); a run this pod
@@ -245,9 +310,17 @@ class Pod:
             )
         await asyncio.to_thread(flush_all_run_logs)
 
-    async def _run(self, flow_run: FlowRun) -> None:
-        self.send({"event": "started", "flow_run_id": str(flow_run.id)})
+    async def _run(
+        self, flow_run: FlowRun, slot_taken: bool = False, direct: bool = False
+    ) -> dict[str, Any]:
+        """Run `flow_run` to its final state (a slot taken first); its outcome, as the worker
+        and a direct caller hear it: state, message, endpoint outputs and stored outputs."""
         state_name, message = "Unknown", None
+        endpoint_outputs: dict[str, Any] = {}
+        stored_outputs: dict[str, str] = {}
+        if not slot_taken:
+            await self._take_slot()
+        self.send({"event": "started", "flow_run_id": str(flow_run.id), "direct": direct})
         try:
             parameters = await self.runner.prepare(self.client, flow_run)
             if parameters is None:
@@ -277,24 +350,26 @@ class Pod:
             await fail_after_logs(self.client, flow_run.id, message)
             state_name = "FAILED"
         finally:
+            self.release_slot()
             self.runs.pop(flow_run.id, None)
             self.executions.pop(flow_run.id, None)
             self.threads.discard(flow_run.id)
             self.cancelled.pop(flow_run.id, None)
             forget_discarded_states(flow_run.id)
             self.note_orphaned_runs()
+            endpoint_outputs, stored_outputs = self.runner.take_outputs(flow_run.id)
             self.runner.cleanup(flow_run)
             # what Prefect logged after the final state ("Finished in state ..."), before the
             # worker hears the run is over
             await flush_run_logs(self.client, flow_run.id)
-        self.send(
-            {
-                "event": "finished",
-                "flow_run_id": str(flow_run.id),
-                "state": state_name,
-                "message": message,
-            }
-        )
+        outcome = {
+            "event": "finished",
+            "flow_run_id": str(flow_run.id),
+            "state": state_name,
+            "message": message,
+            "sealed": bool(sealed_keys(flow_run.parameters or {})),
+        }
+        self.send(outcome)
         await self.writer.drain()
         if self.abandoned_threads >= MAX_ABANDONED_THREADS and not self.runs:
             logger.warning(
@@ -302,6 +377,7 @@ class Pod:
             )
             flush_all_run_logs()  # os._exit skips the at-exit flush
             os._exit(EXIT_RECYCLE)
+        return {**outcome, "outputs": endpoint_outputs, "stored": stored_outputs}
 
     async def _execute_with_timeout(self, flow_run: FlowRun, parameters: dict[str, Any]) -> Any:
         timeout = self.spec.execution_timeout_s
@@ -383,10 +459,17 @@ async def _serve(
     async with shared_suspension_observer() as suspensions:
         pod = Pod(deployment, spec, flow, client, writer, suspensions)
         await pod.runner.resolve_result_defaults(client)
-        logger.info("Pod of %s ready (pid %d)", deployment.name, os.getpid())
+        door = DirectDoor(pod)
+        direct = await door.open()
+        logger.info(
+            "Pod of %s ready (pid %d; direct calls on 127.0.0.1:%d)",
+            deployment.name,
+            os.getpid(),
+            door.port,
+        )
         sys.stdout.flush()
         sys.stderr.flush()
-        send({"event": "ready", "pid": os.getpid()})
+        send({"event": "ready", "pid": os.getpid(), "direct": direct})
         await writer.drain()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -395,6 +478,7 @@ async def _serve(
         await asyncio.wait({commands, stopped}, return_when=asyncio.FIRST_COMPLETED)
         commands.cancel()
         stopped.cancel()
+        await door.close()
         if stop.is_set():
             await pod.drain(drain_grace_s, "its worker stopped it")
         else:  # the worker went away: finish what runs, however long, then leave
@@ -416,6 +500,8 @@ async def _follow(pod: Pod, reader: asyncio.StreamReader) -> None:
             pod.start_run(FlowRun.model_validate(command["flow_run"]))
         elif command.get("op") == "update":
             pod.update(DeploymentResponse.model_validate(command["deployment"]))
+        elif command.get("op") == "direct":
+            pod.direct_open = bool(command.get("open"))
         elif command.get("op") == "cancel":
             pod.cancel_run(UUID(command["flow_run_id"]), str(command["reason"]))
 

@@ -49,6 +49,7 @@ from prefect_pipedeploy.iomapping import (
     uses_data_store,
 )
 from prefect_pipedeploy.prefect_api.records import (
+    outputs_as_read,
     record_inputs,
     record_outputs,
     record_outputs_sync,
@@ -83,6 +84,7 @@ class PipelineRunner:
         self.spec = spec
         self.inputs, self.required = pipeline_inputs_of(flow)
         self._workdirs: dict[UUID, Path] = {}
+        self._routed: dict[UUID, tuple[dict[str, Any], dict[str, str]]] = {}
         self._store: DataStore | None = None
         self.flow = self._with_output_routing(flow)
 
@@ -148,8 +150,16 @@ class PipelineRunner:
             self._workdirs[flow_run_id] = make_execution_dir(str(flow_run_id))
         return self._workdirs[flow_run_id]
 
+    def take_outputs(self, flow_run_id: UUID) -> tuple[dict[str, Any], dict[str, str]]:
+        """The run's endpoint outputs and the data-store keys of its stored ones, as a reader of
+        its record sees them (`records.outputs_as_read`; empty when it recorded none);
+        forgotten once taken."""
+        routed = self._routed.pop(flow_run_id, None)
+        return ({}, {}) if routed is None else outputs_as_read(*routed)
+
     def cleanup(self, flow_run: FlowRun) -> None:
         """Remove what the run downloaded, and its temporary directory (safe to call twice)."""
+        self._routed.pop(flow_run.id, None)
         workdir = self._workdirs.pop(flow_run.id, None)
         if workdir is not None:
             cleanup_execution_files(workdir, str(flow_run.id))
@@ -179,6 +189,7 @@ class PipelineRunner:
                 # to_thread carries this run's context along, so _route sees the run
                 run_id, client, endpoint, stored = await asyncio.to_thread(self._route, value)
                 await record_outputs(client, run_id, endpoint, stored=stored)
+                self._routed[run_id] = (endpoint, stored)
                 return value
 
         else:
@@ -190,6 +201,7 @@ class PipelineRunner:
                     return value
                 run_id, client, endpoint, stored = self._route(value)
                 record_outputs_sync(client, run_id, endpoint, stored=stored)
+                self._routed[run_id] = (endpoint, stored)
                 return value
 
         wrapped = copy.copy(flow)

@@ -57,6 +57,7 @@ from prefect_pipedeploy.gateway.answers import (
     wants_json_only,
 )
 from prefect_pipedeploy.gateway.bodies import close_files, read_body
+from prefect_pipedeploy.gateway.direct import DirectCall, PodDoors, PodLost
 from prefect_pipedeploy.gateway.endpoints import Endpoint, endpoint_of, endpoint_table
 from prefect_pipedeploy.gateway.inputs import (
     CheckedInputs,
@@ -86,7 +87,8 @@ from prefect_pipedeploy.prefect_api.triggers import (
     emit_endpoint_called,
 )
 from prefect_pipedeploy.settings import env_name, get_settings
-from prefect_pipedeploy.status import execution_status, settled
+from prefect_pipedeploy.spec import Mode
+from prefect_pipedeploy.status import EXECUTION_STATUS, execution_status, settled
 from prefect_pipedeploy.tokens import token_matches
 
 logger = get_logger("prefect_pipedeploy.gateway.service")
@@ -106,6 +108,20 @@ NO_TOKEN_YET = (
     "this endpoint has no token yet; its owner creates one with "
     "`pipedeploy endpoint token <deployment>`"
 )
+
+
+def _still_running(run_id: UUID, status: str, location: str) -> Response:
+    """The 303 of a call whose execution has not ended within the gateway's wait."""
+    return JSONResponse(
+        {
+            "message": "the execution is still running; follow Location (GET, same token) to "
+            "wait for its result",
+            "execution_id": str(run_id),
+            "status": status,
+        },
+        status_code=303,
+        headers={"Location": location, "X-Execution-Id": str(run_id)},
+    )
 
 
 def _client_address(request: Request) -> str:
@@ -134,6 +150,7 @@ class Gateway:
         self.limiter = BadTokenLimiter()
         self.watcher = RunWatcher(client)
         self.queue = CreateQueue(get_settings().gateway_max_creating)
+        self.doors = PodDoors(client)
         self._table: dict[str, Endpoint] = {}
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
@@ -142,6 +159,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.watcher.close()
+        await self.doors.close()
 
     # ---- endpoints ----------------------------------------------------------------------------
 
@@ -436,19 +454,43 @@ class Gateway:
         if not settled(run, max_retries, datetime.now(timezone.utc)):
             latest, done = await self.watcher.wait(run.id, max_retries, wait_s)
             if not done:
-                return JSONResponse(
-                    {
-                        "message": "the execution is still running; follow Location (GET, "
-                        "same token) to wait for its result",
-                        "execution_id": str(run.id),
-                        "status": execution_status(latest or run),
-                    },
-                    status_code=303,
-                    headers={"Location": location, "X-Execution-Id": str(run.id)},
-                )
+                return _still_running(run.id, execution_status(latest or run), location)
             assert latest is not None
             run = latest
         return await self.final_answer(request, run)
+
+    async def direct_answer(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        run_id: UUID,
+        call: DirectCall,
+        wait_s: float,
+        location: str,
+    ) -> Response:
+        """`answer` for a call its pod took (`direct`): the pod's report once the run is final
+        (its outputs with it, no read), or a 303 past `wait_s`. A run that did not succeed, or
+        whose pod was lost on the way, is answered from Prefect as any other (retries, Crashed)."""
+        deadline = time.monotonic() + wait_s
+        try:
+            report = await asyncio.wait_for(asyncio.shield(call.finished), wait_s)
+        except asyncio.TimeoutError:
+            return _still_running(run_id, EXECUTION_STATUS[StateType.RUNNING], location)
+        except PodLost as lost:
+            logger.info(
+                "Endpoint %r: %s before execution %s ended; waiting for it through Prefect",
+                endpoint.path,
+                lost,
+                run_id,
+                extra={"action": "direct_pod_lost"},
+            )
+            report = None
+        if report is not None and report.get("state") == StateType.COMPLETED.value:
+            outputs, stored = report.get("outputs") or {}, report.get("stored") or {}
+            return await self.outputs_answer(request, run_id, outputs, stored)
+        run = await self.read_run(endpoint, str(run_id))
+        remaining_s = max(0.0, deadline - time.monotonic())
+        return await self.answer(request, endpoint, run, remaining_s, location)
 
     async def final_answer(self, request: Request, run: FlowRun) -> Response:
         state = run.state
@@ -462,12 +504,28 @@ class Gateway:
                 headers=headers,
             )
         outputs = await read_outputs(self.client, run.id) or {}
+        return await self.outputs_answer(request, run.id, outputs)
+
+    async def outputs_answer(
+        self,
+        request: Request,
+        run_id: UUID,
+        outputs: dict[str, Any],
+        stored: dict[str, str] | None = None,
+    ) -> Response:
+        """A succeeded execution's answer: its outputs, or the bytes of its one file output when
+        it returned nothing else and the caller takes more than JSON (`stored`: the data-store
+        keys of its stored outputs, read from its record when not given)."""
         if not outputs and not wants_json_only(request.headers.get("accept")):
-            stored = await read_stored_outputs(self.client, run.id) or {}
+            if stored is None:
+                stored = await read_stored_outputs(self.client, run_id) or {}
             if len(stored) == 1:
                 name, key = next(iter(stored.items()))
-                return await self.file_answer(run.id, name, key)
-        return JSONResponse({"execution_id": str(run.id), "outputs": outputs}, headers=headers)
+                return await self.file_answer(run_id, name, key)
+        return JSONResponse(
+            {"execution_id": str(run_id), "outputs": outputs},
+            headers={"X-Execution-Id": str(run_id)},
+        )
 
     async def file_answer(self, run_id: UUID, output_name: str, key: str) -> Response:
         """The bytes of the execution's single file output, streamed from a temporary copy."""
@@ -541,30 +599,54 @@ class Gateway:
         finally:
             close_files(items)
         try:
-            run = await self.create_execution(
-                endpoint, checked.parameters, gone=request.is_disconnected
-            )
+            direct = await self.offer_to_pod(request, endpoint, checked.parameters)
+            if direct is None:
+                run = await self.create_execution(
+                    endpoint, checked.parameters, gone=request.is_disconnected
+                )
+                run_id = run.id
+            else:
+                accepted = await direct.accepted
+                assert accepted is not None  # `offer_to_pod` returns accepted calls only
+                run_id = accepted
         except BaseException:
             await self.delete_uploads(keys)
             raise
         emit_endpoint_called(
-            endpoint.path, endpoint.deployment_id, endpoint.deployment_name, run.id, checked.public
+            endpoint.path, endpoint.deployment_id, endpoint.deployment_name, run_id, checked.public
         )
         logger.info(
-            "Endpoint %r: execution %s created for %s",
+            "Endpoint %r: execution %s created for %s%s",
             path,
-            run.id,
+            run_id,
             _client_address(request),
+            " (by its pod)" if direct is not None else "",
             extra={"action": "endpoint_called"},
         )
-        location = execution_location(request, path, run.id, None)
+        location = execution_location(request, path, run_id, None)
         if not wait_for_completion:
             return JSONResponse(
-                {"execution_id": str(run.id)},
+                {"execution_id": str(run_id)},
                 status_code=202,
-                headers={"Location": location, "X-Execution-Id": str(run.id)},
+                headers={"Location": location, "X-Execution-Id": str(run_id)},
             )
-        return await self.answer(request, endpoint, run, get_settings().gateway_wait_s, location)
+        wait_s = get_settings().gateway_wait_s
+        if direct is not None:
+            return await self.direct_answer(request, endpoint, run_id, direct, wait_s, location)
+        return await self.answer(request, endpoint, run, wait_s, location)
+
+    async def offer_to_pod(
+        self, request: Request, endpoint: Endpoint, parameters: dict[str, Any]
+    ) -> DirectCall | None:
+        """The call, taken by its low-latency pod (`direct`); None: it takes the worker's path
+        (direct dispatch off, an elastic deployment, no pod free, a caller already gone)."""
+        if not get_settings().gateway_direct_dispatch:
+            return None
+        if endpoint.spec.mode != Mode.low_latency.value or await request.is_disconnected():
+            return None  # a caller gone meets the create's check, and its 499
+        return await self.doors.offer(
+            endpoint.deployment_id, endpoint.spec.parallelism, parameters, RUN_TAGS
+        )
 
     async def results(self, request: Request, path: str, execution_id: str) -> Response:
         """GET /endpoints/{path}/executions/{id}: long-poll an execution's result."""

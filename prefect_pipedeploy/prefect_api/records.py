@@ -144,19 +144,32 @@ def record_outputs_sync(
     )
 
 
-async def read_outputs(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any] | None:
-    """The outputs given back to the caller, as recorded on a run; None when it recorded none."""
-    rows = await _read_table(client, flow_run_id, OUTPUTS_ARTIFACT_KIND)
-    if rows is None:
-        return None
+def _returned(rows: list[dict[str, str]]) -> dict[str, Any]:
     return {
         row["output"]: json.loads(row["value"]) for row in rows if not row.get("datastore_path")
     }
 
 
+def _stored(rows: list[dict[str, str]]) -> dict[str, str]:
+    return {row["output"]: row["datastore_path"] for row in rows if row.get("datastore_path")}
+
+
+def outputs_as_read(
+    outputs: Mapping[str, Any], stored: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """What `read_outputs` and `read_stored_outputs` give back for a run that recorded these
+    (`record_outputs`): a pod answers a direct call with them, no artifact read needed."""
+    rows = _outputs_rows(outputs, stored)
+    return _returned(rows), _stored(rows)
+
+
+async def read_outputs(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any] | None:
+    """The outputs given back to the caller, as recorded on a run; None when it recorded none."""
+    rows = await _read_table(client, flow_run_id, OUTPUTS_ARTIFACT_KIND)
+    return None if rows is None else _returned(rows)
+
+
 async def read_stored_outputs(client: PrefectClient, flow_run_id: UUID) -> dict[str, str] | None:
     """The outputs a run wrote to the data store: output name -> key; None when it recorded none."""
     rows = await _read_table(client, flow_run_id, OUTPUTS_ARTIFACT_KIND)
-    if rows is None:
-        return None
-    return {row["output"]: row["datastore_path"] for row in rows if row.get("datastore_path")}
+    return None if rows is None else _stored(rows)

@@ -76,10 +76,12 @@ async def create_execution(
     spec: DeploymentSpec,
     parameters: Mapping[str, Any],
     tags: list[str],
+    state: State[Any] | None = None,
 ) -> FlowRun:
     """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
-    create the flow run (`create_run`), and, if the create fails, discard the sealed values
-    again so that no `pipedeploy-sealed-*` block outlives a run that was never made.
+    create the flow run (`create_run`; Scheduled, or `state`: a pod's direct call creates it
+    Running), and, if the create fails, discard the sealed values again so that no
+    `pipedeploy-sealed-*` block outlives a run that was never made.
 
     Raises what `create_run` raises: `ObjectNotFound` when the deployment is gone,
     `PrefectHTTPStatusError` when the API refuses the run.
@@ -90,7 +92,7 @@ async def create_execution(
         # each sealed value is named in a tag of its run, so a value whose run is deleted
         # before it ran is found and deleted (`sealed.sweep_sealed`)
         tags = [*tags, *(sealed_tag(key) for key in sealed_keys(sealed))]
-        return await create_run(client, deployment_id, parameters=sealed, tags=tags)
+        return await create_run(client, deployment_id, parameters=sealed, tags=tags, state=state)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up
             await discard(client, sealed_keys(sealed))

@@ -90,6 +90,9 @@ class PodHandle:
     # the worker's last look saw runs of this deployment it could not start yet: when a run
     # ends, look again at once (otherwise a run's end costs no API call)
     runs_held_back: bool = False
+    # where the pod takes direct calls from the gateway ({host, port, key}, `engine.direct`)
+    direct: dict[str, Any] | None = None
+    direct_open: bool = True  # what the pod was last told (see `open_direct`)
 
     @property
     def name(self) -> str:
@@ -110,6 +113,12 @@ class PodHandle:
         self.deployment = deployment
         self.spec = spec_from_job_variables(deployment.job_variables)
         self.send({"op": "update", "deployment": deployment.model_dump(mode="json")})
+
+    def open_direct(self, open_: bool) -> None:
+        """Tell the pod whether it may take direct calls: not while runs of its deployment wait
+        for it, which they would pass (said only when it changes)."""
+        if open_ != self.direct_open and self.send({"op": "direct", "open": open_}):
+            self.direct_open = open_
 
     def send_run(self, flow_run: FlowRun) -> bool:
         """Hand a claimed run to the pod; False when it is going down (its channel closed)."""
@@ -132,7 +141,7 @@ class PodSupervisor:
         worker_name: str,
         state_dir: Path,
         on_change: Callable[[], None],
-        on_finished: Callable[[UUID, UUID, str], Awaitable[None]],
+        on_finished: Callable[[UUID, UUID, str, bool], Awaitable[None]],
         admission: RamAdmission,
         environment: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
@@ -145,7 +154,7 @@ class PodSupervisor:
         self.worker_name = worker_name
         self.state_dir = state_dir
         self.on_change = on_change  # wakes the worker: a slot freed, a pod came up
-        # (deployment id, flow run id, final state type): a run of a pod ended
+        # (deployment id, flow run id, final state type, has sealed inputs): a run of a pod ended
         self.on_finished = on_finished
         self.pods: dict[UUID, PodHandle] = {}
 
@@ -373,18 +382,29 @@ class PodSupervisor:
     async def _on_message(self, pod: PodHandle, message: dict[str, Any]) -> str | None:
         event = message.get("event")
         if event == "ready":
+            direct = message.get("direct")
+            pod.direct = direct if isinstance(direct, dict) else None
+            pod.direct_open = True  # a new pod starts open
             await self._publish(pod, PodStatus.up, None)
             self._event(pod, "ready", pid=message.get("pid"))
             self.on_change()
         elif event == "started":
-            pod.started.add(UUID(message["flow_run_id"]))
+            flow_run_id = UUID(message["flow_run_id"])
+            if message.get("direct"):  # made by the pod for a gateway call: ours from now on
+                pod.in_flight.add(flow_run_id)
+            pod.started.add(flow_run_id)
         elif event == "finished":
             flow_run_id = UUID(message["flow_run_id"])
             pod.in_flight.discard(flow_run_id)
             pod.started.discard(flow_run_id)
             if pod.runs_held_back:
                 self.on_change()
-            await self.on_finished(pod.deployment.id, flow_run_id, str(message.get("state")))
+            await self.on_finished(
+                pod.deployment.id,
+                flow_run_id,
+                str(message.get("state")),
+                bool(message.get("sealed")),
+            )
         elif event == "load_failed":
             return str(message.get("error"))
         return None
@@ -442,7 +462,7 @@ class PodSupervisor:
         pod.started.clear()
         self.on_change()
         for flow_run_id in ended:
-            await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED")
+            await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED", False)
 
     # ---- reporting ------------------------------------------------------------------------
 
@@ -454,6 +474,8 @@ class PodSupervisor:
             "message": message,
             "pid": pod.process.pid if pod.process is not None else None,
             "worker": self.worker_name,
+            # where the gateway hands calls straight to the pod (only while it is up)
+            "direct": pod.direct if status == PodStatus.up else None,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "log_tail": _tail(pod.log_path, LOG_TAIL_CHARS),
         }

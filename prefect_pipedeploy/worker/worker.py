@@ -381,6 +381,9 @@ class PipeDeployWorker(
         ready = split_ready_runs(runs, self.pods.pods, modes, self.submitting_runs())
         for deployment_id, flow_runs in ready.to_pods.items():
             await self._dispatch_to_pod(deployment_id, flow_runs)
+        for deployment_id, pod in self.pods.pods.items():
+            # a pod takes direct calls only while no run of its deployment waits for it
+            pod.open_direct(deployment_id not in ready.to_pods or not pod.runs_held_back)
         admitted = await self._admit_elastic(ready.elastic, deployments)
         return await self.submit_runs([responses[run.id] for run in admitted])
 
@@ -479,11 +482,13 @@ class PipeDeployWorker(
         """The claim of an elastic run before `run` starts it: the same as a pod's (`claim`)."""
         return await self._claim(flow_run)
 
-    async def after_pod_run(self, deployment_id: UUID, flow_run_id: UUID, state: str) -> None:
+    async def after_pod_run(
+        self, deployment_id: UUID, flow_run_id: UUID, state: str, sealed: bool = False
+    ) -> None:
         """A run of a pod ended: see `after_run` (only when it failed or had sealed inputs, so
         a run that succeeded costs no API call)."""
         self.cancels.forget(flow_run_id)
-        if state in ("FAILED", "CRASHED") or flow_run_id in self._sealed:
+        if state in ("FAILED", "CRASHED") or sealed or flow_run_id in self._sealed:
             await self.after_run(deployment_id, flow_run_id)
 
     async def after_run(self, deployment_id: UUID, flow_run_id: UUID) -> None:

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "gateway_max_waiting": 100,
     "gateway_max_queued": 10,
     "gateway_max_creating": 1,
+    "gateway_direct_dispatch": True,
     "gateway_upload_retention_s": 86400.0,
     "gateway_bad_token_limit": 20,
     "gateway_max_fields": 1000,

@@ -1,0 +1,147 @@
+"""The gateway's side of direct dispatch over real TCP on 127.0.0.1 (`gateway.direct.PodLink`),
+against a door that answers as a pod's does (`engine.direct`'s protocol), scripted per call:
+a refusal, an accepted call that finishes, one whose pod dies after accepting it, calls answered
+out of order on one connection, an unreachable pod, a wrong key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from prefect_pipedeploy.gateway.direct import Door, PodLink, PodLost
+from prefect_pipedeploy.stack import free_port
+
+KEY = "the-key"
+
+
+@asynccontextmanager
+async def scripted_door() -> AsyncIterator[tuple[Door, list[int]]]:
+    """A door on a free port; each call's parameters say what to do: {"do": "refuse"},
+    {"do": "finish", "after_s": S}, {"do": "die"} (accept, then close the connection).
+    Yields the door and the number of connections it took."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+
+        async def one(call: dict[str, Any]) -> None:
+            def say(message: dict[str, Any]) -> None:
+                writer.write(json.dumps({"id": call["id"], **message}).encode() + b"\n")
+
+            script = call["parameters"]
+            if script["do"] == "refuse":
+                say({"refused": "every slot of the pod is taken"})
+                return
+            run_id = str(uuid.uuid4())
+            say({"accepted": run_id})
+            if script["do"] == "die":
+                await writer.drain()
+                writer.close()
+                return
+            await asyncio.sleep(script.get("after_s", 0))
+            say(
+                {
+                    "finished": run_id,
+                    "state": "COMPLETED",
+                    "message": None,
+                    "outputs": {"n": script.get("n")},
+                    "stored": {},
+                }
+            )
+
+        tasks = set()
+        while line := await reader.readline():
+            call = json.loads(line)
+            if call["key"] != KEY:
+                writer.close()
+                return
+            task = asyncio.create_task(one(call))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Door("127.0.0.1", port, KEY), connections
+    finally:
+        server.close()
+
+
+def test_a_refused_call_resolves_to_none_and_the_link_stays_open() -> None:
+    async def scenario() -> None:
+        async with scripted_door() as (door, _):
+            link = PodLink(door)
+            call = await link.offer({"do": "refuse"}, [])
+            assert await call.accepted is None
+            with pytest.raises(PodLost, match="every slot"):
+                await call.finished
+            assert not link.closed
+            await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_calls_on_one_connection_are_answered_out_of_order() -> None:
+    async def scenario() -> None:
+        async with scripted_door() as (door, connections):
+            link = PodLink(door)
+            slow = await link.offer({"do": "finish", "after_s": 0.5, "n": 1}, [])
+            fast = await link.offer({"do": "finish", "after_s": 0, "n": 2}, [])
+            assert await slow.accepted is not None and await fast.accepted is not None
+            done, _ = await asyncio.wait(
+                {asyncio.ensure_future(slow.finished), asyncio.ensure_future(fast.finished)},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            assert [d.result()["outputs"] for d in done] == [{"n": 2}]
+            assert (await slow.finished)["outputs"] == {"n": 1}
+            assert len(connections) == 1  # kept open, not one per call
+            await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pod_that_dies_after_accepting_raises_pod_lost_and_the_next_call_reconnects() -> None:
+    async def scenario() -> None:
+        async with scripted_door() as (door, connections):
+            link = PodLink(door)
+            doomed = await link.offer({"do": "die"}, [])
+            assert await doomed.accepted is not None  # the run exists: the gateway waits on it
+            with pytest.raises(PodLost, match="connection to the pod ended"):
+                await asyncio.wait_for(doomed.finished, 5)
+            assert link.closed
+            again = await link.offer({"do": "finish", "n": 3}, [])
+            assert (await asyncio.wait_for(again.finished, 5))["outputs"] == {"n": 3}
+            assert len(connections) == 2
+            await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_pod_resolves_to_none() -> None:
+    async def scenario() -> None:
+        link = PodLink(Door("127.0.0.1", free_port(), KEY))  # nobody listens there
+        call = await link.offer({"do": "finish"}, [])
+        assert await call.accepted is None
+        with pytest.raises(PodLost, match="cannot be reached"):
+            await call.finished
+        assert link.closed
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_key_gets_no_run() -> None:
+    async def scenario() -> None:
+        async with scripted_door() as (door, _):
+            link = PodLink(Door(door.host, door.port, "not-the-key"))
+            call = await link.offer({"do": "finish"}, [])
+            assert await asyncio.wait_for(call.accepted, 5) is None
+            await link.close()
+
+    asyncio.run(scenario())

@@ -253,7 +253,15 @@ class PodSupervisor:
     async def _supervise(self, pod: PodHandle) -> None:
         while not pod.stopping:
             started = time.monotonic()
-            exit_explanation, load_error = await self._run_once(pod)
+            try:
+                exit_explanation, load_error = await self._run_once(pod)
+            except Exception as exc:  # a defect here must not leave the pod gone for good
+                logger.exception("pod %s: its supervision failed; re-creating it", pod.name)
+                await self._kill_quietly(pod)
+                exit_explanation, load_error = (
+                    f"lost its supervision ({type(exc).__name__}: {exc})",
+                    None,
+                )
             if pod.stopping:
                 break
             await self._end_in_flight(pod, exit_explanation, recreated=True)
@@ -322,7 +330,7 @@ class PodSupervisor:
         watchdog = asyncio.create_task(self._watch_heartbeats(pod, beats_in))
         load_error: str | None = None
         try:
-            while line := await reader.readline():
+            while line := await _read_line(reader):
                 message = json.loads(line)
                 load_error = await self._on_message(pod, message) or load_error
         finally:
@@ -338,6 +346,15 @@ class PodSupervisor:
             reason, pod.kill_reason = pod.kill_reason, None
             return reason, load_error
         return ended.explanation, load_error
+
+    async def _kill_quietly(self, pod: PodHandle) -> None:
+        """Kill the pod's process, if any, and forget it (its supervision failed)."""
+        process, pod.process = pod.process, None
+        self.rss.unwatch(pod_key(pod.deployment.id))
+        if process is not None:
+            with contextlib.suppress(Exception):
+                process.signal(signal.SIGKILL)
+                await process.wait()
 
     async def _watch_heartbeats(self, pod: PodHandle, fd: int) -> None:
         """Kill a pod whose heartbeats stop (stopped with SIGSTOP, or deadlocked): its runs then
@@ -511,6 +528,17 @@ class PodSupervisor:
                 ],
                 payload={"worker": self.worker_name, **payload},
             )
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """The pod's next line; b"" at its end. A pod that exits with a message of ours unread (it
+    recycles itself right after a run: `{"op": "direct"}` may be on the way) resets the
+    connection: that is its end too, not an error of the supervisor (before, it ended the
+    supervisor's task, and the pod was never re-created)."""
+    try:
+        return await reader.readline()
+    except ConnectionError:
+        return b""
 
 
 def _tail(path: Path, chars: int) -> str:

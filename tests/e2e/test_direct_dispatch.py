@@ -352,3 +352,34 @@ def test_a_call_the_pod_took_outlives_a_killed_gateway(
         what="the execution succeeded without its gateway",
     )
     assert sdk.get_pipeline_execution_output(execution_id, "marker") == "orphan"
+
+
+def test_a_queue_mode_deployment_on_two_workers_keeps_the_worker_path(
+    gateway: httpx.Client, sdk: PipeDeploy, pool: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two workers serve one queue-mode deployment (a pod each): one at a time across them is
+    counted in Prefect, which only the worker's path does, so every call takes it, and no two
+    executions ever run at once."""
+    deployed = deploy_up(sdk, "counter")
+    second = start_worker(pool, tmp_path_factory.mktemp("second-worker"))
+    try:
+        eventually(
+            lambda: sdk.get_deployment(deployed["name"])["pods"],
+            90,
+            until=lambda pods: len(pods) == 2 and all(p["status"] == "up" for p in pods),
+            what="both workers' pods are up",
+        )
+        with ThreadPoolExecutor(4) as threads:
+            answers = list(
+                threads.map(
+                    lambda i: call(gateway, deployed, {"marker": f"two{i}", "sleep_s": 0.3}),
+                    range(4),
+                )
+            )
+    finally:
+        second.stop()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    records = history([a.json()["execution_id"] for a in answers])
+    assert not any(took_directly(r) for r in records.values()), records
+    spans = [(r["run"].start_time, r["run"].end_time) for r in records.values()]
+    assert most_at_once(spans) == 1, spans

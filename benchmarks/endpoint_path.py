@@ -1,26 +1,37 @@
 """Benchmark section: the endpoint path, next to the bookkeeping floor measured in the same run.
 
-For: `benchmarks/latency.py` runs it as its `gateway` section (issue 14's rows). One pipedeploy
-worker and one `pipedeploy gateway` serve two low-latency endpoint deployments on their own
-pool: `bench-gw-noop` (a `def` pipeline that does nothing, queue mode) and `bench-gw-par` (an
-`async def` pipeline sleeping `sleep_s`, parallel, 16 per pod). Rows:
+For: `benchmarks/latency.py` runs it as its `gateway` section (issue 14's rows):
+
+    .venv/bin/python benchmarks/latency.py --skip create pipedeploy logs process serve api --runs 10
+
+One pipedeploy worker and two `pipedeploy gateway` processes serve two low-latency endpoint
+deployments on their own pool: `bench-gw-noop` (a `def` pipeline that does nothing, queue
+mode) and `bench-gw-par` (an `async def` pipeline sleeping `sleep_s`, parallel, 16 per pod).
+The gateways differ in one setting, `gateway_direct_dispatch`: "direct" is started with it
+true (the gateway hands the call straight to the pod), "worker path" with it false (the call
+becomes a flow run the worker hands to the pod). Rows:
 - floor: Prefect's own bookkeeping of one execution, two sequential writes (create the flow run
   of `bench-gw-noop` already Running, then set it Completed); nothing runs.
 - sdk: create the run, see its final state on the event stream, read it back (as section 1).
-- gateway: `POST /endpoints/{path}` waiting for the answer with the outputs.
-- back-to-back: six non-waiting calls to the parallel pod, one after the other, each a 1 s
-  execution: when each was answered, and when the last execution was seen final.
-- accept: 32 concurrent callers make non-waiting calls to the parallel pod while it is busy:
-  202s per second, and how the others were answered.
-- parallel: 16 concurrent callers make waiting calls of a 0 s execution: p50, p99,
-  executions/s.
-Each latency row also shows its p50 divided by the floor's p50. Not for: a run on its own
-(see latency.py's usage line).
+- gateway, per gateway: `POST /endpoints/{path}` waiting for the answer with the outputs; the
+  calls alternate between the two gateways, so both see the same machine.
+- back-to-back, per gateway: six non-waiting calls to the parallel pod, one after the other,
+  each a 1 s execution: when each was answered, and when the last execution was seen final.
+- accept, per gateway: 32 concurrent callers make ACCEPT_CALLS non-waiting calls to the
+  parallel pod while it is busy: 202s per second, how long a 202 took, and how the others were
+  answered.
+- parallel, per gateway: 16 concurrent callers make PARALLEL_CALLS waiting calls of a 0 s
+  execution: p50, p99, executions/s.
+Back-to-back runs through the direct gateway, then the other; accept and parallel each in four
+parts of half a gateway's calls (direct, worker path, worker path, direct), each after the
+previous part's executions are final. Each latency row also shows its p50 divided by the floor's p50. Not for: a run on
+its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -35,11 +46,24 @@ from prefect.states import Completed, Running
 
 from benchmarks.logs_at_final import BenchLike as LogsBenchLike
 from benchmarks.logs_at_final import say, wait_until_up
+from benchmarks.stats import percentile
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.stack import free_port, wait_for_http
+from prefect_pipedeploy.settings import PipeDeploySettings
+from prefect_pipedeploy.stack import ChildProcess, free_port, wait_for_http
 
 POOL = "bench-gateway"
 PARALLEL = 16
+# The setting the two gateways differ in, read by `pipedeploy gateway` when it starts. Spelled
+# out rather than `env_name("gateway_direct_dispatch")`, which refuses a setting the installed
+# package does not have yet; a gateway without the setting ignores the variable.
+DIRECT_DISPATCH_ENV = "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_DIRECT_DISPATCH"
+#: The two gateways: their key in the results -> the value of DIRECT_DISPATCH_ENV.
+GATEWAYS = {"direct": "true", "worker_path": "false"}
+# Calls per gateway of the accept and parallel rows (answers other than 429). Both rows run
+# through both gateways at about 1 call/s on 2 cores (SQLite, one create at a time): with the
+# 96 and 64 of one gateway they took 7.5 minutes, with these about 4.5.
+ACCEPT_CALLS = 64
+PARALLEL_CALLS = 48
 
 
 class WatcherLike(Protocol):
@@ -49,13 +73,13 @@ class WatcherLike(Protocol):
 class BenchLike(LogsBenchLike, Protocol):
     """What this section uses of latency.py's `Bench`."""
 
-    watcher: WatcherLike
+    @property
+    def watcher(self) -> WatcherLike: ...  # read-only here, so `Bench.watcher: RunWatcher` fits
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: with 100 values or fewer, p99 is the maximum."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+def label(key: str) -> str:
+    """A gateway's name in the report: "direct", "worker path"."""
+    return key.replace("_", " ")
 
 
 def latency_row(label: str, samples: list[float], failures: int = 0) -> dict[str, Any]:
@@ -69,8 +93,15 @@ def latency_row(label: str, samples: list[float], failures: int = 0) -> dict[str
     }
 
 
+def against_floor(row: dict[str, Any], floor_s: float) -> str:
+    """ "p50 0.123 s, 1.4x the floor" (or that the row has no sample)."""
+    if row["p50_s"] is None:
+        return f"no sample ({row['failures']} failed)"
+    return f"p50 {row['p50_s']:.3f} s, {row['p50_s'] / floor_s:.1f}x the floor ({floor_s:.3f} s)"
+
+
 class Endpoint:
-    """One endpoint of the gateway: its URL and token."""
+    """One endpoint of one gateway: its URL and token."""
 
     def __init__(self, gateway: str, created: dict[str, Any]) -> None:
         self.url = f"{gateway}/endpoints/{created['endpoint_url_path']}"
@@ -118,23 +149,35 @@ async def sdk_row(bench: BenchLike, deployment_id: UUID, runs: int) -> dict[str,
     return latency_row("SDK: create + final state seen on events + read", samples, failures)
 
 
-async def gateway_row(
-    bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint, runs: int
-) -> dict[str, Any]:
-    samples, failures = [], 0
+async def gateway_rows(
+    bench: BenchLike, http: httpx.AsyncClient, endpoints: dict[str, Endpoint], runs: int
+) -> dict[str, dict[str, Any]]:
+    """Waiting calls through each gateway, alternating (and alternating which goes first), each
+    `gap_s` after the previous one was answered; the first call through each is a warm-up."""
+    samples: dict[str, list[float]] = {key: [] for key in endpoints}
+    failures = dict.fromkeys(endpoints, 0)
+    order = list(endpoints)
     for i in range(runs + 1):
-        await asyncio.sleep(bench.args.gap_s)
-        status, elapsed, answer = await endpoint.call(http, {})
-        if status != 200 or "outputs" not in answer:
-            failures += 1
-            say(f"  gateway call answered {status}: {answer}")
-        elif i:
-            samples.append(elapsed)
-    return latency_row("gateway: POST /endpoints/{path}, answer with outputs", samples, failures)
+        for key in order if i % 2 == 0 else order[::-1]:
+            await asyncio.sleep(bench.args.gap_s)
+            status, elapsed, answer = await endpoints[key].call(http, {})
+            if status != 200 or "outputs" not in answer:
+                failures[key] += 1
+                say(f"  gateway {label(key)}: call answered {status}: {answer}")
+            elif i:
+                samples[key].append(elapsed)
+    return {
+        key: latency_row(
+            f"gateway {label(key)}: POST /endpoints/{{path}}, answer with outputs",
+            samples[key],
+            failures[key],
+        )
+        for key in endpoints
+    }
 
 
 async def back_to_back(
-    bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint
+    bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint, name: str
 ) -> dict[str, Any]:
     """Six non-waiting calls one after the other, each a 1 s execution."""
     started = time.perf_counter()
@@ -146,12 +189,19 @@ async def back_to_back(
         if status == 202:
             ids.append(UUID(answer["execution_id"]))
     finals = [await bench.watcher.wait_final(run_id, 120) for run_id in ids]
-    return {
-        "statuses": statuses,
-        "answered_at_s": answered,
-        "answer_s": [b - a for a, b in zip([0.0, *answered[:-1]], answered, strict=True)],
-        "last_final_s": max(finals) - started if finals else None,
-    }
+    answer_s = [b - a for a, b in zip([0.0, *answered[:-1]], answered, strict=True)]
+    row = latency_row(
+        f"back-to-back {name}: 6 non-waiting calls one after another, each answer", answer_s
+    )
+    row.update(
+        {
+            "statuses": statuses,
+            "answered_at_s": answered,
+            "answer_s": answer_s,
+            "last_final_s": max(finals) - started if finals else None,
+        }
+    )
+    return row
 
 
 async def callers(
@@ -180,47 +230,98 @@ async def callers(
     return answered, time.perf_counter() - started
 
 
-async def accept_rate(
-    bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint, calls: int
-) -> dict[str, Any]:
-    """32 concurrent callers, non-waiting calls of a 0.5 s execution, the pod busy."""
-    results, wall = await callers(
-        32, calls, lambda: endpoint.call(http, {"sleep_s": 0.5}, wait=False)
+Answered = list[tuple[int, float, dict[str, Any]]]
+
+
+def abba(keys: list[str]) -> list[str]:
+    """The order of a load row's halves: each gateway, then each again in reverse, so that a
+    drift over the row (the server's tables growing, other work on the machine) weighs on both
+    gateways alike."""
+    return [*keys, *reversed(keys)]
+
+
+async def accept_rows(
+    bench: BenchLike, http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
+) -> dict[str, dict[str, Any]]:
+    """Per gateway, `calls` non-waiting calls of a 0.5 s execution from 32 concurrent callers
+    while the pod is busy, in two halves (`abba`); each half returns once every execution it
+    had accepted is final, so the next half finds the pod idle."""
+    answered: dict[str, Answered] = {key: [] for key in endpoints}
+    wall_s = dict.fromkeys(endpoints, 0.0)
+    for key in abba(list(endpoints)):
+        one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.5}, wait=False)
+        results, wall = await callers(32, calls // 2, one)
+        for status, _, answer in results:
+            if status == 202:
+                await bench.watcher.wait_final(UUID(answer["execution_id"]), 300)
+        answered[key] += results
+        wall_s[key] += wall
+        await asyncio.sleep(1)
+    return {key: accept_row(label(key), calls, answered[key], wall_s[key]) for key in endpoints}
+
+
+def accept_row(name: str, calls: int, answered: Answered, wall_s: float) -> dict[str, Any]:
+    accepted = [elapsed for status, elapsed, _ in answered if status == 202]
+    row = latency_row(
+        f"accept {name}: 32 non-waiting callers while the pod is busy, each 202", accepted
     )
-    statuses = Counter(status for status, _, _ in results)
-    accepted = [elapsed for status, elapsed, _ in results if status == 202]
-    ids = [UUID(answer["execution_id"]) for status, _, answer in results if status == 202]
-    for run_id in ids:
-        await bench.watcher.wait_final(run_id, 300)
-    return {
-        "calls": calls,
-        "statuses": dict(statuses),
-        "wall_s": wall,
-        "accepted_per_s": len(accepted) / wall if wall else None,
-        "accept_p50_s": statistics.median(accepted) if accepted else None,
-    }
-
-
-async def parallel_callers(
-    http: httpx.AsyncClient, endpoint: Endpoint, calls: int
-) -> dict[str, Any]:
-    """16 concurrent callers, waiting calls of a 0 s execution."""
-    results, wall = await callers(16, calls, lambda: endpoint.call(http, {"sleep_s": 0.0}))
-    done = [elapsed for status, elapsed, _ in results if status == 200]
-    row = latency_row(f"parallel pod, {16} concurrent waiting callers", done)
     row.update(
         {
-            "statuses": dict(Counter(status for status, _, _ in results)),
-            "wall_s": wall,
-            "executions_per_s": len(done) / wall if wall else None,
+            "calls": calls,
+            "statuses": dict(Counter(status for status, _, _ in answered)),
+            "wall_s": wall_s,
+            "accepted_per_s": len(accepted) / wall_s if wall_s else None,
         }
     )
     return row
 
 
+async def parallel_rows(
+    http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
+) -> dict[str, dict[str, Any]]:
+    """Per gateway, `calls` waiting calls of a 0 s execution from 16 concurrent callers, in two
+    halves (`abba`)."""
+    answered: dict[str, Answered] = {key: [] for key in endpoints}
+    wall_s = dict.fromkeys(endpoints, 0.0)
+    for key in abba(list(endpoints)):
+        one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.0})
+        results, wall = await callers(16, calls // 2, one)
+        answered[key] += results
+        wall_s[key] += wall
+        await asyncio.sleep(1)
+    return {key: parallel_row(label(key), answered[key], wall_s[key]) for key in endpoints}
+
+
+def parallel_row(name: str, answered: Answered, wall_s: float) -> dict[str, Any]:
+    done = [elapsed for status, elapsed, _ in answered if status == 200]
+    row = latency_row(f"parallel {name}: 16 concurrent waiting callers, parallel pod", done)
+    row.update(
+        {
+            "statuses": dict(Counter(status for status, _, _ in answered)),
+            "wall_s": wall_s,
+            "executions_per_s": len(done) / wall_s if wall_s else None,
+        }
+    )
+    return row
+
+
+def start_gateway(
+    bench: BenchLike, command: list[str], env: dict[str, str], key: str
+) -> tuple[ChildProcess, str]:
+    """The `pipedeploy gateway` of one entry of GATEWAYS, on a free port: (process, URL).
+    Returns at once; wait for the URL's /health before calling it."""
+    port = free_port()
+    child = bench.start(
+        f"gateway-{key.replace('_', '-')}",
+        [*command, "gateway", "--pool", POOL, "--port", str(port)],
+        {**env, DIRECT_DISPATCH_ENV: GATEWAYS[key]},
+    )
+    return child, f"http://127.0.0.1:{port}"
+
+
 async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
     args = bench.args
-    say("\n## the endpoint path: gateway, SDK and the bookkeeping floor")
+    say("\n## the endpoint path: gateway (direct, worker path), SDK and the bookkeeping floor")
     pd = PipeDeploy(api_url=bench.api_url, work_pool_name=POOL)
     noop = await pd.acreate_deployment(
         f"{flows_file}:bench_noop_sync", "bench-gw-noop", mode="low_latency"
@@ -233,54 +334,66 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
         max_parallel_executions_per_pod=PARALLEL,
     )
     env = {**os.environ, "PREFECT_API_URL": bench.api_url}
-    port = free_port()
-    gateway_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "prefect_pipedeploy.cli"]
-    worker = bench.start("gateway-section-worker", [*command, "worker", "--pool", POOL], env)
-    gateway = bench.start(
-        "gateway", [*command, "gateway", "--pool", POOL, "--port", str(port)], env
-    )
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {
+        "direct_dispatch_setting": "gateway_direct_dispatch" in PipeDeploySettings.model_fields
+    }
     bench.results["endpoint_path"] = results
+    worker = bench.start("gateway-section-worker", [*command, "worker", "--pool", POOL], env)
+    gateways: dict[str, tuple[ChildProcess, str]] = {}
     try:
-        await asyncio.to_thread(wait_for_http, f"{gateway_url}/health", 90, gateway)
+        for key in GATEWAYS:
+            gateways[key] = start_gateway(bench, command, env, key)
+        for child, url in gateways.values():
+            await asyncio.to_thread(wait_for_http, f"{url}/health", 90, child)
         await wait_until_up(pd, ["bench-gw-noop", "bench-gw-par"])
-        noop_endpoint, par_endpoint = Endpoint(gateway_url, noop), Endpoint(gateway_url, par)
+        noop_at = {key: Endpoint(url, noop) for key, (_, url) in gateways.items()}
+        par_at = {key: Endpoint(url, par) for key, (_, url) in gateways.items()}
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as http:
-            say(f"- floor, SDK and gateway rows: {args.runs} runs each")
-            results["floor"] = await floor_row(bench, noop_endpoint.deployment_id, args.runs)
-            results["sdk"] = await sdk_row(bench, noop_endpoint.deployment_id, args.runs)
-            results["gateway"] = await gateway_row(bench, http, noop_endpoint, args.runs)
+            say(f"- floor, SDK, and gateway through each gateway: {args.runs} runs each")
+            deployment_id = UUID(noop["id"])
+            results["floor"] = await floor_row(bench, deployment_id, args.runs)
+            results["sdk"] = await sdk_row(bench, deployment_id, args.runs)
+            for key, row in (await gateway_rows(bench, http, noop_at, args.runs)).items():
+                results[key] = {"gateway": row}
             floor = results["floor"]["p50_s"]
-            for key in ("sdk", "gateway"):
-                say(
-                    f"  {key}: p50 {results[key]['p50_s']:.3f} s, "
-                    f"{results[key]['p50_s'] / floor:.1f}x the floor ({floor:.3f} s)"
-                )
-            await endpoint_call_warmup(http, par_endpoint)
+            for row in [results["sdk"], *(results[key]["gateway"] for key in GATEWAYS)]:
+                say(f"  {row['label']}: {against_floor(row, floor)}")
+            for endpoint in par_at.values():
+                await endpoint_call_warmup(http, endpoint)
             say("- six back-to-back non-waiting calls, 1 s executions, parallel pod")
-            results["back_to_back"] = await back_to_back(bench, http, par_endpoint)
-            say(f"  {results['back_to_back']}")
-            await asyncio.sleep(1)
+            for key, endpoint in par_at.items():
+                row = await back_to_back(bench, http, endpoint, label(key))
+                results[key]["back_to_back"] = row
+                say(
+                    f"  {label(key)}: answered after {[round(s, 2) for s in row['answer_s']]} s,"
+                    f" statuses {row['statuses']}, last final {row['last_final_s'] or 0:.2f} s"
+                )
+                await asyncio.sleep(1)
             say("- 32 concurrent callers, non-waiting calls while the pod is busy")
-            results["accept"] = await accept_rate(bench, http, par_endpoint, 96)
-            say(f"  {results['accept']}")
-            await asyncio.sleep(1)
-            say(f"- {16} concurrent waiting callers, parallel pod")
-            results["parallel"] = await parallel_callers(http, par_endpoint, 64)
-            say(
-                f"  p50 {results['parallel']['p50_s']}, "
-                f"{results['parallel']['executions_per_s']} executions/s"
-            )
+            for key, row in (await accept_rows(bench, http, par_at, ACCEPT_CALLS)).items():
+                results[key]["accept"] = row
+                say(
+                    f"  {label(key)}: {row['accepted_per_s']:.1f} accepted per s, "
+                    f"{against_floor(row, floor)}, answers {row['statuses']}"
+                )
+            say("- 16 concurrent waiting callers, parallel pod")
+            for key, row in (await parallel_rows(http, par_at, PARALLEL_CALLS)).items():
+                results[key]["parallel"] = row
+                say(
+                    f"  {label(key)}: {against_floor(row, floor)}, "
+                    f"{row['executions_per_s']:.1f} executions/s"
+                )
     finally:
-        bench.stop(gateway)
+        for child, _ in gateways.values():
+            bench.stop(child)
         bench.stop(worker)
 
 
 async def endpoint_call_warmup(http: httpx.AsyncClient, endpoint: Endpoint) -> None:
     status, _, answer = await endpoint.call(http, {"sleep_s": 0.0})
     if status != 200:
-        raise RuntimeError(f"the parallel endpoint answered {status}: {answer}")
+        raise RuntimeError(f"the parallel endpoint answered {status} at {endpoint.url}: {answer}")
 
 
 def report_endpoint_path(results: dict[str, Any]) -> list[str]:
@@ -295,8 +408,10 @@ def report_endpoint_path(results: dict[str, Any]) -> list[str]:
         "| row | n | p50 | p99 | p50 / floor | p99 / floor p50 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for key in ("floor", "sdk", "gateway", "parallel"):
-        row = results.get(key)
+    rows = [results["floor"], results.get("sdk")]
+    for kind in ("gateway", "back_to_back", "accept", "parallel"):
+        rows += [results.get(key, {}).get(kind) for key in GATEWAYS]
+    for row in rows:
         if not row or row["p50_s"] is None:
             continue
         lines.append(
@@ -304,28 +419,48 @@ def report_endpoint_path(results: dict[str, Any]) -> list[str]:
             f"{row['p99_s'] * 1000:.0f} ms | {row['p50_s'] / floor:.1f}x | "
             f"{row['p99_s'] / floor:.1f}x |"
         )
-    lines.append("| gateway direct to the pod | - | not built yet | | | |")
+    lines += ["", dispatch_note(results)]
+    for key in GATEWAYS:
+        lines += load_lines(label(key), results.get(key, {}))
+    return lines
+
+
+def dispatch_note(results: dict[str, Any]) -> str:
+    """How the two gateways were started, and whether they could differ."""
+    note = (
+        f"direct: the gateway started with {DIRECT_DISPATCH_ENV}=true; worker path: with it false."
+    )
+    if results.get("direct_dispatch_setting") is False:
+        note += (
+            " The installed package has no `gateway_direct_dispatch` setting, so both gateways"
+            " ignored it and took the worker path: their rows differ by noise only."
+        )
+    return note
+
+
+def load_lines(name: str, results: dict[str, Any]) -> list[str]:
+    """The back-to-back, accept and parallel rows of one gateway, in words."""
+    lines = []
     if "back_to_back" in results:
         b = results["back_to_back"]
-        lines += [
-            "",
-            "Six back-to-back non-waiting calls (1 s executions, parallel pod): answered after "
+        lines.append(
+            f"- {name}: six back-to-back non-waiting calls (1 s executions, parallel pod) "
+            "answered after "
             + ", ".join(f"{s:.2f}" for s in b["answer_s"])
             + f" s (statuses {b['statuses']}); last execution final "
             + (f"{b['last_final_s']:.2f} s" if b["last_final_s"] else "-")
-            + " after the first call.",
-        ]
+            + " after the first call."
+        )
     if "accept" in results:
         a = results["accept"]
         lines.append(
-            f"32 concurrent callers, {a['calls']} non-waiting calls while the pod is busy: "
-            f"{a['accepted_per_s']:.1f} accepted (202) per s, answers {a['statuses']}, "
-            f"202 p50 {a['accept_p50_s'] or 0:.2f} s."
+            f"- {name}: 32 concurrent callers, {a['calls']} non-waiting calls while the pod is "
+            f"busy: {a['accepted_per_s']:.1f} accepted (202) per s, answers {a['statuses']}."
         )
     if "parallel" in results:
         p = results["parallel"]
         lines.append(
-            f"16 concurrent waiting callers: {p['executions_per_s']:.1f} executions/s, "
+            f"- {name}: 16 concurrent waiting callers: {p['executions_per_s']:.1f} executions/s, "
             f"answers {p['statuses']}."
         )
-    return lines
+    return [""] + lines if lines else []

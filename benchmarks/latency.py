@@ -22,9 +22,11 @@ Sections:
    14 lines with the run's logs stored before its final state (the default) and without (as
    before), runs alternating in the same benchmark, and whether every line was stored when the
    run was seen final.
-5. the endpoint path (`benchmarks/endpoint_path.py`): the gateway and the SDK against the
-   bookkeeping floor (two writes: a run created Running, then set Completed), back-to-back
-   calls, accepted calls per second and a parallel pod under 16 concurrent callers.
+5. the endpoint path (`benchmarks/endpoint_path.py`): two gateways, one handing calls straight
+   to the pod (direct) and one through the worker (worker path), and the SDK against the
+   bookkeeping floor (two writes: a run created Running, then set Completed); through each
+   gateway: back-to-back calls, accepted calls per second and a parallel pod under 16
+   concurrent callers.
 Results: a Markdown report on stdout, and benchmarks/results/latency-<timestamp>.json.
 """
 
@@ -35,7 +37,6 @@ import asyncio
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -85,6 +86,7 @@ from benchmarks.logs_at_final import (  # noqa: E402
     logs_at_final_section,
     report_logs_at_final,
 )
+from benchmarks.stats import percentile  # noqa: E402
 from prefect_pipedeploy import PipeDeploy  # noqa: E402
 from prefect_pipedeploy.stack import (  # noqa: E402
     ChildProcess,
@@ -301,12 +303,6 @@ class Bench:
         say(f"  stopped {child.name} in {time.monotonic() - started:.1f} s")
         with contextlib.suppress(ValueError):
             self.children.remove(child)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: with 100 values or fewer, p99 is the maximum."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def summarise(

@@ -28,6 +28,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogWorker
 from prefect.logging.loggers import flow_run_logger
 
+from benchmarks.stats import percentile
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy._compat import install_api_log_sink
 from prefect_pipedeploy.engine.runlogs import RunLogs
@@ -120,7 +121,7 @@ def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "runs": len(done),
         "p50_s": statistics.median(trips),
-        "p99_s": trips[-1] if len(trips) <= 100 else trips[int(0.99 * len(trips))],
+        "p99_s": percentile(trips, 99),
         "complete_at_final": sum(1 for s in done if s["lines_at_final"] >= LINES),
         "lines_at_final_p50": statistics.median(s["lines_at_final"] for s in done),
         "complete_after_p50_s": statistics.median(late),

@@ -12,7 +12,8 @@ are stored, with the outputs. Not for: deciding who may call (the gateway checks
 made any other way (the worker's path).
 
 Protocol: JSON lines both ways on one connection, calls answered out of order by their `id`.
-The gateway sends {"id": N, "key": KEY, "parameters": {...}, "tags": [...]}; the pod answers
+The gateway sends {"id": N, "key": KEY, "parameters": {...}, "tags": [...], "idempotency_key":
+K}; the pod answers
 {"id": N, "refused": why} or {"id": N, "accepted": RUN_ID} and later {"id": N, "finished":
 RUN_ID, "state": TYPE, "message": ..., "outputs": {...}, "stored": {...}}. A wrong key closes the
 connection.
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 
 logger = get_logger("prefect_pipedeploy.engine.direct")
 
+#: The longest line either side reads: a call's inputs (up to the server's 512 KiB of
+#: parameters, more once JSON-escaped) and a run's outputs fit (asyncio's default is 64 KiB).
+LINE_LIMIT_BYTES = 64 * 1024 * 1024
+
 #: The Running state's message on a run a pod took straight from the gateway.
 DIRECT_MESSAGE = "Started by its low-latency pod, called through the gateway"
 
@@ -54,7 +59,9 @@ class DirectDoor:
 
     async def open(self) -> dict[str, Any]:
         """Start listening; the address the worker publishes (host, port, key)."""
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, limit=LINE_LIMIT_BYTES
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return {"host": "127.0.0.1", "port": self.port, "key": self.key}
 
@@ -97,6 +104,7 @@ class DirectDoor:
                 call.get("parameters") or {},
                 list(call.get("tags") or []),
                 state=Running(message=DIRECT_MESSAGE),
+                idempotency_key=call.get("idempotency_key"),
             )
         except Exception as exc:  # the gateway's own create shows the caller why
             pod.release_slot()

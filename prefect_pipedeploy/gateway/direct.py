@@ -27,6 +27,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.logging import get_logger
 
+from prefect_pipedeploy.engine.direct import LINE_LIMIT_BYTES
 from prefect_pipedeploy.prefect_api.published import read_status_variables
 from prefect_pipedeploy.status import PodStatus
 
@@ -118,7 +119,8 @@ class PodLink:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.door.host, self.door.port), CONNECT_TIMEOUT_S
+                asyncio.open_connection(self.door.host, self.door.port, limit=LINE_LIMIT_BYTES),
+                CONNECT_TIMEOUT_S,
             )
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read(reader))
@@ -143,7 +145,9 @@ class PodLink:
             if self._writer is not None:
                 self._writer.close()
 
-    async def offer(self, parameters: dict[str, Any], tags: list[str]) -> DirectCall:
+    async def offer(
+        self, parameters: dict[str, Any], tags: list[str], idempotency_key: str | None = None
+    ) -> DirectCall:
         """Send a call; its futures resolve as the pod answers (see the module)."""
         call = DirectCall()
         try:
@@ -153,7 +157,13 @@ class PodLink:
             return call
         number = next(self._ids)
         self._calls[number] = call
-        message = {"id": number, "key": self.door.key, "parameters": parameters, "tags": tags}
+        message = {
+            "id": number,
+            "key": self.door.key,
+            "parameters": parameters,
+            "tags": tags,
+            "idempotency_key": idempotency_key,
+        }
         try:
             writer.write(json.dumps(message).encode() + b"\n")
             await writer.drain()
@@ -199,7 +209,12 @@ class PodDoors:
         self._doors.pop(deployment_id, None)
 
     async def offer(
-        self, deployment_id: UUID, parallelism: int, parameters: dict[str, Any], tags: list[str]
+        self,
+        deployment_id: UUID,
+        parallelism: int,
+        parameters: dict[str, Any],
+        tags: list[str],
+        idempotency_key: str | None = None,
     ) -> DirectCall | None:
         """Offer the call to the deployment's pods in turn; the call one of them accepted, or
         None (none can take it now: the call takes the worker's path). A pod that cannot be
@@ -215,7 +230,7 @@ class PodDoors:
                 link = self._links.get(door)
                 if link is None:
                     link = self._links[door] = PodLink(door)
-                call = await link.offer(parameters, tags)
+                call = await link.offer(parameters, tags, idempotency_key)
                 if await call.accepted is not None:
                     return call
                 if link.closed:  # gone: a stale status, a pod re-created

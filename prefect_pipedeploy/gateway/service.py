@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -347,6 +347,7 @@ class Gateway:
         endpoint: Endpoint,
         parameters: dict[str, Any],
         gone: Callable[[], Awaitable[bool]] = never_gone,
+        idempotency_key: str | None = None,
     ) -> FlowRun:
         """Create the execution (`prefect_api.runs.create_execution`: secret inputs sealed,
         and discarded again if the create fails) when its turn comes in the gateway's queue;
@@ -360,7 +361,9 @@ class Gateway:
         settings = get_settings()
         try:
             async with self.queue.turn(settings.gateway_max_queued, gone):
-                return await self._create(endpoint, parameters, settings.gateway_max_waiting, gone)
+                return await self._create(
+                    endpoint, parameters, settings.gateway_max_waiting, gone, idempotency_key
+                )
         except QueueFull as full:
             logger.warning(
                 "Endpoint %r: %d calls already wait to create an execution; refused with 429",
@@ -390,6 +393,7 @@ class Gateway:
         parameters: dict[str, Any],
         limit: int,
         gone: Callable[[], Awaitable[bool]],
+        idempotency_key: str | None = None,
     ) -> FlowRun:
         waiting = await self.client.count_flow_runs(
             deployment_filter=DeploymentFilter(
@@ -412,7 +416,12 @@ class Gateway:
             raise CallerGone()
         try:
             return await create_execution(
-                self.client, endpoint.deployment_id, endpoint.spec, parameters, RUN_TAGS
+                self.client,
+                endpoint.deployment_id,
+                endpoint.spec,
+                parameters,
+                RUN_TAGS,
+                idempotency_key=idempotency_key,
             )
         except ObjectNotFound:
             self._loaded_at = -math.inf
@@ -599,10 +608,13 @@ class Gateway:
         finally:
             close_files(items)
         try:
-            direct = await self.offer_to_pod(request, endpoint, checked.parameters)
+            # one key for both paths: a pod whose answer was lost made the run the worker's
+            # path would make, and the create gives that run back (no second execution)
+            idempotency_key = f"pipedeploy-call-{uuid4()}"
+            direct = await self.offer_to_pod(request, endpoint, checked.parameters, idempotency_key)
             if direct is None:
                 run = await self.create_execution(
-                    endpoint, checked.parameters, gone=request.is_disconnected
+                    endpoint, checked.parameters, request.is_disconnected, idempotency_key
                 )
                 run_id = run.id
             else:
@@ -636,17 +648,33 @@ class Gateway:
         return await self.answer(request, endpoint, run, wait_s, location)
 
     async def offer_to_pod(
-        self, request: Request, endpoint: Endpoint, parameters: dict[str, Any]
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        parameters: dict[str, Any],
+        idempotency_key: str,
     ) -> DirectCall | None:
         """The call, taken by its low-latency pod (`direct`); None: it takes the worker's path
-        (direct dispatch off, an elastic deployment, no pod free, a caller already gone)."""
-        if not get_settings().gateway_direct_dispatch:
+        (direct dispatch off, an elastic deployment, no pod free).
+
+        An offer takes its turn in the gateway's create queue like a create (the pod's create
+        is one write on the same server): a burst meets the same limit and the same 429, and
+        a caller gone before its turn meets the create's 499 (both raised by `create_execution`,
+        which a full queue or a gone caller falls through to)."""
+        settings = get_settings()
+        if not settings.gateway_direct_dispatch or endpoint.spec.mode != Mode.low_latency.value:
             return None
-        if endpoint.spec.mode != Mode.low_latency.value or await request.is_disconnected():
-            return None  # a caller gone meets the create's check, and its 499
-        return await self.doors.offer(
-            endpoint.deployment_id, endpoint.spec.parallelism, parameters, RUN_TAGS
-        )
+        try:
+            async with self.queue.turn(settings.gateway_max_queued, request.is_disconnected):
+                return await self.doors.offer(
+                    endpoint.deployment_id,
+                    endpoint.spec.parallelism,
+                    parameters,
+                    RUN_TAGS,
+                    idempotency_key,
+                )
+        except (QueueFull, CallerGone):
+            return None
 
     async def results(self, request: Request, path: str, execution_id: str) -> Response:
         """GET /endpoints/{path}/executions/{id}: long-poll an execution's result."""

@@ -77,11 +77,14 @@ async def create_execution(
     parameters: Mapping[str, Any],
     tags: list[str],
     state: State[Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> FlowRun:
     """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
     create the flow run (`create_run`; Scheduled, or `state`: a pod's direct call creates it
     Running), and, if the create fails, discard the sealed values again so that no
-    `pipedeploy-sealed-*` block outlives a run that was never made.
+    `pipedeploy-sealed-*` block outlives a run that was never made. With `idempotency_key`,
+    a second create with the same key gives back the run the first one made (Prefect's rule):
+    a gateway that lost a pod's answer creates no second run.
 
     Raises what `create_run` raises: `ObjectNotFound` when the deployment is gone,
     `PrefectHTTPStatusError` when the API refuses the run.
@@ -92,7 +95,14 @@ async def create_execution(
         # each sealed value is named in a tag of its run, so a value whose run is deleted
         # before it ran is found and deleted (`sealed.sweep_sealed`)
         tags = [*tags, *(sealed_tag(key) for key in sealed_keys(sealed))]
-        return await create_run(client, deployment_id, parameters=sealed, tags=tags, state=state)
+        return await create_run(
+            client,
+            deployment_id,
+            parameters=sealed,
+            tags=tags,
+            state=state,
+            idempotency_key=idempotency_key,
+        )
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up
             await discard(client, sealed_keys(sealed))

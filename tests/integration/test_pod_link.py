@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 
-from prefect_pipedeploy.gateway.direct import Door, PodLink, PodLost
+from prefect_pipedeploy.gateway.direct import Door, PodDoors, PodLink, PodLost
+from prefect_pipedeploy.prefect_api.published import publish_pod_status, status_variable_name
 from prefect_pipedeploy.stack import free_port
 
 KEY = "the-key"
@@ -143,5 +145,37 @@ def test_a_wrong_key_gets_no_run() -> None:
             call = await link.offer({"do": "finish"}, [])
             assert await asyncio.wait_for(call.accepted, 5) is None
             await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_pod_doors_read_the_published_door_and_look_again_when_it_is_stale(
+    prefect_api: str,
+) -> None:
+    """`PodDoors` against a real Prefect server: a door published for a pod that is gone (a
+    stale status) cannot be reached, so the call has the doors read again at once and goes to
+    the door published since (a re-created pod); with none that answers, the call takes the
+    worker's path (None)."""
+
+    async def scenario() -> None:
+        deployment_id = uuid.uuid4()
+        async with get_client() as client, scripted_door() as (door, _):
+            doors = PodDoors(client)
+            stale = {"host": "127.0.0.1", "port": free_port(), "key": KEY}
+
+            async def publish(direct: dict[str, Any]) -> None:
+                value = {"status": "up", "direct": direct, "worker": "w1"}
+                await publish_pod_status(client, deployment_id, "w1", value)
+
+            await publish(stale)
+            assert await doors.offer(deployment_id, 4, {"do": "finish"}, []) is None
+            await publish(stale)
+            assert await doors.doors(deployment_id, 4)  # read, and kept for DOORS_TTL_S
+            await publish({"host": door.host, "port": door.port, "key": KEY})
+            call = await doors.offer(deployment_id, 4, {"do": "finish", "n": 7}, [])
+            assert call is not None  # the stale door failed, the fresh one was read and taken
+            assert (await asyncio.wait_for(call.finished, 5))["outputs"] == {"n": 7}
+            await doors.close()
+            await client.delete_variable_by_name(status_variable_name(deployment_id, "w1"))
 
     asyncio.run(scenario())

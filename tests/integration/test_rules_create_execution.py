@@ -12,12 +12,15 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Running
 
 from prefect_pipedeploy import DeploymentNotFound, PipeDeploy
 from prefect_pipedeploy.gateway import service
 from prefect_pipedeploy.gateway.app import create_app
 from prefect_pipedeploy.gateway.service import Gateway
+from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.prefect_api.sealed import BLOCK_PREFIX, REFERENCE_PREFIX
+from prefect_pipedeploy.spec import spec_from_job_variables
 from tests.support.paths import PIPELINES
 
 DEMO = PIPELINES
@@ -112,3 +115,28 @@ async def test_the_gateway_discards_the_sealed_value_of_a_failed_create(
         assert response.status_code == 404, response.text
         assert "no endpoint at" in response.json()["message"]
         assert await sealed_blocks(client) == before
+
+
+@pytest.mark.anyio
+async def test_a_second_create_with_the_call_key_gives_back_the_first_run(
+    prefect_api: str, pool: str
+) -> None:
+    """Direct dispatch: a pod that created a call's run Running and whose answer was lost; the
+    gateway's fallback create with the same key gets that run back, not a second one."""
+    sdk = PipeDeploy(work_pool_name=pool)
+    created = await sdk.acreate_deployment(f"{DEMO}:score", f"keyed-{uuid.uuid4().hex[:6]}")
+    deployment_id = uuid.UUID(created["id"])
+    key = f"pipedeploy-call-{uuid.uuid4()}"
+    async with get_client() as client:
+        deployment = await client.read_deployment(deployment_id)
+        spec = spec_from_job_variables(deployment.job_variables)
+        by_pod = await create_execution(
+            client, deployment_id, spec, {}, ["t"], state=Running(), idempotency_key=key
+        )
+        by_gateway = await create_execution(
+            client, deployment_id, spec, {}, ["t"], idempotency_key=key
+        )
+        assert by_gateway.id == by_pod.id
+        assert by_gateway.state is not None and by_gateway.state.is_running()
+        other = await create_execution(client, deployment_id, spec, {}, ["t"])
+        assert other.id != by_pod.id

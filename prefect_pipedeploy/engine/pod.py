@@ -20,8 +20,8 @@ none do); the pod answers {"event": "ready", "pid": ..., "direct": {host, port, 
 bool} (a run took a slot; `direct`: the pod created it for a gateway call, `engine.direct`),
 {"event": "finished", "flow_run_id": ..., "state": ..., "message": ..., "sealed": bool}.
 Up to the deployment's parallelism runs execute at once, whichever way they came; a run the
-worker hands over while every slot is taken waits for one. A thread writes a byte to FD2 every second: the worker kills a pod whose
-heartbeats stop (stopped with SIGSTOP, or deadlocked).
+worker hands over while every slot is taken waits for one. A thread writes a byte to FD2 every
+second: the worker kills a pod whose heartbeats stop (stopped with SIGSTOP, or deadlocked).
 
 Cancelling a run (its Cancelling state, seen by the worker): an `async def` run's task is
 cancelled and the run ends Cancelled. A `def` run's thread cannot be stopped (CPython cannot kill

@@ -100,13 +100,14 @@ class DirectCall:
 
 
 class PodLink:
-    """One open connection to a pod, carrying many calls at once."""
+    """One open connection to a pod, carrying many calls at once (re-opened when it ends; the
+    calls of a connection that ended are lost with it, never those of the next one)."""
 
     def __init__(self, door: Door) -> None:
         self.door = door
         self._writer: asyncio.StreamWriter | None = None
+        self._calls: dict[int, DirectCall] = {}  # of the current connection
         self._reader_task: asyncio.Task[None] | None = None
-        self._calls: dict[int, DirectCall] = {}
         self._ids = itertools.count(1)
         self._connecting = asyncio.Lock()
 
@@ -114,36 +115,40 @@ class PodLink:
     def closed(self) -> bool:
         return self._writer is None or self._writer.is_closing()
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> tuple[asyncio.StreamWriter, dict[int, DirectCall]]:
         async with self._connecting:
             if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+                return self._writer, self._calls
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.door.host, self.door.port, limit=LINE_LIMIT_BYTES),
                 CONNECT_TIMEOUT_S,
             )
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read(reader))
-            return writer
+            self._writer, self._calls = writer, {}
+            self._reader_task = asyncio.create_task(self._read(reader, writer, self._calls))
+            return writer, self._calls
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        calls: dict[int, DirectCall],
+    ) -> None:
         try:
             while line := await reader.readline():
                 message = json.loads(line)
-                call = self._calls.get(message.get("id"))
+                call = calls.get(message.get("id"))
                 if call is None:
                     continue
                 call.on_message(message)
                 if "finished" in message or "refused" in message:
-                    self._calls.pop(message["id"], None)
+                    calls.pop(message["id"], None)
         except (ConnectionError, ValueError) as exc:
             logger.debug("The connection to a pod ended: %s", exc)
         finally:
-            calls, self._calls = self._calls, {}
-            for call in calls.values():
+            writer.close()
+            for call in list(calls.values()):
                 call.lost("the connection to the pod ended")
-            if self._writer is not None:
-                self._writer.close()
+            calls.clear()
 
     async def offer(
         self, parameters: dict[str, Any], tags: list[str], idempotency_key: str | None = None
@@ -151,12 +156,12 @@ class PodLink:
         """Send a call; its futures resolve as the pod answers (see the module)."""
         call = DirectCall()
         try:
-            writer = await self._connect()
+            writer, calls = await self._connect()
         except (OSError, asyncio.TimeoutError) as exc:
             call.lost(f"the pod cannot be reached: {exc}")
             return call
         number = next(self._ids)
-        self._calls[number] = call
+        calls[number] = call
         message = {
             "id": number,
             "key": self.door.key,
@@ -168,7 +173,7 @@ class PodLink:
             writer.write(json.dumps(message).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, RuntimeError) as exc:
-            self._calls.pop(number, None)
+            calls.pop(number, None)
             call.lost(f"the pod cannot be reached: {exc}")
         return call
 

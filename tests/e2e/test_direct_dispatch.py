@@ -69,8 +69,7 @@ def deploy_up(sdk: PipeDeploy, function: str, **settings: Any) -> dict[str, str]
         name,
         mode="low_latency",
         ram_request="256MiB",
-        max_retries=0,
-        **settings,
+        **{"max_retries": 0, **settings},
     )
     eventually(
         lambda: sdk.get_deployment(name),
@@ -383,3 +382,20 @@ def test_a_queue_mode_deployment_on_two_workers_keeps_the_worker_path(
     assert not any(took_directly(r) for r in records.values()), records
     spans = [(r["run"].start_time, r["run"].end_time) for r in records.values()]
     assert most_at_once(spans) == 1, spans
+
+
+def test_a_call_the_pod_took_that_fails_is_retried_and_answered(
+    gateway: httpx.Client, sdk: PipeDeploy
+) -> None:
+    """A direct run that fails with a retry left is retried as any run (its worker queues it
+    again, and the worker's path runs it): the waiting caller gets the second attempt's
+    outputs."""
+    deployed = deploy_up(sdk, "queue_step", max_retries=1)
+    answered = call(gateway, deployed, {"label": "retried", "fail_attempts": 1, "sleep_s": 0})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["outputs"] == {"label": "retried", "attempt": 2}
+    execution_id = answered.json()["execution_id"]
+    record = history([execution_id])[execution_id]
+    assert took_directly(record), record
+    assert record["run"].run_count == 2, record
+    assert StateType.FAILED in record["types"] and record["types"][-1] == StateType.COMPLETED

@@ -266,14 +266,7 @@ class PipeDeployWorker(
                 recovered_at = time.monotonic()
                 try:  # runs a worker killed and restarted at once left Pending
                     await self.leftovers.end_runs_of_dead_orphans()
-                    if await recover_abandoned(
-                        self.client,
-                        self.pool_name,
-                        get_settings().pending_recovery_s,
-                        self.worker_logger,
-                        held=self._held_runs(),
-                        me=self.claimer,
-                    ):
+                    if await self._recover_abandoned():
                         self.wake()
                 except Exception as exc:
                     self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
@@ -318,14 +311,23 @@ class PipeDeployWorker(
             self.worker_logger.info(
                 "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
             )
-        await recover_abandoned(
+        await self._recover_abandoned()
+        self.wake()
+
+    async def _recover_abandoned(self) -> int:
+        """Re-queue the pool's runs left Pending by gone workers (`recover_abandoned`); never
+        this worker's own held runs. (Before, the first-round look passed none as held: when it
+        failed under load and ran again on a later round, the worker had claimed runs since,
+        found its own claims older than `pending_recovery_s` and re-queued them, so an elastic
+        run executed up to six times.)"""
+        return await recover_abandoned(
             self.client,
             self.pool_name,
             get_settings().pending_recovery_s,
             self.worker_logger,
+            held=self._held_runs(),
             me=self.claimer,
         )
-        self.wake()
 
     @property
     def api_url(self) -> str | None:

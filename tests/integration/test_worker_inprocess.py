@@ -30,6 +30,7 @@ from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.admission import Holding
 from prefect_pipedeploy.examples import demo
 from prefect_pipedeploy.runtimes.low_latency import PodHandle
+from prefect_pipedeploy.settings import temporary_settings
 from prefect_pipedeploy.spec import spec_from_job_variables
 from prefect_pipedeploy.status import PodStatus
 from prefect_pipedeploy.worker import PipeDeployWorker
@@ -291,3 +292,27 @@ async def test_a_run_a_live_worker_claimed_is_not_recovered_however_long_it_wait
     }
     pending = states["live here"]
     assert pending is not None and Claimer.of(pending.message) == claimers["live here"]
+
+
+async def test_the_first_look_for_abandoned_runs_leaves_the_workers_own_held_runs_alone(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: the worker's first look for runs left Pending by dead workers (`_recover`, on the
+    first round after it synced, and again on later rounds while it failed) held none of the
+    worker's own runs back: a run the worker had claimed in the meantime and was starting, Pending
+    for longer than `pending_recovery_s`, counted as its own abandoned claim and was re-queued,
+    and the worker ran it again (two workers, `pending_recovery_s` 1 s: elastic runs executed
+    two to six times). Now every look leaves the runs the worker holds alone."""
+    deployment = await deploy(sdk, client)
+    mine = await new_run(client, deployment)
+    assert await claim(client, mine, worker.claimer)
+    worker._elastic_running.add(mine.id)  # being started by this worker
+    gone = await new_run(client, deployment)
+    assert await claim(client, gone, worker.claimer)  # claimed, then dropped: nobody holds it
+    with temporary_settings(pending_recovery_s=0.001):
+        await asyncio.sleep(0.01)
+        await worker._recover()
+    held, dropped = [(await client.read_flow_run(r.id)).state for r in (mine, gone)]
+    assert held is not None and dropped is not None
+    assert (held.type.value, Claimer.of(held.message)) == ("PENDING", worker.claimer)
+    assert (dropped.name, dropped.message) == ("Recovered", RECOVERED_MESSAGE)

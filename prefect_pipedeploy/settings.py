@@ -27,6 +27,8 @@ or Prefect's own settings (`prefect.settings`).
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -215,11 +217,64 @@ _overrides: ContextVar[Mapping[str, Any]] = ContextVar(
 
 
 def get_settings() -> PipeDeploySettings:
-    """The settings as their sources say now (read anew at each call, nothing cached).
+    """The settings as their sources say now. Read at the first call, and again whenever a source
+    may have changed since: the `temporary_settings` in force, the working directory, a
+    `PREFECT_*` environment variable, or the size or time of a settings file (`.env`,
+    `prefect.toml`, `pyproject.toml`, the profiles file). Otherwise the same object comes back:
+    do not modify it. (Reading every source took about 1.5 ms, and the gateway asks several
+    times per call: half its CPU went there under load, issue 14.)
 
     Raises `InvalidSettings` naming each bad setting, its variable and the rule it breaks.
     """
-    return _build(_overrides.get())
+    overrides = _overrides.get()
+    key = _sources_key(overrides)
+    if _settled(key):
+        settings = _read.get(key)
+        if settings is None:
+            settings = _build(overrides)
+            if len(_read) >= _READ_KEPT:
+                _read.clear()
+            _read[key] = settings
+        return settings
+    return _build(overrides)
+
+
+# Settings read, by the state of their sources (`_sources_key`); a few kept, for the contexts
+# of `temporary_settings` that alternate.
+_read: dict[tuple[Any, ...], PipeDeploySettings] = {}
+_READ_KEPT = 16
+
+
+def _sources_key(overrides: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the settings read from, in a form that changes whenever they may (its last item: the
+    settings files' times and sizes, see `_settled`)."""
+    profiles = os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(
+        os.environ.get("PREFECT_HOME") or os.path.expanduser("~/.prefect"), "profiles.toml"
+    )
+    return (
+        tuple(sorted((name, repr(value)) for name, value in overrides.items())),
+        os.getcwd(),
+        tuple(sorted(item for item in os.environ.items() if item[0].startswith("PREFECT_"))),
+        tuple(_stamp(path) for path in (".env", "prefect.toml", "pyproject.toml", profiles)),
+    )
+
+
+def _settled(key: tuple[Any, ...]) -> bool:
+    """Whether no settings file changed within `_SETTLE_NS`: a file rewritten twice at the same
+    size within the clock's resolution looks unchanged, so a recent one is read every time."""
+    now = time.time_ns()
+    return all(stamp is None or now - stamp[0] > _SETTLE_NS for stamp in key[-1])
+
+
+_SETTLE_NS = 2_000_000_000
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 @contextmanager

@@ -8,6 +8,7 @@ PREFECT_PROFILES_PATH pointing at a temporary profiles.toml.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect_pipedeploy.settings import (
     PipeDeploySettings,
     env_name,
     get_settings,
+    temporary_settings,
 )
 
 PREFIX = "PREFECT_INTEGRATIONS_PIPEDEPLOY_"
@@ -153,6 +155,52 @@ def test_settings_are_read_anew_at_each_call(monkeypatch: pytest.MonkeyPatch) ->
     assert get_settings().poll_seconds == 7.0
     monkeypatch.delenv(env_name("poll_seconds"))
     assert get_settings().poll_seconds == 2.0
+
+
+SOURCE_FILES = {
+    ".env": lambda pool: f"PREFECT_INTEGRATIONS_PIPEDEPLOY_DEFAULT_POOL={pool}\n",
+    "prefect.toml": lambda pool: f'[integrations.pipedeploy]\ndefault_pool = "{pool}"\n',
+    "pyproject.toml": lambda pool: (
+        f'[tool.prefect.integrations.pipedeploy]\ndefault_pool = "{pool}"\n'
+    ),
+    "profiles.toml": lambda pool: (
+        f'active = "test"\n\n[profiles.test]\nPREFECT_INTEGRATIONS_PIPEDEPLOY_DEFAULT_POOL = "{pool}"\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCE_FILES))
+def test_a_settings_file_rewritten_is_read_again_and_nothing_else_is(
+    isolated: Path, source: str
+) -> None:
+    """Settings are kept between calls (reading every source took ~1.5 ms, several times per
+    gateway call) but never past a change of a source: each file, rewritten, is read again."""
+    path = isolated.parent / source if source == "profiles.toml" else isolated / source
+    path.write_text(SOURCE_FILES[source]("first"))
+    assert get_settings().default_pool == "first"
+    path.write_text(SOURCE_FILES[source]("again"))  # same size, same clock tick: seen
+    assert get_settings().default_pool == "again"
+    settled = time.time() - 60
+    os.utime(path, (settled, settled))
+    kept = get_settings()
+    assert kept.default_pool == "again"
+    assert get_settings() is kept  # nothing changed: nothing read again
+    path.write_text(SOURCE_FILES[source]("the-second-one"))
+    assert get_settings().default_pool == "the-second-one"
+    path.unlink()
+    assert get_settings().default_pool == "pipedeploy"  # the default
+
+
+def test_a_change_of_working_directory_or_override_is_read_again(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (isolated / "prefect.toml").write_text('[integrations.pipedeploy]\ndefault_pool = "here"\n')
+    assert get_settings().default_pool == "here"
+    with temporary_settings(default_pool="overridden"):
+        assert get_settings().default_pool == "overridden"
+    assert get_settings().default_pool == "here"
+    monkeypatch.chdir(isolated.parent)
+    assert get_settings().default_pool == "pipedeploy"  # the default
 
 
 def test_dotenv_file(isolated: Path) -> None:

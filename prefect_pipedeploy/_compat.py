@@ -3,7 +3,8 @@
 For: every use prefect-pipedeploy makes of what Prefect does not promise to keep: the flow-run
 suspension registry and observer (one observer per pod instead of one per run), flow engines with
 that observer swapped out and a call right before a run's final state, the API log sink (a
-process's own sending of its runs' log lines), the raw `/variables/filter` endpoint, the status
+process's own sending of its runs' log lines), the raw `/variables/filter` and `/flow_runs/`
+endpoints, the status
 codes of concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does
 not retry a refused connection (Prefect's retries it for a minute once connected), the `_sync=True`
 switch of Prefect's dual sync/async methods, and the private hooks and attributes of `BaseWorker`
@@ -36,6 +37,7 @@ from prefect._flow_run_suspension import (
 )
 from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.blocks.core import Block
+from prefect.client.schemas.actions import FlowRunCreate
 from prefect.client.schemas.objects import FlowRun, State, Variable
 from prefect.exceptions import Abort
 from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
@@ -156,6 +158,18 @@ def _ended_elsewhere(engine: Any) -> State[Any] | None:
     if final is not None:
         flow_run.state, flow_run.state_name, flow_run.state_type = final, final.name, final.type
     return final
+
+
+async def create_flow_run_plain(client: PrefectClient, body: FlowRunCreate) -> FlowRun:
+    """`POST /flow_runs/` with `body`: Prefect's plain create route, for a run of a deployment
+    (3.9.1: `deployment_id` of `FlowRunCreate` is marked deprecated but kept; the server builds
+    the run from the body as given, with the deployment's labels, the work queue named by
+    `work_pool_name` and `work_queue_name`, idempotency by flow and key; it does not check the
+    job variables against the pool's schema, which its create-from-deployment route does)."""
+    response = await client.request(
+        "POST", "/flow_runs/", json=body.model_dump(mode="json", exclude_unset=True)
+    )
+    return FlowRun.model_validate(response.json())
 
 
 # Runs created already Running (a pod's direct calls): their engine's first proposal, Running,

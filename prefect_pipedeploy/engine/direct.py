@@ -5,7 +5,9 @@ worker publishes the address and a key with the pod's status (`prefect_api.publi
 gateway (`gateway.direct`) keeps a connection open to it. For each call it takes a free slot of
 the pod (`Pod.take_slot_now`: none free, or runs of the deployment waiting for the pod, and the
 call is refused: the gateway takes the worker's path), creates the execution in Prefect already
-Running (`prefect_api.runs.create_execution`; its engine does not propose Running again), tells
+Running (`prefect_api.runs.create_execution`, through Prefect's plain create route when the
+gateway read the deployment as the pod has it, `same_version`; its engine does not propose
+Running again), tells
 the worker about it as about a run it handed over (so a pod that dies under it ends it
 Crashed), runs it like any other run of the pod, and answers once its final state and its logs
 are stored, with the outputs. Not for: deciding who may call (the gateway checks tokens), runs
@@ -13,7 +15,7 @@ made any other way (the worker's path).
 
 Protocol: JSON lines both ways on one connection, calls answered out of order by their `id`.
 The gateway sends {"id": N, "key": KEY, "parameters": {...}, "tags": [...], "idempotency_key":
-K}; the pod answers
+K, "deployment_updated": ISO}; the pod answers
 {"id": N, "refused": why} or {"id": N, "accepted": RUN_ID} and later {"id": N, "finished":
 RUN_ID, "state": TYPE, "message": ..., "outputs": {...}, "stored": {...}}. A wrong key closes the
 connection.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hmac
 import json
 import secrets
@@ -105,6 +108,7 @@ class DirectDoor:
                 list(call.get("tags") or []),
                 state=Running(message=DIRECT_MESSAGE),
                 idempotency_key=call.get("idempotency_key"),
+                deployment=pod.deployment if same_version(pod, call) else None,
             )
         except Exception as exc:  # the gateway's own create shows the caller why
             pod.release_slot()
@@ -129,3 +133,17 @@ class DirectDoor:
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+
+
+def same_version(pod: Pod, call: dict[str, Any]) -> bool:
+    """Whether the gateway read the deployment of a call as the pod has it (the same `updated`
+    time): then the pod's copy makes the run (`runs.plain_create`); otherwise one of them has
+    not seen a change yet (the worker hands the pod a changed deployment within a round) and the
+    server's create-from-deployment route makes it from the deployment as stored."""
+    stamp, mine = call.get("deployment_updated"), pod.deployment.updated
+    if not isinstance(stamp, str) or mine is None:
+        return False
+    try:
+        return datetime.datetime.fromisoformat(stamp) == mine
+    except ValueError:
+        return False

@@ -151,7 +151,11 @@ class PodLink:
             calls.clear()
 
     async def offer(
-        self, parameters: dict[str, Any], tags: list[str], idempotency_key: str | None = None
+        self,
+        parameters: dict[str, Any],
+        tags: list[str],
+        idempotency_key: str | None = None,
+        deployment_updated: str | None = None,
     ) -> DirectCall:
         """Send a call; its futures resolve as the pod answers (see the module)."""
         call = DirectCall()
@@ -168,6 +172,7 @@ class PodLink:
             "parameters": parameters,
             "tags": tags,
             "idempotency_key": idempotency_key,
+            "deployment_updated": deployment_updated,
         }
         try:
             writer.write(json.dumps(message).encode() + b"\n")
@@ -220,6 +225,7 @@ class PodDoors:
         parameters: dict[str, Any],
         tags: list[str],
         idempotency_key: str | None = None,
+        deployment_updated: str | None = None,
     ) -> DirectCall | None:
         """Offer the call to the deployment's pods in turn; the call one of them accepted, or
         None (none can take it now: the call takes the worker's path). A pod that cannot be
@@ -235,7 +241,7 @@ class PodDoors:
                 link = self._links.get(door)
                 if link is None:
                     link = self._links[door] = PodLink(door)
-                call = await link.offer(parameters, tags, idempotency_key)
+                call = await link.offer(parameters, tags, idempotency_key, deployment_updated)
                 if await call.accepted is not None:
                     return call
                 if link.closed:  # gone: a stale status, a pod re-created

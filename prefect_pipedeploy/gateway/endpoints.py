@@ -51,6 +51,9 @@ class Endpoint:
     set_by_deployment: Mapping[str, str]
     """Pipeline inputs a caller cannot give, and what sets them ("a constant", ...)."""
     paused: bool = False
+    updated: str | None = None
+    """When the deployment was last changed, as read (ISO 8601): a pod whose own copy is older
+    creates a direct call's run through Prefect's full route (`runs.plain_create`)."""
 
     def field(self, name: str) -> InputField | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -135,6 +138,7 @@ def endpoint_of(deployment: DeploymentResponse) -> Endpoint | None:
         fields=tuple(fields),
         set_by_deployment=set_by,
         paused=bool(deployment.paused),
+        updated=deployment.updated.isoformat() if deployment.updated else None,
     )
 
 

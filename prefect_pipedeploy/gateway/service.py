@@ -672,6 +672,7 @@ class Gateway:
                     parameters,
                     RUN_TAGS,
                     idempotency_key,
+                    endpoint.updated,
                 )
         except (QueueFull, CallerGone):
             return None

@@ -3,7 +3,8 @@
 For: `when_api_answers` (wait, bounded, for an API that is restarting: a process's first call must
 not fail because the server is away for a moment), `create_execution` (seal the secret inputs,
 create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
-start an execution), `create_run` (the create itself), `fail_run` / `crash_run` / `cancel_run`
+start an execution), `create_run` (the create itself; `create_deployment_run`, the same run
+through Prefect's plain create route where it can, `plain_create`: a pod's direct calls), `fail_run` / `crash_run` / `cancel_run`
 (mark a run Failed, Crashed or Cancelled with a message, leaving a run that is already final
 alone), and `request_cancel` (the Cancelling state the UI's Cancel writes). Not for: running the
 pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
@@ -16,18 +17,24 @@ pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and up
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import FlowRunCreate
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
-from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled
+from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled, to_state_create
 from prefect.utilities.engine import propose_state
+from prefect.utilities.schema_tools.validation import CircularSchemaRefError, ValidationError
+from prefect.utilities.schema_tools.validation import validate as validate_parameters
 
+from prefect_pipedeploy._compat import create_flow_run_plain
 from prefect_pipedeploy.exceptions import ServerUnavailable
 from prefect_pipedeploy.prefect_api.busy import retry_busy
 from prefect_pipedeploy.prefect_api.sealed import discard, seal_inputs, sealed_keys, sealed_tag
@@ -70,6 +77,75 @@ async def create_run(client: PrefectClient, deployment_id: UUID, **kwargs: Any) 
         raise
 
 
+def plain_create(
+    deployment: DeploymentResponse,
+    parameters: Mapping[str, Any],
+    tags: Sequence[str],
+    state: State[Any] | None,
+    idempotency_key: str | None,
+) -> FlowRunCreate | None:
+    """The body with which Prefect's plain create route (`_compat.create_flow_run_plain`) makes
+    the same run as its create-from-deployment route would for these arguments; None where it
+    cannot, and that route must make it.
+
+    The same: the deployment's default parameters under the given ones, its tags with the given
+    ones, its flow, work pool and queue, its parameter schema enforced (here, with Prefect's own
+    check: a refusal goes to the other route, which answers it as it always has). Not made here:
+    a deployment with a version (the plain route cannot record it on the run), parameters with
+    values the server would hydrate (`__prefect_kind`), a deployment without a work queue. What
+    the other route adds is its check of the deployment's job variables against the pool's
+    schema, about 40 ms of the server's time for the `pipedeploy` pool, inside the create's
+    database transaction (issue 14); a deployment's job variables were checked when it was
+    created or updated."""
+    if deployment.version is not None or not deployment.work_pool_name:
+        return None
+    if not deployment.work_queue_name:
+        return None
+    merged = {**(deployment.parameters or {}), **parameters}
+    if HYDRATED in json.dumps(merged, default=str):
+        return None
+    if deployment.enforce_parameter_schema:
+        schema = deployment.parameter_openapi_schema
+        if not isinstance(schema, dict):
+            return None
+        try:
+            validate_parameters(merged, schema, raise_on_error=True)
+        except (ValidationError, CircularSchemaRefError):
+            return None
+    return FlowRunCreate(
+        flow_id=deployment.flow_id,
+        deployment_id=deployment.id,
+        parameters=merged,
+        tags=sorted({*deployment.tags, *tags}),
+        state=to_state_create(state or Scheduled()),
+        idempotency_key=idempotency_key,
+        work_pool_name=deployment.work_pool_name,
+        work_queue_name=deployment.work_queue_name,
+    )
+
+
+#: The key of a parameter value Prefect's server replaces when it creates a run (a workspace
+#: variable, a Jinja template, JSON text).
+HYDRATED = "__prefect_kind"
+
+
+async def create_deployment_run(
+    client: PrefectClient, deployment: DeploymentResponse, **kwargs: Any
+) -> FlowRun:
+    """`create_run(client, deployment.id, **kwargs)`, made through Prefect's plain create route
+    where that makes the same run (`plain_create`): about 40 ms less of the server's time."""
+    body = plain_create(
+        deployment,
+        kwargs.get("parameters") or {},
+        kwargs.get("tags") or [],
+        kwargs.get("state"),
+        kwargs.get("idempotency_key"),
+    )
+    if body is None:
+        return await create_run(client, deployment.id, **kwargs)
+    return await retry_busy(client, lambda: create_flow_run_plain(client, body))
+
+
 async def create_execution(
     client: PrefectClient,
     deployment_id: UUID,
@@ -78,10 +154,11 @@ async def create_execution(
     tags: list[str],
     state: State[Any] | None = None,
     idempotency_key: str | None = None,
+    deployment: DeploymentResponse | None = None,
 ) -> FlowRun:
     """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
     create the flow run (`create_run`; Scheduled, or `state`: a pod's direct call creates it
-    Running), and, if the create fails, discard the sealed values again so that no
+    Running; given the `deployment` as read, `create_deployment_run`), and, if the create fails, discard the sealed values again so that no
     `pipedeploy-sealed-*` block outlives a run that was never made. With `idempotency_key`,
     a second create with the same key gives back the run the first one made (Prefect's rule):
     a gateway that lost a pod's answer creates no second run.
@@ -95,14 +172,10 @@ async def create_execution(
         # each sealed value is named in a tag of its run, so a value whose run is deleted
         # before it ran is found and deleted (`sealed.sweep_sealed`)
         tags = [*tags, *(sealed_tag(key) for key in sealed_keys(sealed))]
-        return await create_run(
-            client,
-            deployment_id,
-            parameters=sealed,
-            tags=tags,
-            state=state,
-            idempotency_key=idempotency_key,
-        )
+        create = dict(parameters=sealed, tags=tags, state=state, idempotency_key=idempotency_key)
+        if deployment is not None and deployment.id == deployment_id:
+            return await create_deployment_run(client, deployment, **create)
+        return await create_run(client, deployment_id, **create)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up
             await discard(client, sealed_keys(sealed))

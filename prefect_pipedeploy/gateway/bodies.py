@@ -29,6 +29,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from prefect_pipedeploy.gateway.answers import GatewayError
+from prefect_pipedeploy.prefect_api.runs import HYDRATED
 from prefect_pipedeploy.settings import PipeDeploySettings, get_settings
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ def json_value_problem(value: Any) -> tuple[tuple[str | int, ...], str] | None:
     """The first part of a parsed JSON value that is no value an execution can take, and why:
     nested deeper than `MAX_DEPTH`, a string (or an object key) with a lone surrogate (Prefect
     cannot encode it), a number beyond a 64-bit float (`1e400` parses as infinity, a 400-digit
-    integer fits no pipeline's float). None when it is fine. Iterative: any depth is safe."""
+    integer fits no pipeline's float), an object Prefect's server would hydrate (a key
+    `__prefect_kind`, `runs.HYDRATED`). None when it is fine. Iterative: any depth is safe."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -146,6 +148,12 @@ def json_value_problem(value: Any) -> tuple[tuple[str | int, ...], str] | None:
                 key_problem = _text_problem(key)
                 if key_problem:
                     return path, f"has a key that {key_problem}"
+                if key == HYDRATED:
+                    return path, (
+                        f"has an object with the key {HYDRATED!r}, which Prefect reserves: its "
+                        "server would replace the object (with a workspace variable's value, a "
+                        "rendered template) before the pipeline saw it; rename the key"
+                    )
                 stack.append((child, (*path, key)))
         elif isinstance(item, list):
             stack.extend((child, (*path, index)) for index, child in enumerate(item))

@@ -130,6 +130,14 @@ BIG_INTEGER = "9" * 400
             400,
             ("input 'times'", "integer of 400 digits", "64-bit float"),
         ),
+        # before: Prefect's server replaced the object when it created the run: a caller read a
+        # workspace variable, or had a template rendered, through any pipeline echoing an input
+        (
+            b'{"name": "a", "times": 1, "extra": {"__prefect_kind": "workspace_variable", '
+            b'"variable_name": "team-secret"}}',
+            400,
+            ("input 'extra'", "'__prefect_kind', which Prefect reserves", "rename the key"),
+        ),
     ],
     ids=[
         "1000 nested arrays",
@@ -141,6 +149,7 @@ BIG_INTEGER = "9" * 400
         "1e400",
         "-1e400",
         "400-digit integer",
+        "an object Prefect's server would hydrate",
     ],
 )
 async def test_hostile_values_are_refused_by_name(

@@ -44,6 +44,13 @@ def deep(depth: int) -> Any:
         ({"a": float("-inf")}, ("a",), "too large for a 64-bit float"),
         ({"a": 10**400}, ("a",), "integer of 401 digits"),
         ({"a": -(10**309)}, ("a",), "integer of 310 digits"),
+        ({"a": {"__prefect_kind": "workspace_variable", "variable_name": "v"}}, ("a",), "reserves"),
+        (
+            {"a": [1, {"b": {"__prefect_kind": "jinja", "template": "{{ 1 }}"}}]},
+            ("a", 1, "b"),
+            "rename",
+        ),
+        ({"a": {"prefect_kind": 1, "kind": "__prefect_kind"}}, None, None),
     ],
     ids=[
         "ordinary",
@@ -57,6 +64,9 @@ def deep(depth: int) -> Any:
         "minus infinity",
         "400-digit integer",
         "negative 310-digit integer",
+        "an object the server would hydrate",
+        "one deep inside",
+        "the name as a value or another key",
     ],
 )
 def test_json_value_problem(value: Any, path: tuple[Any, ...] | None, phrase: str | None) -> None:

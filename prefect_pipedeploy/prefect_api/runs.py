@@ -31,8 +31,6 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled, to_state_create
 from prefect.utilities.engine import propose_state
-from prefect.utilities.schema_tools.validation import CircularSchemaRefError, ValidationError
-from prefect.utilities.schema_tools.validation import validate as validate_parameters
 
 from prefect_pipedeploy._compat import create_flow_run_plain
 from prefect_pipedeploy.exceptions import ServerUnavailable
@@ -89,10 +87,13 @@ def plain_create(
     cannot, and that route must make it.
 
     The same: the deployment's default parameters under the given ones, its tags with the given
-    ones, its flow, work pool and queue, its parameter schema enforced (here, with Prefect's own
-    check: a refusal goes to the other route, which answers it as it always has). Not made here:
-    a deployment with a version (the plain route cannot record it on the run), parameters with
-    values the server would hydrate (`__prefect_kind`), a deployment without a work queue. What
+    ones, its flow, work pool and queue. Not made here: a deployment with a version (the plain
+    route cannot record it on the run), parameters with values the server would hydrate
+    (`__prefect_kind`), a deployment without a work queue, a deployment that enforces its
+    parameter schema (the server checks it on that route and answers a refusal as it always
+    has; checking it here would import Prefect's schema validation into every pod and
+    execution process, 20 MiB of RSS, past the 128 MiB some deployments request; the SDK's
+    deployments leave enforcement off, `prefect deploy`'s turn it on). What
     the other route adds is its check of the deployment's job variables against the pool's
     schema, about 40 ms of the server's time for the `pipedeploy` pool, inside the create's
     database transaction (issue 14); a deployment's job variables were checked when it was
@@ -105,13 +106,7 @@ def plain_create(
     if HYDRATED in json.dumps(merged, default=str):
         return None
     if deployment.enforce_parameter_schema:
-        schema = deployment.parameter_openapi_schema
-        if not isinstance(schema, dict):
-            return None
-        try:
-            validate_parameters(merged, schema, raise_on_error=True)
-        except (ValidationError, CircularSchemaRefError):
-            return None
+        return None
     return FlowRunCreate(
         flow_id=deployment.flow_id,
         deployment_id=deployment.id,

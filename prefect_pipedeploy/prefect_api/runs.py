@@ -4,8 +4,8 @@ For: `when_api_answers` (wait, bounded, for an API that is restarting: a process
 not fail because the server is away for a moment), `create_execution` (seal the secret inputs,
 create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
 start an execution), `create_run` (the create itself; `create_deployment_run`, the same run
-through Prefect's plain create route where it can, `plain_create`: a pod's direct calls), `fail_run` / `crash_run` / `cancel_run`
-(mark a run Failed, Crashed or Cancelled with a message, leaving a run that is already final
+through Prefect's plain create route where it can, `plain_create`: a pod's direct calls),
+`fail_run` / `crash_run` / `cancel_run` (mark a run Failed, Crashed or Cancelled with a message, leaving a run that is already final
 alone), and `request_cancel` (the Cancelling state the UI's Cancel writes). Not for: running the
 pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
 (`gateway.service`).
@@ -93,19 +93,16 @@ def plain_create(
     parameter schema (the server checks it on that route and answers a refusal as it always
     has; checking it here would import Prefect's schema validation into every pod and
     execution process, 20 MiB of RSS, past the 128 MiB some deployments request; the SDK's
-    deployments leave enforcement off, `prefect deploy`'s turn it on). What
-    the other route adds is its check of the deployment's job variables against the pool's
-    schema, about 40 ms of the server's time for the `pipedeploy` pool, inside the create's
-    database transaction (issue 14); a deployment's job variables were checked when it was
-    created or updated."""
-    if deployment.version is not None or not deployment.work_pool_name:
+    deployments leave enforcement off, `prefect deploy`'s turn it on). What the other route
+    adds is its check of the deployment's job variables against the pool's schema, about 40 ms
+    of the server's time for the `pipedeploy` pool, inside the create's database transaction
+    (issue 14); a deployment's job variables were checked when it was created or updated."""
+    if deployment.version is not None or deployment.enforce_parameter_schema:
         return None
-    if not deployment.work_queue_name:
+    if not deployment.work_pool_name or not deployment.work_queue_name:
         return None
     merged = {**(deployment.parameters or {}), **parameters}
     if HYDRATED in json.dumps(merged, default=str):
-        return None
-    if deployment.enforce_parameter_schema:
         return None
     return FlowRunCreate(
         flow_id=deployment.flow_id,
@@ -119,6 +116,9 @@ def plain_create(
     )
 
 
+#: What `create_deployment_run` passes on to the plain route (`plain_create`).
+PLAIN_ARGUMENTS = frozenset({"parameters", "tags", "state", "idempotency_key"})
+
 #: The key of a parameter value Prefect's server replaces when it creates a run (a workspace
 #: variable, a Jinja template, JSON text).
 HYDRATED = "__prefect_kind"
@@ -128,7 +128,11 @@ async def create_deployment_run(
     client: PrefectClient, deployment: DeploymentResponse, **kwargs: Any
 ) -> FlowRun:
     """`create_run(client, deployment.id, **kwargs)`, made through Prefect's plain create route
-    where that makes the same run (`plain_create`): about 40 ms less of the server's time."""
+    where that makes the same run (`plain_create`): about 40 ms less of the server's time.
+    Arguments other than `parameters`, `tags`, `state` and `idempotency_key` take the
+    deployment route."""
+    if set(kwargs) - PLAIN_ARGUMENTS:
+        return await create_run(client, deployment.id, **kwargs)
     body = plain_create(
         deployment,
         kwargs.get("parameters") or {},

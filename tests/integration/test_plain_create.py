@@ -116,3 +116,13 @@ async def test_one_key_is_one_run_whichever_route_made_it(
     )
     assert by_gateway.id == by_pod.id
     assert by_gateway.state is not None and by_gateway.state.is_running()
+
+
+async def test_arguments_the_plain_route_does_not_carry_take_the_deployment_route(
+    sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deployment_of(sdk, client)
+    run = await create_deployment_run(
+        client, deployment, parameters={"text": "a"}, job_variables={"env": {"A": "1"}}
+    )
+    assert run.job_variables == {"env": {"A": "1"}}

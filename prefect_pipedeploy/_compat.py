@@ -161,11 +161,10 @@ def _ended_elsewhere(engine: Any) -> State[Any] | None:
 
 
 async def create_flow_run_plain(client: PrefectClient, body: FlowRunCreate) -> FlowRun:
-    """`POST /flow_runs/` with `body`: Prefect's plain create route, for a run of a deployment
-    (3.9.1: `deployment_id` of `FlowRunCreate` is marked deprecated but kept; the server builds
-    the run from the body as given, with the deployment's labels, the work queue named by
-    `work_pool_name` and `work_queue_name`, idempotency by flow and key; it does not check the
-    job variables against the pool's schema, which its create-from-deployment route does)."""
+    """`POST /flow_runs/` with `body`, for a run of a deployment (3.9.1: `FlowRunCreate`'s
+    `deployment_id` is deprecated but kept; the server adds the deployment's labels, finds the
+    queue by `work_pool_name` and `work_queue_name`, keys idempotency by flow, and skips the
+    job-variables check of the create-from-deployment route)."""
     response = await client.request(
         "POST", "/flow_runs/", json=body.model_dump(mode="json", exclude_unset=True)
     )

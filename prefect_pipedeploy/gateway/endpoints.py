@@ -52,8 +52,8 @@ class Endpoint:
     """Pipeline inputs a caller cannot give, and what sets them ("a constant", ...)."""
     paused: bool = False
     updated: str | None = None
-    """When the deployment was last changed, as read (ISO 8601): a pod whose own copy is older
-    creates a direct call's run through Prefect's full route (`runs.plain_create`)."""
+    """When the deployment was last changed, as read (ISO 8601): a pod whose own copy differs
+    leaves a direct call's run to Prefect's deployment route (`engine.direct.same_version`)."""
 
     def field(self, name: str) -> InputField | None:
         return next((f for f in self.fields if f.name == name), None)

@@ -5,10 +5,10 @@ not fail because the server is away for a moment), `create_execution` (seal the 
 create the run, discard the sealed values if the create fails: the one way the gateway and the SDK
 start an execution), `create_run` (the create itself; `create_deployment_run`, the same run
 through Prefect's plain create route where it can, `plain_create`: a pod's direct calls),
-`fail_run` / `crash_run` / `cancel_run` (mark a run Failed, Crashed or Cancelled with a message, leaving a run that is already final
-alone), and `request_cancel` (the Cancelling state the UI's Cancel writes). Not for: running the
-pipeline (`engine`), deciding retries (`worker`), the gateway's 429 check and uploaded files
-(`gateway.service`).
+`fail_run` / `crash_run` / `cancel_run` (mark a run Failed, Crashed or Cancelled with a
+message, leaving a run that is already final alone), and `request_cancel` (the Cancelling
+state the UI's Cancel writes). Not for: running the pipeline (`engine`), deciding retries
+(`worker`), the gateway's 429 check and uploaded files (`gateway.service`).
 
 `create_run` retries a 503 (a SQLite server whose database is locked) within milliseconds,
 `busy.retry_busy`. Other calls keep Prefect's behaviour.
@@ -131,15 +131,15 @@ async def create_deployment_run(
     where that makes the same run (`plain_create`): about 40 ms less of the server's time.
     Arguments other than `parameters`, `tags`, `state` and `idempotency_key` take the
     deployment route."""
-    if set(kwargs) - PLAIN_ARGUMENTS:
-        return await create_run(client, deployment.id, **kwargs)
-    body = plain_create(
-        deployment,
-        kwargs.get("parameters") or {},
-        kwargs.get("tags") or [],
-        kwargs.get("state"),
-        kwargs.get("idempotency_key"),
-    )
+    body = None
+    if not set(kwargs) - PLAIN_ARGUMENTS:
+        body = plain_create(
+            deployment,
+            kwargs.get("parameters") or {},
+            kwargs.get("tags") or [],
+            kwargs.get("state"),
+            kwargs.get("idempotency_key"),
+        )
     if body is None:
         return await create_run(client, deployment.id, **kwargs)
     return await retry_busy(client, lambda: create_flow_run_plain(client, body))
@@ -157,7 +157,8 @@ async def create_execution(
 ) -> FlowRun:
     """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
     create the flow run (`create_run`; Scheduled, or `state`: a pod's direct call creates it
-    Running; given the `deployment` as read, `create_deployment_run`), and, if the create fails, discard the sealed values again so that no
+    Running; given the `deployment` as read, `create_deployment_run`), and, if the create
+    fails, discard the sealed values again so that no
     `pipedeploy-sealed-*` block outlives a run that was never made. With `idempotency_key`,
     a second create with the same key gives back the run the first one made (Prefect's rule):
     a gateway that lost a pod's answer creates no second run.

@@ -73,6 +73,12 @@ class DataStoreIntegrityError(DataStoreError):
     """An object's content does not match its recorded sha256; upload it again."""
 
 
+class CodeArchiveError(DataStoreError):
+    """A deployment's shipped code cannot be used: its archive is missing from the data store
+    or its digest is not the one recorded; ship the code again with
+    `update_deployment(<name>, pipeline=...)`."""
+
+
 class DataStoreNotConfigured(DataStoreError):
     """No data store is set for this process; set PREFECT_INTEGRATIONS_PIPEDEPLOY_DATA_STORE to
     a saved block ("<block-type-slug>/<name>"): `pipedeploy up` makes a local one, or save an

@@ -94,6 +94,15 @@ class PipeDeploySettings(PrefectBaseSettings):
             "e.g. 'pipedeploy-local-data-store/default' (set by `pipedeploy up`)."
         ),
     )
+    code_max_mib: float = Field(
+        default=100.0,
+        gt=0,
+        description=(
+            "Largest compressed archive of a pipeline's folder that create_deployment ships "
+            "to the data store (code/<sha256>.tar.gz); list what the pipeline does not need "
+            "in the folder's .pipedeployignore."
+        ),
+    )
     gateway_url: str | None = Field(
         default=None, description="Base URL of the endpoint gateway, for the SDK's trigger verbs."
     )

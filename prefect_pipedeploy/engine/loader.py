@@ -25,7 +25,7 @@ from prefect.deployments.steps.core import StepExecutionError, run_steps
 from prefect.exceptions import ScriptError
 from prefect.utilities.importtools import import_object
 
-from prefect_pipedeploy.exceptions import PipelineLoadError
+from prefect_pipedeploy.exceptions import PipeDeployError, PipelineLoadError
 
 ENTRYPOINT_FORM = "'path/to/file.py:function' (or 'package.module:function')"
 
@@ -102,6 +102,8 @@ async def load_deployment_pipeline(
             )
         except StepExecutionError as exc:
             cause = exc.__cause__ or exc
+            if isinstance(cause, PipeDeployError):  # our own step: its message has the fix
+                raise PipelineLoadError(f"deployment {deployment.name!r}: {cause}") from cause
             raise PipelineLoadError(
                 f"deployment {deployment.name!r}: its pull steps failed ({exc}): "
                 f"{type(cause).__name__}: {cause}; fix the deployment's pull steps"

@@ -7,6 +7,7 @@ Not for: executions (`executions`), endpoint calls and tokens (`endpoints`).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import parameter_schema
 
+from prefect_pipedeploy.datastore.code import folder_files, ship_folder
+from prefect_pipedeploy.datastore.configured import (
+    DATA_STORE_VARIABLE,
+    aload_data_store,
+    data_store_reference,
+)
 from prefect_pipedeploy.engine.loader import load_pipeline
 from prefect_pipedeploy.exceptions import (
     DeploymentExists,
@@ -76,9 +83,16 @@ class DeploymentVerbs(Verbs):
         endpoint_token: str | None = None,
         max_retries: int = 1,
         work_pool_name: str | None = None,
+        code_folder: str | Path | None = None,
     ) -> dict[str, Any]:
         """Create a deployment of `pipeline`; returns what get_deployment returns, plus the
-        endpoint token of an endpoint deployment (shown here and nowhere else)."""
+        endpoint token of an endpoint deployment (shown here and nowhere else).
+
+        With a data store configured, the pipeline's folder (its file's directory, or
+        `code_folder`, which must hold the file) is packed and stored in it by digest, and
+        every run fetches it from there (`datastore.code`): the deployment runs on any worker
+        of its pool, with or without the folder on its disk. Without one, runs import the
+        pipeline from the folder on the worker's disk."""
         _check_name(deployment_name)
         values: dict[str, Any] = {
             "execution_rule": execution_rule,
@@ -111,14 +125,15 @@ class DeploymentVerbs(Verbs):
                 )
             await _ensure_pool(client, pool)
             await _check_ram_fits(client, pool, spec, deployment_name)
+            code = await code_source(client, directory, entrypoint, code_folder)
             flow_id = await client.create_flow_from_name(flow.name)
             deployment_id = await client.create_deployment(
                 flow_id=flow_id,
                 name=deployment_name,
                 work_pool_name=pool,
-                entrypoint=entrypoint,
-                path=str(directory),
-                pull_steps=[_working_directory_step(directory)],
+                entrypoint=code.entrypoint,
+                path=code.path,
+                pull_steps=code.pull_steps,
                 job_variables=spec.job_variables(),
                 schedules=spec.prefect_schedules(),
                 description=description,
@@ -165,9 +180,11 @@ class DeploymentVerbs(Verbs):
         return (pod or {}).get("log_tail", "").splitlines()
 
     async def aupdate_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
-        """Change settings of a deployment: any create_deployment setting, or `disabled`."""
+        """Change settings of a deployment: any create_deployment setting, `disabled`, or
+        its code: `pipeline=` (with `code_folder=`) ships the new code as create_deployment
+        does, and its pods are re-created with it."""
         allowed = set(DeploymentSpec.model_fields) - {"endpoint_token_hash"}
-        allowed |= {"description", "disabled"}
+        allowed |= {"description", "disabled", "pipeline", "code_folder"}
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise SpecError(
@@ -194,6 +211,18 @@ class DeploymentVerbs(Verbs):
                     "create a new endpoint deployment instead"
                 )
             update: dict[str, Any] = {"job_variables": spec.job_variables()}
+            if "pipeline" in changes:
+                flow, directory, entrypoint = load_pipeline(changes["pipeline"])
+                spec.check_pipeline_inputs(*pipeline_inputs_of(flow))
+                code = await code_source(client, directory, entrypoint, changes.get("code_folder"))
+                update.update(
+                    entrypoint=code.entrypoint,
+                    path=code.path,
+                    pull_steps=code.pull_steps,
+                    parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
+                )
+            elif "code_folder" in changes:
+                raise SpecError("code_folder: give the pipeline as well (pipeline=...)")
             if "description" in changes:
                 update["description"] = changes["description"]
             if "disabled" in changes:
@@ -248,8 +277,52 @@ def _check_name(name: str) -> None:
         )
 
 
-def _working_directory_step(directory: Path) -> dict[str, Any]:
-    return {"prefect.deployments.steps.set_working_directory": {"directory": str(directory)}}
+@dataclass(frozen=True)
+class CodeSource:
+    """Where a deployment's runs get the pipeline's code: its pull steps, the entrypoint
+    relative to the folder those steps leave them in, and the folder it came from."""
+
+    pull_steps: list[dict[str, Any]]
+    entrypoint: str
+    path: str
+
+
+async def code_source(
+    client: PrefectClient,
+    directory: Path,
+    entrypoint: str,
+    code_folder: str | Path | None = None,
+) -> CodeSource:
+    """The code of a deployment of the pipeline `entrypoint` ("file.py:function" in
+    `directory`): `code_folder` (default: `directory`) shipped to the configured data store,
+    or, with none configured, that folder on the worker's disk."""
+    folder = Path(code_folder).expanduser().resolve() if code_folder is not None else directory
+    file_name, _, function = entrypoint.rpartition(":")
+    pipeline_file = directory / file_name
+    try:
+        relative = pipeline_file.relative_to(folder).as_posix()
+    except ValueError:
+        raise SpecError(
+            f"code_folder {str(folder)!r} does not hold the pipeline's file "
+            f"{str(pipeline_file)!r}; give a folder that contains it"
+        ) from None
+    reference = data_store_reference()
+    if reference is None:
+        if code_folder is not None:
+            raise SpecError(
+                "code_folder: the folder is shipped through the data store, and none is "
+                f"configured; set {DATA_STORE_VARIABLE} (`pipedeploy up` makes a local one)"
+            )
+        step = {"prefect.deployments.steps.set_working_directory": {"directory": str(folder)}}
+        return CodeSource([step], f"{relative}:{function}", str(folder))
+    if relative not in folder_files(folder):
+        raise SpecError(
+            f"the pipeline's file {relative!r} is excluded from code_folder {str(folder)!r} "
+            "(by its .gitignore or .pipedeployignore); ship it by removing the pattern"
+        )
+    store = await aload_data_store(reference, client)
+    step = await ship_folder(folder, store, reference)
+    return CodeSource([step], f"{relative}:{function}", str(folder))
 
 
 async def _ensure_pool(client: PrefectClient, name: str) -> None:

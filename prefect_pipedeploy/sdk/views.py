@@ -11,6 +11,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 
+from prefect_pipedeploy.datastore.code import shipped_code
 from prefect_pipedeploy.spec import (
     Mode,
     spec_from_job_variables,
@@ -39,6 +40,9 @@ def deployment_view(
         "name": deployment.name,
         "pipeline": deployment.entrypoint,
         "pipeline_path": deployment.path,
+        # the shipped folder (key, sha256, data_store), or None: the code runs from
+        # `pipeline_path` (no data store was configured, or the deployment has its own steps)
+        "code": shipped_code(deployment.pull_steps),
         "work_pool_name": deployment.work_pool_name,
         "execution_rule": spec.execution_rule,
         "mode": spec.mode,

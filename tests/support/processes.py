@@ -29,14 +29,20 @@ WORKER_START_TIMEOUT_S = 60
 
 
 def start_worker(
-    pool: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+    pool: str,
+    log_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> ChildProcess:
-    """Start `pipedeploy worker --pool POOL` as a user would, and wait until it says so."""
+    """Start `pipedeploy worker --pool POOL` as a user would (in `cwd`, default: ours), and
+    wait until it says so."""
     child = start_child(
         f"worker-{pool}",
         [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool, *extra],
         log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log",
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
     def started() -> bool:

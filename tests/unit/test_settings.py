@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "ram_reserve": "1GiB",
     "ram_capacity": None,
     "data_store": None,
+    "code_max_mib": 100.0,
     "gateway_url": None,
     "gateway_wait_s": 25.0,
     "gateway_max_body_bytes": 10 * 1024 * 1024,

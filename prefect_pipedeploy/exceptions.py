@@ -73,6 +73,11 @@ class DataStoreIntegrityError(DataStoreError):
     """An object's content does not match its recorded sha256; upload it again."""
 
 
+class RuntimeStartError(PipeDeployError):
+    """An execution's container could not start: the Docker engine is unreachable, the image
+    is missing, or the engine refused the container; the message says which and what to do."""
+
+
 class CodeArchiveError(DataStoreError):
     """A deployment's shipped code cannot be used: its archive is missing from the data store
     or its digest is not the one recorded; ship the code again with

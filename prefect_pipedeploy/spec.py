@@ -47,6 +47,14 @@ class Mode(str, Enum):
     low_latency = "low_latency"
 
 
+class Runtime(str, Enum):
+    """What an execution's process (or a pod) runs in: a child process of the worker, or a
+    Docker container of the deployment's image."""
+
+    process = "process"
+    docker = "docker"
+
+
 InputType = Literal["string", "number", "boolean", "json", "array", "file"]
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +306,48 @@ class OutputDestination(FormModel):
 
 
 # ---------------------------------------------------------------------------------------------
+# The docker runtime's settings
+# ---------------------------------------------------------------------------------------------
+
+_VOLUME_RE = re.compile(r"^[^:]+:/[^:]*(:(ro|rw))?$")
+
+
+class DockerSettings(FormModel):
+    """Where a `runtime: docker` deployment runs: the image, and how its containers start."""
+
+    image: str = Field(
+        min_length=1,
+        description="The image (with Python and prefect-pipedeploy), like 'my-model:1.2'.",
+    )
+    volumes: list[str] = Field(
+        default_factory=list,
+        description="Mounts as 'host-path:container-path' (':ro' for read-only).",
+    )
+    network_mode: str = Field(
+        default="host",
+        description="The containers' network; 'host' reaches a Prefect API on 127.0.0.1.",
+    )
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent",
+        description="Pull the image: when it is not on the machine, always, or never.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables set in the containers."
+    )
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, value: list[str]) -> list[str]:
+        for volume in value:
+            if not _VOLUME_RE.match(volume):
+                raise ValueError(
+                    f"{volume!r} is not a mount; write it as 'host-path:/container/path' or "
+                    "'host-path:/container/path:ro'"
+                )
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
 # The deployment spec
 # ---------------------------------------------------------------------------------------------
 
@@ -354,6 +404,16 @@ class DeploymentSpec(FormModel):
     outputs_mapping: list[OutputDestination] = Field(
         default_factory=list, description="Where each pipeline output goes."
     )
+    runtime: Runtime = Field(
+        default=Runtime.process,
+        description=(
+            "process: executions run as processes of the worker's machine; docker: in "
+            "containers of the `docker` image (elastic mode)."
+        ),
+    )
+    docker: DockerSettings | None = Field(
+        default=None, description="runtime docker only: the image and how containers start."
+    )
     endpoint_token_hash: str | None = Field(
         default=None,
         description="Hash of the endpoint token (set by pipedeploy; the token is never stored).",
@@ -400,6 +460,21 @@ class DeploymentSpec(FormModel):
             raise ValueError(
                 "endpoint_url_path is only for endpoint deployments; remove it or set "
                 "execution_rule='endpoint'"
+            )
+        docker = self.runtime == Runtime.docker.value
+        if docker and self.docker is None:
+            raise ValueError(
+                "docker: runtime docker needs docker settings with an image, like "
+                "docker={'image': 'my-model:1.2'}"
+            )
+        if not docker and self.docker is not None:
+            raise ValueError(
+                "docker settings are only for runtime docker; set runtime='docker' or remove them"
+            )
+        if docker and self.mode == Mode.low_latency.value:
+            raise ValueError(
+                "runtime: low-latency pods do not run in Docker containers yet; use "
+                "mode='elastic' with runtime='docker', or runtime='process'"
             )
         if self.enable_parallel_executions and self.mode != Mode.low_latency.value:
             raise ValueError(

@@ -54,6 +54,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_poolcap.py",
     "tests/reliability/test_chaos_soak.py",
     "tests/e2e/test_periodic.py",
+    "tests/e2e/test_docker_runtime.py",
     "tests/e2e/test_installed_wheel.py",
 )
 

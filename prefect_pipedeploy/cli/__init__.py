@@ -16,7 +16,7 @@ executions, pools), `up` (the local stack), `datastore`, `endpoints` (the gatewa
 
 from __future__ import annotations
 
-from prefect_pipedeploy.cli import datastore, endpoints, main, up  # noqa: F401  (each registers its commands)
+from prefect_pipedeploy.cli import datastore, endpoints, images, main, up  # noqa: F401  (each registers its commands)
 from prefect_pipedeploy.cli.app import app
 
 __all__ = ["app"]

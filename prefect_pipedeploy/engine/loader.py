@@ -104,9 +104,16 @@ async def load_deployment_pipeline(
             cause = exc.__cause__ or exc
             if isinstance(cause, PipeDeployError):  # our own step: its message has the fix
                 raise PipelineLoadError(f"deployment {deployment.name!r}: {cause}") from cause
+            fix = "fix the deployment's pull steps"
+            if isinstance(cause, (FileNotFoundError, NotADirectoryError)):  # another machine
+                fix = (
+                    "its folder is not on this machine: create the deployment with a data "
+                    "store configured, so that its code is shipped with it, or give it pull "
+                    "steps that fetch its code"
+                )
             raise PipelineLoadError(
                 f"deployment {deployment.name!r}: its pull steps failed ({exc}): "
-                f"{type(cause).__name__}: {cause}; fix the deployment's pull steps"
+                f"{type(cause).__name__}: {cause}; {fix}"
             ) from cause
         if output.get("directory"):
             os.chdir(output["directory"])

@@ -47,6 +47,10 @@ class RuntimeHandle(Protocol):
         """Send `sig` to it and everything it started."""
         ...
 
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        ...
+
     def rss_mib(self) -> float:
         """The resident memory it holds now, with everything it started, in MiB."""
         ...

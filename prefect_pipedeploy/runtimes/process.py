@@ -107,6 +107,13 @@ class ProcessHandle:
     def signal(self, sig: int) -> None:
         kill_process_tree(self.process.pid, sig)
 
+    def alive(self) -> bool:
+        try:
+            os.kill(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def rss_mib(self) -> float:
         return tree_rss_mib(self.process.pid)
 
@@ -215,6 +222,9 @@ class AdoptedProcess:
 
     def signal(self, sig: int) -> None:
         kill_process_tree(self.pid, sig)
+
+    def alive(self) -> bool:
+        return psutil.pid_exists(self.pid)
 
     def rss_mib(self) -> float:
         return tree_rss_mib(self.pid)

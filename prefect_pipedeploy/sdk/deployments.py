@@ -51,6 +51,7 @@ from prefect_pipedeploy.settings import WORKER_TYPE
 from prefect_pipedeploy.sizes import format_mib
 from prefect_pipedeploy.spec import (
     DeploymentSpec,
+    DockerSettings,
     ExecutionRule,
     InputSource,
     Mode,
@@ -84,6 +85,8 @@ class DeploymentVerbs(Verbs):
         max_retries: int = 1,
         work_pool_name: str | None = None,
         code_folder: str | Path | None = None,
+        runtime: str = "process",
+        docker: DockerSettings | dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a deployment of `pipeline`; returns what get_deployment returns, plus the
         endpoint token of an endpoint deployment (shown here and nowhere else).
@@ -92,7 +95,10 @@ class DeploymentVerbs(Verbs):
         `code_folder`, which must hold the file) is packed and stored in it by digest, and
         every run fetches it from there (`datastore.code`): the deployment runs on any worker
         of its pool, with or without the folder on its disk. Without one, runs import the
-        pipeline from the folder on the worker's disk."""
+        pipeline from the folder on the worker's disk.
+
+        `runtime="docker"` runs each execution (elastic mode) in a container of
+        `docker["image"]` (README, "Run in Docker containers")."""
         _check_name(deployment_name)
         values: dict[str, Any] = {
             "execution_rule": execution_rule,
@@ -106,6 +112,8 @@ class DeploymentVerbs(Verbs):
             "endpoint_url_path": endpoint_url_path,
             "inputs_mapping": [_as_dict(m) for m in inputs_mapping or []],
             "outputs_mapping": [_as_dict(m) for m in outputs_mapping or []],
+            "runtime": runtime,
+            "docker": docker.model_dump() if isinstance(docker, DockerSettings) else docker,
         }
         spec = build_spec(**values)
         flow, directory, entrypoint = load_pipeline(pipeline)
@@ -124,6 +132,7 @@ class DeploymentVerbs(Verbs):
                     "name, or change it with update_deployment"
                 )
             await _ensure_pool(client, pool)
+            await _check_pool_has_runtime(client, pool, spec)
             await _check_ram_fits(client, pool, spec, deployment_name)
             code = await code_source(client, directory, entrypoint, code_folder)
             flow_id = await client.create_flow_from_name(flow.name)
@@ -203,6 +212,8 @@ class DeploymentVerbs(Verbs):
             if values.get("execution_rule") == ExecutionRule.periodic.value:
                 values.pop("endpoint_token_hash", None)
             spec = build_spec(**values)
+            if spec.runtime != "process" and deployment.work_pool_name:
+                await _check_pool_has_runtime(client, deployment.work_pool_name, spec)
             if "ram_request" in changes and deployment.work_pool_name:
                 await _check_ram_fits(client, deployment.work_pool_name, spec, deployment_name)
             if spec.execution_rule == ExecutionRule.endpoint.value and not spec.endpoint_token_hash:
@@ -347,6 +358,20 @@ async def _ensure_pool(client: PrefectClient, name: str) -> None:
         raise SpecError(
             f"work_pool_name: pool {name!r} has type {pool.type!r}; pipedeploy deployments "
             f"need a pool of type {WORKER_TYPE!r}"
+        )
+
+
+async def _check_pool_has_runtime(client: PrefectClient, pool: str, spec: DeploymentSpec) -> None:
+    """Refuse runtime docker on a pool whose job template predates it: its runs would quietly
+    run as processes."""
+    if spec.runtime == "process":
+        return
+    template = (await client.read_work_pool(pool)).base_job_template or {}
+    if "runtime" not in (template.get("job_configuration") or {}):
+        raise SpecError(
+            f"runtime: work pool {pool!r} was made before runtime docker existed (its job "
+            "template has no runtime field); use a new pool, or delete this one "
+            f"(`prefect work-pool delete {pool}`) and let create_deployment make it again"
         )
 
 

@@ -15,7 +15,6 @@ replaces, and only kill runs that have not started yet (3.9.1); this covers star
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -29,11 +28,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from prefect_pipedeploy.runtimes.process import kill_process_tree
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.worker.rounds import Rounds
 
 if TYPE_CHECKING:
+    from prefect_pipedeploy.runtimes.base import RuntimeHandle
     from prefect_pipedeploy.worker.worker import PipeDeployWorker
 
 #: The state events that mean "a run of the pool is asked to stop".
@@ -121,21 +120,19 @@ class Cancels:
         self.elastic[flow_run_id] = CANCELLED_PROCESS
         process = self.worker.elastic_process(flow_run_id)
         if process is not None:  # not started yet: `run` sees the cancel and never starts it
-            kill = asyncio.create_task(stop_process(int(process.identifier)))
+            kill = asyncio.create_task(stop_process(process))
             self._kills.add(kill)
             kill.add_done_callback(self._kills.discard)
         return True
 
 
-async def stop_process(pid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM a process's tree (Prefect's engine then stores the run's log lines), SIGKILL it
-    if it is still there after `grace_s`."""
-    kill_process_tree(pid, signal.SIGTERM)
+async def stop_process(process: RuntimeHandle, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM a process's tree or container (Prefect's engine then stores the run's log
+    lines), SIGKILL it if it is still there after `grace_s`."""
+    process.signal(signal.SIGTERM)
     deadline = anyio.current_time() + grace_s
     while anyio.current_time() < deadline:
         await anyio.sleep(0.1)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process.alive():
             return
-    kill_process_tree(pid)
+    process.signal(signal.SIGKILL)

@@ -39,12 +39,17 @@ from prefect.workers.server import build_healthcheck_server
 
 from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import RamLedger, run_key
-from prefect_pipedeploy.exceptions import PipeDeployError
+from prefect_pipedeploy.exceptions import PipeDeployError, RuntimeStartError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
 from prefect_pipedeploy.prefect_api.published import publish_capacity
-from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, requeue_run
+from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, fail_run, requeue_run
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
+from prefect_pipedeploy.runtimes.docker import (
+    kill_container,
+    remove_dead_workers_containers,
+    runtime_for,
+)
 from prefect_pipedeploy.runtimes.elastic import (
     remove_dead_workers_workdirs,
     run_elastic,
@@ -307,9 +312,11 @@ class PipeDeployWorker(
         await self.admission.release_dead_leases()
         await self.leftovers.adopt()
         await self.leftovers.end_runs_of_dead_orphans()
-        for workdir in remove_dead_workers_workdirs():
+        left = [w.name for w in remove_dead_workers_workdirs()]
+        left += await asyncio.to_thread(remove_dead_workers_containers)
+        for name in left:
             self.worker_logger.info(
-                "Removed %s, left by a worker that died", workdir.name, extra={"action": "swept"}
+                "Removed %s, left by a worker that died", name, extra={"action": "swept"}
             )
         await self._recover_abandoned()
         self.wake()
@@ -532,25 +539,32 @@ class PipeDeployWorker(
         def started(process: RuntimeHandle) -> None:
             self._elastic[flow_run.id] = process
             if task_status is not None:
-                task_status.started(int(process.identifier))
+                # a pid, or a container's id (Prefect stores either as the infrastructure pid)
+                ident: Any = process.identifier
+                task_status.started(int(ident) if ident.isdigit() else ident)
             if self.cancels.cancelled(flow_run.id):  # cancelled as it started
-                kill_process_tree(int(process.identifier))
+                process.signal(signal.SIGKILL)
 
         self._elastic_running.add(flow_run.id)
         try:
             if (reason := self.cancels.cancelled(flow_run.id)) is not None:
                 await cancel_run(self.client, flow_run.id, reason)  # it never starts
                 return PipeDeployWorkerResult(identifier="", status_code=0)
-            outcome = await run_elastic(
-                self.runtime,
-                self.rss,
-                flow_run.id,
-                env,
-                configuration.working_dir,
-                configuration.ram_request,
-                configuration.ram_request_mib,
-                started,
-            )
+            try:
+                outcome = await run_elastic(
+                    runtime_for(configuration, self.runtime),
+                    self.rss,
+                    flow_run.id,
+                    env,
+                    configuration.working_dir,
+                    configuration.ram_request,
+                    configuration.ram_request_mib,
+                    started,
+                )
+            except RuntimeStartError as exc:  # this run cannot start; the others go on
+                self.get_flow_run_logger(flow_run).error(str(exc))
+                await fail_run(self.client, flow_run.id, str(exc))
+                return PipeDeployWorkerResult(identifier="", status_code=0)
             if (reason := self.cancels.cancelled(flow_run.id)) is not None:
                 self._crashes_reported.add(flow_run.id)  # killed on purpose: no crash
                 await cancel_run(self.client, flow_run.id, reason)
@@ -591,7 +605,10 @@ class PipeDeployWorker(
         configuration: PipeDeployJobConfiguration,
         grace_seconds: int = 30,
     ) -> None:
-        kill_process_tree(int(infrastructure_pid))
+        if infrastructure_pid.isdigit():
+            kill_process_tree(int(infrastructure_pid))
+        else:  # a container's id
+            await asyncio.to_thread(kill_container, infrastructure_pid)
 
 
 @contextlib.contextmanager

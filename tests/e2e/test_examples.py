@@ -177,7 +177,9 @@ def read_deployment(flow_name: str, name: str) -> DeploymentResponse:
 def comparable(deployment: DeploymentResponse) -> dict[str, Any]:
     """What makes two deployments the same pipeline with the same platform settings."""
     step = (deployment.pull_steps or [{}])[0]
-    directory = next(iter(step.values()))["directory"]
+    # the SDK ships the folder (a data store is configured) and records where it came from in
+    # `path`; `prefect deploy` works in the folder itself
+    directory = next(iter(step.values())).get("directory") or deployment.path
     file, _, function = (deployment.entrypoint or "").partition(":")
     job_variables = dict(deployment.job_variables or {})
     job_variables.pop("endpoint_token_hash", None)  # prefect deploy makes no token

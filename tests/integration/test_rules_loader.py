@@ -74,7 +74,15 @@ async def test_without_pull_steps_it_runs_from_its_path(prefect_api: str, code: 
         ({}, "deployment 'pipe' has no entrypoint"),
         (
             {"entrypoint": "pipe.py:run", "pull_steps": [{SET_DIR: {"directory": "/no/such"}}]},
-            "deployment 'pipe': its pull steps failed",
+            "deployment 'pipe': its pull steps failed .* its folder is not on this machine: "
+            "create the deployment with a data store configured",
+        ),
+        (
+            {
+                "entrypoint": "pipe.py:run",
+                "pull_steps": [{"prefect.deployments.steps.run_shell_script": {"script": "false"}}],
+            },
+            "deployment 'pipe': its pull steps failed .*; fix the deployment's pull steps",
         ),
         ({"entrypoint": "pipe.py:run", "path": "/no/such"}, "is not a directory"),
         ({"entrypoint": "pipe.py:nope"}, "pipe.py has no 'nope'"),

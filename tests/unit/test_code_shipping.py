@@ -182,3 +182,36 @@ def test_the_pull_step_records_key_digest_and_store(tmp_path: Path) -> None:
     assert shipped_code([other, step]) == step[PULL_STEP]
     assert shipped_code([other]) is None
     assert shipped_code(None) is None
+
+
+@pytest.mark.parametrize("has_data_filter", [True, False])
+def test_fetch_unpacks_with_or_without_pythons_data_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_data_filter: bool
+) -> None:
+    """Images often have Python 3.11.2, whose tarfile has no `filter` (3.11.4 added it)."""
+    if not has_data_filter:
+        monkeypatch.delattr(tarfile, "data_filter")
+    store, key, sha256 = stored(tmp_path, {"pipe.py": "x = 1\n", "lib/util.py": "y = 2\n"})
+    folder = fetch_code(store, key, sha256, "'local'", tmp_path / "cache")
+    assert (folder / "lib" / "util.py").read_text() == "y = 2\n"
+
+
+def test_fetch_refuses_links_in_an_archive(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    raw = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=raw, mode="wb") as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
+        link = tarfile.TarInfo("passwd")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    data = raw.getvalue()
+    sha256 = hashlib.sha256(data).hexdigest()
+    store = LocalDataStore(root=str(tmp_path / "store"))
+    store.upload(io.BytesIO(data), code_key(sha256))
+    with pytest.raises(CodeArchiveError, match="unsafe member 'passwd'"):
+        fetch_code(store, code_key(sha256), sha256, "'local'", tmp_path / "cache")

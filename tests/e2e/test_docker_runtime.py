@@ -1,0 +1,245 @@
+"""The docker runtime end to end, on this machine's real Docker engine: elastic executions of
+shipped code in containers of an image built here (`tests/support/docker_images.py`), the RAM
+request as the container's memory limit, images with different versions of one package side by
+side (`pipedeploy image build`), and the errors that stop a container (an image that is not
+there, an engine that does not answer) failing the run while the worker goes on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.datastore.configured import load_data_store
+from prefect_pipedeploy.runtimes.docker import LABEL
+from prefect_pipedeploy.stack import ChildProcess
+from tests.support.docker_images import docker_client_or_skip, project_image
+from tests.support.eventually import eventually
+from tests.support.executions import eventual_log_messages, unique
+from tests.support.processes import start_worker
+
+PIPELINE = """
+import os
+import sys
+
+import six
+
+from helpers import GREETING
+
+
+def in_container(size_mib: int = 0) -> dict:
+    print(f"{GREETING} from pid {os.getpid()}")
+    hold = bytearray(size_mib * 1024 * 1024)  # touched: resident
+    for i in range(0, len(hold), 4096):
+        hold[i] = 1
+    return {
+        "in_container": os.path.exists("/.dockerenv"),
+        "prefix": sys.prefix,
+        "env": os.environ.get("MODEL_NAME"),
+        "six": six.__version__,
+        "greeting": GREETING,
+    }
+"""
+
+
+def write_project(root: Path) -> str:
+    root.mkdir(parents=True)
+    (root / "helpers.py").write_text(f"GREETING = 'hello-{uuid.uuid4().hex[:6]}'\n")
+    (root / "pipe.py").write_text(PIPELINE)
+    return f"{root / 'pipe.py'}:in_container"
+
+
+@pytest.fixture(scope="module")
+def docker() -> Any:
+    return docker_client_or_skip()
+
+
+@pytest.fixture(scope="module")
+def image(docker: Any) -> str:
+    return project_image(docker)
+
+
+@pytest.fixture(scope="module")
+def store_mount(data_store: str) -> str:
+    """The local data store's folder, mounted at the same path: the containers fetch the
+    shipped code from it as the worker's processes do."""
+    root = str(load_data_store(data_store).root)  # type: ignore[attr-defined]
+    return f"{root}:{root}"
+
+
+@pytest.fixture(scope="module")
+def worker(
+    pool: str, data_store: str, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChildProcess]:
+    child = start_worker(pool, tmp_path_factory.mktemp("worker-logs"))
+    yield child
+    child.stop()
+
+
+def docker_settings(image: str, store_mount: str, **more: Any) -> dict[str, Any]:
+    return {"image": image, "volumes": [store_mount], "pull_policy": "Never", **more}
+
+
+def leftover_containers(docker: Any) -> list[Any]:
+    return docker.containers.list(all=True, filters={"label": LABEL})
+
+
+def test_an_elastic_execution_runs_shipped_code_in_a_container_of_its_image(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    docker: Any,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+) -> None:
+    name = unique("docker-elastic")
+    sdk.create_deployment(
+        write_project(tmp_path / "project"),
+        name,
+        mode="elastic",
+        runtime="docker",
+        docker=docker_settings(image, store_mount, env={"MODEL_NAME": "iris-v2"}),
+    )
+    run = sdk.run_deployment(name, timeout_s=180)
+    assert run["status"] == "Succeeded", run["message"]
+    outputs = run["outputs"]
+    assert outputs["in_container"] is True
+    assert outputs["prefix"] == "/opt/pipedeploy"  # the image's Python, not the worker's
+    assert outputs["env"] == "iris-v2"
+    messages = eventual_log_messages(sdk, run["execution_id"])
+    assert any(m.startswith(f"{outputs['greeting']} from pid") for m in messages), messages
+    # one container per execution, removed when it ended
+    eventually(lambda: leftover_containers(docker), 30, until=lambda left: not left)
+
+
+def test_an_execution_over_its_ram_request_is_stopped_by_its_container_limit(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+    docker: Any,
+) -> None:
+    name = unique("docker-oom")
+    sdk.create_deployment(
+        write_project(tmp_path / "project"),
+        name,
+        mode="elastic",
+        runtime="docker",
+        ram_request="256MiB",
+        max_retries=0,
+        docker=docker_settings(image, store_mount),
+    )
+    run = sdk.run_deployment(name, {"size_mib": 600}, timeout_s=180)
+    assert run["status"] != "Succeeded", run
+    assert "exceeded its RAM request of 256MiB" in (run["message"] or ""), run
+    eventually(lambda: leftover_containers(docker), 30, until=lambda left: not left)
+
+
+def test_a_missing_image_fails_the_run_saying_so_and_the_worker_goes_on(
+    sdk: PipeDeploy, worker: ChildProcess, image: str, store_mount: str, tmp_path: Path
+) -> None:
+    pipeline = write_project(tmp_path / "project")
+    missing, fine = unique("docker-missing"), unique("docker-fine")
+    sdk.create_deployment(
+        pipeline,
+        missing,
+        mode="elastic",
+        runtime="docker",
+        docker=docker_settings("pipedeploy-no-such-image:0", store_mount),
+    )
+    sdk.create_deployment(
+        pipeline, fine, mode="elastic", runtime="docker", docker=docker_settings(image, store_mount)
+    )
+    failed = sdk.run_deployment(missing, timeout_s=120)
+    assert failed["status"] == "Failed", failed
+    assert "'pipedeploy-no-such-image:0' is not on this machine's Docker engine" in (
+        failed["message"] or ""
+    )
+    assert sdk.run_deployment(fine, timeout_s=180)["status"] == "Succeeded"
+
+
+def test_an_unreachable_engine_fails_the_run_naming_it(
+    sdk: PipeDeploy, data_store: str, image: str, store_mount: str, tmp_path: Path
+) -> None:
+    pool = unique("no-engine")
+    own = PipeDeploy(work_pool_name=pool)
+    name = unique("docker-no-engine")
+    own.create_deployment(
+        write_project(tmp_path / "project"),
+        name,
+        mode="elastic",
+        runtime="docker",
+        docker=docker_settings(image, store_mount),
+    )
+    socket = tmp_path / "no-engine.sock"
+    child = start_worker(pool, tmp_path, env={"DOCKER_HOST": f"unix://{socket}"})
+    try:
+        failed = own.run_deployment(name, timeout_s=120)
+    finally:
+        child.stop()
+    assert failed["status"] == "Failed", failed
+    message = failed["message"] or ""
+    assert f"cannot reach the Docker engine at unix://{socket}" in message
+    assert "use runtime: process" in message
+
+
+def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+    docker: Any,
+) -> None:
+    pipeline = write_project(tmp_path / "project")
+    versions = {"1.16.0": unique("six-old"), "1.17.0": unique("six-new")}
+    tags = []
+    try:
+        for version, name in versions.items():
+            requirements = tmp_path / f"requirements-{version}.txt"
+            requirements.write_text(f"six=={version}\n")
+            tag = f"pipedeploy-test-six:{version}-{uuid.uuid4().hex[:6]}"
+            built = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect_pipedeploy.cli",
+                    "image",
+                    "build",
+                    "--requirements",
+                    str(requirements),
+                    "--base",
+                    image,
+                    "--python",
+                    "/usr/bin/python3",
+                    "--tag",
+                    tag,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert built.returncode == 0, built.stderr[-3000:]
+            assert built.stdout.strip().splitlines()[-1].startswith(f"Built {tag} (")
+            tags.append(tag)
+            sdk.create_deployment(
+                pipeline,
+                name,
+                mode="elastic",
+                runtime="docker",
+                docker=docker_settings(tag, store_mount),
+            )
+        for version, name in versions.items():
+            run = sdk.run_deployment(name, timeout_s=180)
+            assert run["status"] == "Succeeded", run["message"]
+            assert run["outputs"]["six"] == version
+    finally:
+        for tag in tags:
+            docker.images.remove(tag, force=True)

@@ -35,6 +35,8 @@ def compact_form_schema(
       every optional property that has a type, at the top level and in definitions. The UI shows
       a property without a default as an empty field.
     - A `$ref` to an enum becomes the enum inline (one sub-schema instead of two).
+    - `anyOf: [{"$ref": M}, {"type": "null"}]` of one optional model M becomes M's fields
+      inline (its definition then goes, unused): the UI shows them as a group of fields.
     - A discriminated union's `discriminator` (an OpenAPI keyword that JSON Schema ignores)
       goes, and its `oneOf` inside an optional's `anyOf` is flattened into that `anyOf`.
     """
@@ -53,6 +55,14 @@ def compact_form_schema(
                 del prop["default"]
         elif len(others) == 1 and "oneOf" in others[0]:
             prop["anyOf"] = [*others[0]["oneOf"], _NULL_SCHEMA]
+        elif len(others) == 1 and "$ref" in others[0]:
+            target = resolve(others[0])
+            if target.get("type") == "object":  # one optional model: its fields, inline
+                del prop["anyOf"]
+                prop.setdefault("title", name.replace("_", " ").title())  # the UI's label
+                prop.update({k: v for k, v in target.items() if k not in prop and k != "title"})
+                if "default" in prop and prop["default"] is None:
+                    del prop["default"]
     return schema
 
 

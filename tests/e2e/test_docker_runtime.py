@@ -30,7 +30,7 @@ import sys
 
 import six
 
-from helpers import GREETING
+from docker_helpers import GREETING
 
 
 def in_container(size_mib: int = 0) -> dict:
@@ -50,7 +50,7 @@ def in_container(size_mib: int = 0) -> dict:
 
 def write_project(root: Path) -> str:
     root.mkdir(parents=True)
-    (root / "helpers.py").write_text(f"GREETING = 'hello-{uuid.uuid4().hex[:6]}'\n")
+    (root / "docker_helpers.py").write_text(f"GREETING = 'hello-{uuid.uuid4().hex[:6]}'\n")
     (root / "pipe.py").write_text(PIPELINE)
     return f"{root / 'pipe.py'}:in_container"
 
@@ -86,6 +86,19 @@ def docker_settings(image: str, store_mount: str, **more: Any) -> dict[str, Any]
     return {"image": image, "volumes": [store_mount], "pull_policy": "Never", **more}
 
 
+def deploy_in_docker(
+    sdk: PipeDeploy, pipeline: str, image: str, store_mount: str, **settings: Any
+) -> str:
+    """An elastic deployment of `pipeline` in containers of `image` (`docker_env`: the
+    containers' variables); its unique name."""
+    name = unique("docker")
+    docker = docker_settings(image, store_mount, env=settings.pop("docker_env", {}))
+    sdk.create_deployment(
+        pipeline, name, mode="elastic", runtime="docker", docker=docker, **settings
+    )
+    return name
+
+
 def leftover_containers(docker: Any) -> list[Any]:
     return docker.containers.list(all=True, filters={"label": LABEL})
 
@@ -98,14 +111,8 @@ def test_an_elastic_execution_runs_shipped_code_in_a_container_of_its_image(
     store_mount: str,
     tmp_path: Path,
 ) -> None:
-    name = unique("docker-elastic")
-    sdk.create_deployment(
-        write_project(tmp_path / "project"),
-        name,
-        mode="elastic",
-        runtime="docker",
-        docker=docker_settings(image, store_mount, env={"MODEL_NAME": "iris-v2"}),
-    )
+    pipeline = write_project(tmp_path / "project")
+    name = deploy_in_docker(sdk, pipeline, image, store_mount, docker_env={"MODEL_NAME": "iris-v2"})
     run = sdk.run_deployment(name, timeout_s=180)
     assert run["status"] == "Succeeded", run["message"]
     outputs = run["outputs"]
@@ -126,16 +133,8 @@ def test_an_execution_over_its_ram_request_is_stopped_by_its_container_limit(
     tmp_path: Path,
     docker: Any,
 ) -> None:
-    name = unique("docker-oom")
-    sdk.create_deployment(
-        write_project(tmp_path / "project"),
-        name,
-        mode="elastic",
-        runtime="docker",
-        ram_request="256MiB",
-        max_retries=0,
-        docker=docker_settings(image, store_mount),
-    )
+    pipeline = write_project(tmp_path / "project")
+    name = deploy_in_docker(sdk, pipeline, image, store_mount, ram_request="256MiB", max_retries=0)
     run = sdk.run_deployment(name, {"size_mib": 600}, timeout_s=180)
     assert run["status"] != "Succeeded", run
     assert "exceeded its RAM request of 256MiB" in (run["message"] or ""), run
@@ -146,17 +145,8 @@ def test_a_missing_image_fails_the_run_saying_so_and_the_worker_goes_on(
     sdk: PipeDeploy, worker: ChildProcess, image: str, store_mount: str, tmp_path: Path
 ) -> None:
     pipeline = write_project(tmp_path / "project")
-    missing, fine = unique("docker-missing"), unique("docker-fine")
-    sdk.create_deployment(
-        pipeline,
-        missing,
-        mode="elastic",
-        runtime="docker",
-        docker=docker_settings("pipedeploy-no-such-image:0", store_mount),
-    )
-    sdk.create_deployment(
-        pipeline, fine, mode="elastic", runtime="docker", docker=docker_settings(image, store_mount)
-    )
+    missing = deploy_in_docker(sdk, pipeline, "pipedeploy-no-such-image:0", store_mount)
+    fine = deploy_in_docker(sdk, pipeline, image, store_mount)
     failed = sdk.run_deployment(missing, timeout_s=120)
     assert failed["status"] == "Failed", failed
     assert "'pipedeploy-no-such-image:0' is not on this machine's Docker engine" in (
@@ -170,14 +160,7 @@ def test_an_unreachable_engine_fails_the_run_naming_it(
 ) -> None:
     pool = unique("no-engine")
     own = PipeDeploy(work_pool_name=pool)
-    name = unique("docker-no-engine")
-    own.create_deployment(
-        write_project(tmp_path / "project"),
-        name,
-        mode="elastic",
-        runtime="docker",
-        docker=docker_settings(image, store_mount),
-    )
+    name = deploy_in_docker(own, write_project(tmp_path / "project"), image, store_mount)
     socket = tmp_path / "no-engine.sock"
     child = start_worker(pool, tmp_path, env={"DOCKER_HOST": f"unix://{socket}"})
     try:
@@ -199,10 +182,10 @@ def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
     docker: Any,
 ) -> None:
     pipeline = write_project(tmp_path / "project")
-    versions = {"1.16.0": unique("six-old"), "1.17.0": unique("six-new")}
+    versions: dict[str, str] = {}
     tags = []
     try:
-        for version, name in versions.items():
+        for version in ("1.16.0", "1.17.0"):
             requirements = tmp_path / f"requirements-{version}.txt"
             requirements.write_text(f"six=={version}\n")
             tag = f"pipedeploy-test-six:{version}-{uuid.uuid4().hex[:6]}"
@@ -229,13 +212,7 @@ def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
             assert built.returncode == 0, built.stderr[-3000:]
             assert built.stdout.strip().splitlines()[-1].startswith(f"Built {tag} (")
             tags.append(tag)
-            sdk.create_deployment(
-                pipeline,
-                name,
-                mode="elastic",
-                runtime="docker",
-                docker=docker_settings(tag, store_mount),
-            )
+            versions[version] = deploy_in_docker(sdk, pipeline, tag, store_mount)
         for version, name in versions.items():
             run = sdk.run_deployment(name, timeout_s=180)
             assert run["status"] == "Succeeded", run["message"]

@@ -25,7 +25,7 @@ from tests.support.processes import start_worker
 PIPELINE = """
 import os
 
-from helpers.values import VALUE
+from shipped_helpers.values import VALUE
 
 COUNT = 0
 
@@ -39,9 +39,9 @@ def shipped(tag: str = "") -> dict:
 
 def write_project(root: Path, value: str) -> str:
     """A pipeline folder whose pipeline imports a package of its own; its entrypoint."""
-    (root / "helpers").mkdir(parents=True)
-    (root / "helpers" / "__init__.py").write_text("")
-    (root / "helpers" / "values.py").write_text(f"VALUE = {value!r}\n")
+    (root / "shipped_helpers").mkdir(parents=True)
+    (root / "shipped_helpers" / "__init__.py").write_text("")
+    (root / "shipped_helpers" / "values.py").write_text(f"VALUE = {value!r}\n")
     (root / "pipe.py").write_text(PIPELINE)
     (root / "data").mkdir()
     (root / "data" / "ignored.csv").write_text("a,b\n")

@@ -100,7 +100,7 @@ def ensure_docker() -> subprocess.Popen[bytes] | None:
         )
     if docker_answers():
         return None
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "pipedeploy-dockerd.log"
+    log_path = VENV / "dockerd.log"  # the engine's output, kept beside the checkout's venv
     # overlay2 starts a container in about 0.4 s here; vfs copies the image first (about 20 s
     # for the tests' 584 MB image), for a root file system overlay2 cannot sit on
     for driver in ("overlay2", "vfs"):

@@ -49,12 +49,15 @@ RELIABILITY = Path(__file__).resolve().parent / "reliability"
 #: The longest modules (minutes each; `.ci/run` lists the slowest tests). With the suite spread
 #: over processes (`-n 2`, as `dev.py test` runs it), they go first, so that none of them is
 #: left running alone at the end (before: the 100-run burst started last and added 6 minutes).
+#: Modules that run after every other: the docker tests build images (pip, docker build), a
+#: load that made the three-worker burst's workers start too slowly when both ran at once.
+LAST = ("tests/e2e/test_docker_runtime.py",)
+
 LONGEST_FIRST = (
     "tests/reliability/test_many_workers.py",
     "tests/e2e/test_poolcap.py",
     "tests/reliability/test_chaos_soak.py",
     "tests/e2e/test_periodic.py",
-    "tests/e2e/test_docker_runtime.py",
     "tests/e2e/test_installed_wheel.py",
 )
 
@@ -63,7 +66,8 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test under tests/e2e is marked `e2e` (so `-m "not e2e"` runs the fast tiers), and
     every test under tests/reliability `e2e` and `reliability`. Under pytest-xdist, the longest
-    modules go first (`LONGEST_FIRST`), in the same order in every process, as xdist requires."""
+    modules go first (`LONGEST_FIRST`) and `LAST` last, in the same order in every process, as
+    xdist requires."""
     for item in items:
         if E2E in item.path.parents:
             item.add_marker(pytest.mark.e2e)
@@ -74,7 +78,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     root = Path(__file__).resolve().parent.parent
     rank = {root / path: place for place, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: the rest keeps order
+    rank.update({root / path: len(rank) + 1 + place for place, path in enumerate(LAST)})
+    items.sort(key=lambda item: rank.get(item.path, len(LONGEST_FIRST)))  # stable: the rest too
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -27,6 +27,9 @@ Sections:
    bookkeeping floor (two writes: a run created Running, then set Completed); through each
    gateway: back-to-back calls, accepted calls per second and a parallel pod under 16
    concurrent callers.
+6. the docker runtime (`benchmarks/docker_runtime.py`): low latency and elastic in containers
+   beside the same in processes, and Prefect's Docker worker running the pipeline in a
+   container of the same image (needs a Docker engine; `--skip docker` leaves it out).
 Results: a Markdown report on stdout, and benchmarks/results/latency-<timestamp>.json.
 """
 
@@ -78,6 +81,7 @@ from prefect.events.filters import EventFilter, EventNameFilter  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from benchmarks.apiproxy import Call, CountingProxy, calls_as_dicts  # noqa: E402
+from benchmarks.docker_runtime import docker_section, report_docker  # noqa: E402
 from benchmarks.endpoint_path import (  # noqa: E402
     endpoint_path_section,
     report_endpoint_path,
@@ -968,6 +972,7 @@ def report(results: dict[str, Any]) -> str:
                     f"({k}) had {len(row['failures'])} failed run(s): {row['failures'][0].get('message')}"
                 )
     lines += report_logs_at_final(results)
+    lines += report_docker(results)
     create_cost = results.get("create_cost")
     if create_cost:
         lines += [
@@ -1106,6 +1111,7 @@ async def run_all(
                 ("process", process_worker_section),
                 ("serve", serve_section),
                 ("api", api_count_section),
+                ("docker", docker_runtime_section),
             ]
             for name, section in sections:
                 if name in args.skip:
@@ -1125,6 +1131,10 @@ async def run_all(
 
 async def logs_section(bench: Bench) -> None:
     await logs_at_final_section(bench, FLOWS_FILE)
+
+
+async def docker_runtime_section(bench: Bench) -> None:
+    await docker_section(bench, FLOWS_FILE, start_pipedeploy_worker, wait_until_up, wait_for_log)
 
 
 async def gateway_section(bench: Bench) -> None:
@@ -1199,6 +1209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "process",
             "serve",
             "api",
+            "docker",
         ],
         help="sections to leave out",
     )

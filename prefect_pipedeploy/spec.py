@@ -407,8 +407,8 @@ class DeploymentSpec(FormModel):
     runtime: Runtime = Field(
         default=Runtime.process,
         description=(
-            "process: executions run as processes of the worker's machine; docker: in "
-            "containers of the `docker` image (elastic mode)."
+            "process: executions and pods run as processes of the worker's machine; docker: "
+            "in containers of the `docker` image (one per elastic execution, one per pod)."
         ),
     )
     docker: DockerSettings | None = Field(
@@ -470,11 +470,6 @@ class DeploymentSpec(FormModel):
         if not docker and self.docker is not None:
             raise ValueError(
                 "docker settings are only for runtime docker; set runtime='docker' or remove them"
-            )
-        if docker and self.mode == Mode.low_latency.value:
-            raise ValueError(
-                "runtime: low-latency pods do not run in Docker containers yet; use "
-                "mode='elastic' with runtime='docker', or runtime='process'"
             )
         if self.enable_parallel_executions and self.mode != Mode.low_latency.value:
             raise ValueError(

@@ -11,9 +11,12 @@ itself (the worker re-creates a pod that died).
 The worker starts it as
     python -m prefect_pipedeploy.engine.pod --deployment-id ID --control-fd FD \
         --heartbeat-fd FD2 --drain-grace-s SECONDS --orphan-notes-dir DIR
+(in a container, `--control-socket PATH --heartbeat-socket PATH2` instead of the descriptors:
+Unix sockets the worker listens on, in a folder mounted at the same path)
 and talks to it over the socket FD with JSON lines: the worker sends {"op": "run", "flow_run":
 {...}}, {"op": "update", "deployment": {...}} (new settings that need no restart: mappings,
-token, timeout), {"op": "cancel", "flow_run_id": ..., "reason": ...} and {"op": "direct",
+token, timeout), {"op": "cancel", "flow_run_id": ..., "reason": ...}, {"op": "host_pid",
+"pid": ...} (the pod's pid on the worker's machine, which names its orphan note) and {"op": "direct",
 "open": bool} (whether runs of the deployment wait for the pod: direct calls are taken only when
 none do); the pod answers {"event": "ready", "pid": ..., "direct": {host, port, key}},
 {"event": "load_failed", "error": ...}, {"event": "started", "flow_run_id": ..., "direct":
@@ -163,6 +166,8 @@ class Pod:
         # direct calls are taken only when none do, so they never pass them
         self.direct_open = True
         self.orphan_note: Path | None = None  # written once the worker is gone
+        # this process's pid as its worker's machine sees it (in a container, the worker says)
+        self.host_pid = os.getpid()
         self._background: set[asyncio.Task[None]] = set()
 
     def note_orphaned_runs(self) -> None:
@@ -174,7 +179,7 @@ class Pod:
             with contextlib.suppress(OSError):
                 self.orphan_note.unlink(missing_ok=True)
             return
-        note = OrphanNote(os.getpid(), self.deployment.id, self.deployment.name, tuple(self.runs))
+        note = OrphanNote(self.host_pid, self.deployment.id, self.deployment.name, tuple(self.runs))
         try:
             note.write(self.orphan_note)  # whole or absent, whenever the pod is killed
         except OSError as exc:  # the runs go on; only their end after a kill is at stake
@@ -483,7 +488,7 @@ async def _serve(
             await pod.drain(drain_grace_s, "its worker stopped it")
         else:  # the worker went away: finish what runs, however long, then leave
             if orphan_notes_dir is not None:
-                pod.orphan_note = orphan_notes_dir / f"{os.getpid()}.json"
+                pod.orphan_note = orphan_notes_dir / f"{pod.host_pid}.json"
                 pod.note_orphaned_runs()
             await pod.drain(None, "its worker is gone")
             pod.note_orphaned_runs()  # none left: the note goes
@@ -504,6 +509,8 @@ async def _follow(pod: Pod, reader: asyncio.StreamReader) -> None:
             pod.direct_open = bool(command.get("open"))
         elif command.get("op") == "cancel":
             pod.cancel_run(UUID(command["flow_run_id"]), str(command["reason"]))
+        elif command.get("op") == "host_pid":
+            pod.host_pid = int(command["pid"])
 
 
 def _heartbeats(fd: int) -> None:
@@ -521,20 +528,38 @@ def _heartbeats(fd: int) -> None:
     threading.Thread(target=beat, name="pod-heartbeat", daemon=True).start()
 
 
+def _connect(path: Path) -> socket.socket:
+    """A connection to the worker's socket at `path` (a pod in a container: the worker's
+    descriptors do not reach it, a folder of sockets mounted at the same path does)."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(str(path))
+    return connection
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefect_pipedeploy.engine.pod")
     parser.add_argument("--deployment-id", required=True, type=UUID)
-    parser.add_argument("--control-fd", required=True, type=int)
-    parser.add_argument("--heartbeat-fd", type=int, default=None)
+    control_from = parser.add_mutually_exclusive_group(required=True)
+    control_from.add_argument("--control-fd", type=int)
+    control_from.add_argument("--control-socket", type=Path)
+    beats_to = parser.add_mutually_exclusive_group()
+    beats_to.add_argument("--heartbeat-fd", type=int, default=None)
+    beats_to.add_argument("--heartbeat-socket", type=Path, default=None)
     parser.add_argument("--drain-grace-s", type=float, default=30.0)
     parser.add_argument("--orphan-notes-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.heartbeat_fd is not None:
+    if args.heartbeat_socket is not None:
+        _heartbeats(_connect(args.heartbeat_socket).detach())
+    elif args.heartbeat_fd is not None:
         _heartbeats(args.heartbeat_fd)
     # Installed once for the pod's lifetime: print routes by run context, so concurrent runs
     # never swap builtins.print under each other.
     builtins.print = print_as_log
-    control = socket.socket(fileno=args.control_fd)
+    control = (
+        socket.socket(fileno=args.control_fd)
+        if args.control_fd is not None
+        else _connect(args.control_socket)
+    )
     # Liveness of runs is the pod's (its worker watches the process): no heartbeat thread,
     # which would add about a second to every `def` run.
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

@@ -60,6 +60,9 @@ class Runtime(Protocol):
     """Starts processes for executions and pods."""
 
     name: str
+    #: whether a started process can inherit the worker's descriptors (a child process can, a
+    #: container cannot: a pod in one talks to its worker over sockets in a mounted folder)
+    shares_descriptors: bool
 
     async def start(
         self,
@@ -68,6 +71,9 @@ class Runtime(Protocol):
         cwd: Path | None = None,
         log_path: Path | None = None,
         pass_fds: Sequence[int] = (),
+        mounts: Sequence[Path] = (),
     ) -> RuntimeHandle:
-        """Start `args`; output goes to `log_path` (or the worker's own output)."""
+        """Start `args`; output goes to `log_path` (or the worker's own output). `pass_fds`:
+        descriptors the process inherits (only a runtime with `shares_descriptors`); `mounts`:
+        folders of this machine it must see at the same path (a local process sees them all)."""
         ...

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from prefect_pipedeploy.exceptions import RuntimeStartError
 from prefect_pipedeploy.runtimes.base import ProcessExit, Runtime
-from prefect_pipedeploy.runtimes.process import explain_exit, tree_rss_mib
+from prefect_pipedeploy.runtimes.process import explain_exit, runtime_process_of, tree_rss_mib
 from prefect_pipedeploy.spec import DeploymentSpec, DockerSettings
 
 #: The worker's environment variables a container does not get: they describe the worker's
@@ -105,7 +105,11 @@ def _ensure_image(client: Any, settings: DockerSettings) -> None:
         ) from exc
 
 
-def _volumes(settings: DockerSettings, cwd: Path | None) -> dict[str, dict[str, str]]:
+def _volumes(
+    settings: DockerSettings, cwd: Path | None, same_path: Sequence[Path] = ()
+) -> dict[str, dict[str, str]]:
+    """The container's mounts: the settings' volumes, then the working directory and the
+    folders in `same_path`, each at its own path."""
     mounts: dict[str, dict[str, str]] = {}
     for volume in settings.volumes:
         host, container, *mode = volume.split(":")
@@ -113,8 +117,8 @@ def _volumes(settings: DockerSettings, cwd: Path | None) -> dict[str, dict[str, 
             "bind": container,
             "mode": mode[0] if mode else "rw",
         }
-    if cwd is not None:
-        path = str(cwd.resolve())
+    for folder in ([cwd] if cwd is not None else []) + list(same_path):
+        path = str(folder.resolve())
         mounts.setdefault(path, {"bind": path, "mode": "rw"})
     return mounts
 
@@ -123,6 +127,7 @@ class DockerRuntime:
     """Starts executions as containers of one deployment's image."""
 
     name = "docker"
+    shares_descriptors = False
 
     def __init__(self, settings: DockerSettings, ram_request: str, ram_request_mib: int) -> None:
         self.settings = settings
@@ -136,13 +141,21 @@ class DockerRuntime:
         cwd: Path | None = None,
         log_path: Path | None = None,
         pass_fds: Sequence[int] = (),
+        mounts: Sequence[Path] = (),
     ) -> DockerHandle:
-        if pass_fds:
-            raise RuntimeStartError("runtime docker does not run low-latency pods yet")
-        return await asyncio.to_thread(self._start, list(args), dict(env), cwd, log_path)
+        if pass_fds:  # a defect of the caller, which must check `shares_descriptors`
+            raise ValueError("a container cannot inherit the worker's descriptors")
+        return await asyncio.to_thread(
+            self._start, list(args), dict(env), cwd, log_path, list(mounts)
+        )
 
     def _start(
-        self, args: list[str], env: dict[str, str], cwd: Path | None, log_path: Path | None
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: Path | None,
+        log_path: Path | None,
+        mounts: list[Path],
     ) -> DockerHandle:
         import docker
 
@@ -152,17 +165,18 @@ class DockerRuntime:
         environment.update(self.settings.env)
         command = ["python", *args[1:]] if args and args[0] == sys.executable else args
         limit = f"{self.ram_request_mib}m"
+        kind = (runtime_process_of(args) or ("elastic", ""))[0]
         try:
             container = client.containers.create(
                 self.settings.image,
                 command=command,
                 environment=environment,
                 network_mode=self.settings.network_mode,
-                volumes=_volumes(self.settings, cwd),
+                volumes=_volumes(self.settings, cwd, mounts),
                 working_dir=str(cwd.resolve()) if cwd is not None else None,
                 mem_limit=limit,
                 memswap_limit=limit,
-                labels={LABEL: "elastic", WORKER_LABEL: str(os.getpid())},
+                labels={LABEL: kind, WORKER_LABEL: str(os.getpid())},
                 detach=True,
             )
         except docker.errors.DockerException as exc:

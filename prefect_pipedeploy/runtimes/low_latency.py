@@ -41,6 +41,7 @@ from prefect.events import emit_event
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.admission import Request, pod_key
+from prefect_pipedeploy.exceptions import RuntimeStartError
 from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_pod_status
 from prefect_pipedeploy.prefect_api.runs import (
@@ -49,7 +50,9 @@ from prefect_pipedeploy.prefect_api.runs import (
     when_api_answers,
 )
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
+from prefect_pipedeploy.runtimes.docker import runtime_for
 from prefect_pipedeploy.runtimes.orphans import orphan_notes_dir
+from prefect_pipedeploy.runtimes.pod_channel import CONNECT_TIMEOUT_S, PodChannel
 from prefect_pipedeploy.runtimes.pod_plan import RunningPod, backoff_s, plan_pods, pod_fingerprint
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
@@ -255,6 +258,13 @@ class PodSupervisor:
             started = time.monotonic()
             try:
                 exit_explanation, load_error = await self._run_once(pod)
+            except RuntimeStartError as exc:  # its container could not start: say why, retry
+                pod.process = None
+                pod.failures += 1
+                await self._publish(pod, PodStatus.creation_failed, str(exc))
+                self._event(pod, "load-failed", error=str(exc))
+                await asyncio.sleep(backoff_s(pod.failures))
+                continue
             except Exception as exc:  # a defect here must not leave the pod gone for good
                 logger.exception("pod %s: its supervision failed; re-creating it", pod.name)
                 await self._kill_quietly(pod)
@@ -282,9 +292,19 @@ class PodSupervisor:
                 self._event(pod, "restarted", attempt=pod.failures)
 
     async def _run_once(self, pod: PodHandle) -> tuple[str, str | None]:
-        """Start the pod process and serve its channel until it exits."""
-        ours, theirs = socket.socketpair()
-        beats_in, beats_out = os.pipe()
+        """Start the pod process (in a container for `runtime: docker`) and serve its channel
+        until it exits."""
+        runtime = runtime_for(pod.spec, self.runtime)
+        channel = PodChannel.open(runtime.shares_descriptors)
+        try:
+            return await self._serve_pod(pod, runtime, channel)
+        finally:
+            channel.close()
+
+    async def _serve_pod(
+        self, pod: PodHandle, runtime: Runtime, channel: PodChannel
+    ) -> tuple[str, str | None]:
+        notes = orphan_notes_dir()
         env = {
             **os.environ,
             **{
@@ -294,50 +314,60 @@ class PodSupervisor:
             },
             **self.environment(),
         }
+        if not runtime.shares_descriptors:
+            notes.mkdir(parents=True, exist_ok=True)  # mounted: it must exist
         try:
-            pod.process = await self.runtime.start(
+            pod.process = await runtime.start(
                 [
                     sys.executable,
                     "-m",
                     "prefect_pipedeploy.engine.pod",
                     "--deployment-id",
                     str(pod.deployment.id),
-                    "--control-fd",
-                    str(theirs.fileno()),
-                    "--heartbeat-fd",
-                    str(beats_out),
+                    *channel.args,
                     "--drain-grace-s",
                     str(get_settings().drain_grace_s),
                     "--orphan-notes-dir",
-                    str(orphan_notes_dir()),
+                    str(notes),
                 ],
                 env=env,
                 log_path=pod.log_path,
-                pass_fds=(theirs.fileno(), beats_out),
+                pass_fds=channel.pass_fds,
+                mounts=(*channel.mounts, notes) if channel.mounts else (),
             )
-        except BaseException:
-            os.close(beats_in)
-            raise
         finally:
-            theirs.close()
-            os.close(beats_out)
+            channel.started()
+        process = pod.process
+        ending = asyncio.ensure_future(process.wait())  # waited for once (a container goes then)
         key = pod_key(pod.deployment.id)
         self.rss.watch(
-            key, pod.process, pod.spec.ram_request_mib, pod.spec.ram_request, self._over_ram(pod)
+            key, process, pod.spec.ram_request_mib, pod.spec.ram_request, self._over_ram(pod)
         )
         await self._publish(pod, PodStatus.creation_pending, "importing the pipeline")
-        reader, pod.writer = await asyncio.open_connection(sock=ours)
-        watchdog = asyncio.create_task(self._watch_heartbeats(pod, beats_in))
         load_error: str | None = None
         try:
-            while line := await _read_line(reader):
-                message = json.loads(line)
-                load_error = await self._on_message(pod, message) or load_error
-        finally:
-            pod.writer.close()
-            pod.writer = None
-            watchdog.cancel()
-        ended = await pod.process.wait()
+            connected = await channel.connect(ending)
+        except TimeoutError:
+            connected = None
+            pod.kill_reason = (
+                f"did not connect to its worker within {CONNECT_TIMEOUT_S:g} s and was killed"
+            )
+            process.signal(signal.SIGKILL)
+        if connected is not None:
+            control, beats = connected
+            reader, pod.writer = await asyncio.open_connection(sock=control)
+            if process.pid is not None:  # what names its note if its worker dies
+                pod.send({"op": "host_pid", "pid": process.pid})
+            watchdog = asyncio.create_task(self._watch_heartbeats(pod, beats))
+            try:
+                while line := await _read_line(reader):
+                    message = json.loads(line)
+                    load_error = await self._on_message(pod, message) or load_error
+            finally:
+                pod.writer.close()
+                pod.writer = None
+                watchdog.cancel()
+        ended = await ending
         self.rss.unwatch(key)
         pod.process = None
         if ended.exit_code == EXIT_RECYCLE:
@@ -356,14 +386,10 @@ class PodSupervisor:
                 process.signal(signal.SIGKILL)
                 await process.wait()
 
-    async def _watch_heartbeats(self, pod: PodHandle, fd: int) -> None:
+    async def _watch_heartbeats(self, pod: PodHandle, connection: socket.socket) -> None:
         """Kill a pod whose heartbeats stop (stopped with SIGSTOP, or deadlocked): its runs then
         end Crashed and it is re-created, like a pod that died."""
-        loop = asyncio.get_running_loop()
-        beats = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(beats), os.fdopen(fd, "rb", buffering=0)
-        )
+        beats, beats_end = await asyncio.open_connection(sock=connection)
         pod.last_heartbeat = 0.0  # watched from its first heartbeat (Python and imports first)
         timeout_s = get_settings().pod_heartbeat_timeout_s
         try:
@@ -387,7 +413,7 @@ class PodSupervisor:
                     pod.process.signal(signal.SIGKILL)
                     return
         finally:
-            transport.close()
+            beats_end.close()
 
     def _over_ram(self, pod: PodHandle) -> Callable[[str], None]:
         def exceeded(message: str) -> None:

@@ -52,6 +52,8 @@ POD_JOB_VARIABLES = (
     "ram_request",
     "env",
     "working_dir",
+    "runtime",
+    "docker",
 )
 #: Deployment fields that change the pipeline's code or how it is fetched.
 POD_DEPLOYMENT_FIELDS = ("entrypoint", "path", "pull_steps", "version", "flow_id")

@@ -122,6 +122,7 @@ class ProcessRuntime:
     """Runs executions and pods as child processes of the worker, in their own process group."""
 
     name = "process"
+    shares_descriptors = True
 
     async def start(
         self,
@@ -130,6 +131,7 @@ class ProcessRuntime:
         cwd: Path | None = None,
         log_path: Path | None = None,
         pass_fds: Sequence[int] = (),
+        mounts: Sequence[Path] = (),
     ) -> ProcessHandle:
         with _output_to(log_path) as options:
             process = await asyncio.create_subprocess_exec(
@@ -247,6 +249,11 @@ def runtime_process_of(cmdline: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+#: The variable that names, to each process a worker starts, that worker's pid: a process in a
+#: container is not the worker's child, but is still its own while that worker lives.
+WORKER_PID_VARIABLE = "PIPEDEPLOY_WORKER_PID"
+
+
 def api_url_of(pid: int) -> str | None:
     """The Prefect API a process was started for (its PREFECT_API_URL), None if unknown."""
     try:
@@ -256,10 +263,28 @@ def api_url_of(pid: int) -> str | None:
     return named.rstrip("/") if named else None
 
 
+def _is_worker(pid: int) -> bool:
+    """Whether `pid` is a live pipedeploy worker process."""
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "worker" in cmdline and "pipedeploy" in cmdline
+
+
+def _workers_pid_of(pid: int) -> int | None:
+    try:
+        named = psutil.Process(pid).environ().get(WORKER_PID_VARIABLE, "")
+    except psutil.Error:
+        return None
+    return int(named) if named.isdigit() else None
+
+
 def orphaned_runtime_processes(api_url: str | None = None) -> list[tuple[int, str, str]]:
     """(pid, kind, id) of every execution or pod process on this machine whose worker is gone
-    (its parent is no longer the worker process that started it); with `api_url`, only those
-    started for that Prefect API (the runs and deployments of another server are not ours)."""
+    (its parent is no longer the worker process that started it, and, for one in a container,
+    the worker its environment names is gone too); with `api_url`, only those started for that
+    Prefect API (the runs and deployments of another server are not ours)."""
     found = []
     for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
         what = runtime_process_of(process.info.get("cmdline") or [])
@@ -274,6 +299,9 @@ def orphaned_runtime_processes(api_url: str | None = None) -> list[tuple[int, st
             "prefect_pipedeploy" in parent_cmdline or "pipedeploy" in parent_cmdline
         ):
             continue  # a live worker's own
+        worker_pid = _workers_pid_of(process.info["pid"])
+        if worker_pid is not None and _is_worker(worker_pid):
+            continue  # a live worker's own container
         if api_url is not None and api_url_of(process.info["pid"]) != api_url.rstrip("/"):
             continue  # another server's
         found.append((process.info["pid"], *what))

@@ -56,6 +56,7 @@ from prefect_pipedeploy.runtimes.elastic import (
 )
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
+    WORKER_PID_VARIABLE,
     ProcessRuntime,
     kill_process_tree,
 )
@@ -344,8 +345,10 @@ class PipeDeployWorker(
 
     def api_environment(self) -> dict[str, str]:
         """The environment naming this worker's API to the processes it starts: they talk to
-        it, and a later worker adopts them only when it serves the same API."""
-        return {"PREFECT_API_URL": self.api_url} if self.api_url else {}
+        it, and a later worker adopts them only when it serves the same API (and only once
+        this worker, which each names, is gone)."""
+        named = {WORKER_PID_VARIABLE: str(os.getpid())}
+        return {"PREFECT_API_URL": self.api_url, **named} if self.api_url else named
 
     def wake(self) -> None:
         """Look for runs now instead of at the next poll."""

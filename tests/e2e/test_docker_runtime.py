@@ -1,11 +1,14 @@
 """The docker runtime end to end, on this machine's real Docker engine: elastic executions of
-shipped code in containers of an image built here (`tests/support/docker_images.py`), the RAM
-request as the container's memory limit, images with different versions of one package side by
-side (`pipedeploy image build`), and the errors that stop a container (an image that is not
-there, an engine that does not answer) failing the run while the worker goes on."""
+shipped code in containers of an image built here (`tests/support/docker_images.py`), a
+low-latency pod in one long-lived container (module state kept between runs, re-created after an
+out-of-memory kill, removed with its deployment), the RAM request as the container's memory
+limit, images with different versions of one package side by side (`pipedeploy image build`),
+and the errors that stop a container (an image that is not there, an engine that does not
+answer) failing the run while the worker goes on."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import uuid
@@ -21,7 +24,7 @@ from prefect_pipedeploy.runtimes.docker import LABEL
 from prefect_pipedeploy.stack import ChildProcess
 from tests.support.docker_images import docker_client_or_skip, project_image
 from tests.support.eventually import eventually
-from tests.support.executions import eventual_log_messages, unique
+from tests.support.executions import eventual_log_messages, unique, wait_until_up
 from tests.support.processes import start_worker
 
 PIPELINE = """
@@ -44,6 +47,26 @@ def in_container(size_mib: int = 0) -> dict:
         "env": os.environ.get("MODEL_NAME"),
         "six": six.__version__,
         "greeting": GREETING,
+    }
+"""
+
+
+POD_PIPELINE = """
+import os
+
+CALLS = []  # module state: kept between the runs of one pod
+
+
+def count(size_mib: int = 0) -> dict:
+    CALLS.append(1)
+    hold = bytearray(size_mib * 1024 * 1024)  # touched: resident
+    for i in range(0, len(hold), 4096):
+        hold[i] = 1
+    print(f"call {len(CALLS)} in pid {os.getpid()}")
+    return {
+        "count": len(CALLS),
+        "in_container": os.path.exists("/.dockerenv"),
+        "pid": os.getpid(),
     }
 """
 
@@ -89,13 +112,12 @@ def docker_settings(image: str, store_mount: str, **more: Any) -> dict[str, Any]
 def deploy_in_docker(
     sdk: PipeDeploy, pipeline: str, image: str, store_mount: str, **settings: Any
 ) -> str:
-    """An elastic deployment of `pipeline` in containers of `image` (`docker_env`: the
-    containers' variables); its unique name."""
+    """A deployment of `pipeline` in containers of `image` (elastic unless `mode` says;
+    `docker_env`: the containers' variables); its unique name."""
     name = unique("docker")
     docker = docker_settings(image, store_mount, env=settings.pop("docker_env", {}))
-    sdk.create_deployment(
-        pipeline, name, mode="elastic", runtime="docker", docker=docker, **settings
-    )
+    settings.setdefault("mode", "elastic")
+    sdk.create_deployment(pipeline, name, runtime="docker", docker=docker, **settings)
     return name
 
 
@@ -220,3 +242,111 @@ def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
     finally:
         for tag in tags:
             docker.images.remove(tag, force=True)
+
+
+def pod_containers(docker: Any) -> list[Any]:
+    return docker.containers.list(all=True, filters={"label": f"{LABEL}=pod"})
+
+
+def test_a_low_latency_pod_is_one_container_that_keeps_module_state_between_runs(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    docker: Any,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pod_pipe.py").write_text(POD_PIPELINE)
+    name = deploy_in_docker(
+        sdk, f"{root / 'pod_pipe.py'}:count", image, store_mount, mode="low_latency"
+    )
+    wait_until_up(sdk, name, timeout_s=180)
+    (container,) = pod_containers(docker)
+    runs = [sdk.run_deployment(name, timeout_s=60) for _ in range(3)]
+    assert [r["status"] for r in runs] == ["Succeeded"] * 3, [r["message"] for r in runs]
+    assert [r["outputs"]["count"] for r in runs] == [1, 2, 3]  # one process, state kept
+    assert all(r["outputs"]["in_container"] for r in runs)
+    # the container's first process: the pod itself, in its own pid namespace
+    assert {r["outputs"]["pid"] for r in runs} == {1}
+    assert [c.id for c in pod_containers(docker)] == [container.id]  # the same, still up
+    messages = eventual_log_messages(sdk, runs[1]["execution_id"])
+    assert "call 2 in pid 1" in messages, messages  # the run's own logs
+    sdk.delete_deployment(name)
+    eventually(lambda: pod_containers(docker), 60, until=lambda left: not left)
+
+
+def test_a_pod_over_its_ram_request_is_killed_and_its_container_re_created(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    docker: Any,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pod_pipe.py").write_text(POD_PIPELINE)
+    name = deploy_in_docker(
+        sdk,
+        f"{root / 'pod_pipe.py'}:count",
+        image,
+        store_mount,
+        mode="low_latency",
+        ram_request="256MiB",
+        max_retries=0,
+    )
+    wait_until_up(sdk, name, timeout_s=180)
+    assert sdk.run_deployment(name, timeout_s=60)["outputs"]["count"] == 1
+    killed = sdk.run_deployment(name, {"size_mib": 600}, timeout_s=120)
+    assert killed["status"] != "Succeeded", killed
+    assert "exceeded its RAM request of 256MiB" in (killed["message"] or ""), killed
+    wait_until_up(sdk, name, timeout_s=180)
+    after = sdk.run_deployment(name, timeout_s=60)
+    assert after["status"] == "Succeeded", after["message"]
+    assert after["outputs"]["count"] == 1  # a fresh pod
+    sdk.delete_deployment(name)
+    eventually(lambda: pod_containers(docker), 60, until=lambda left: not left)
+
+
+def test_a_killed_pod_container_is_re_created_and_a_changed_archive_stops_it_saying_so(
+    sdk: PipeDeploy,
+    worker: ChildProcess,
+    docker: Any,
+    data_store: str,
+    image: str,
+    store_mount: str,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pod_pipe.py").write_text(POD_PIPELINE)
+    (root / "marker.txt").write_text(uuid.uuid4().hex)  # an archive of its own
+    name = deploy_in_docker(
+        sdk, f"{root / 'pod_pipe.py'}:count", image, store_mount, mode="low_latency"
+    )
+    wait_until_up(sdk, name, timeout_s=180)
+    assert sdk.run_deployment(name, timeout_s=60)["outputs"]["count"] == 1
+    (first,) = pod_containers(docker)
+    first.kill()  # as the engine would on a crash: the worker re-creates it
+    eventually(
+        lambda: [c.id for c in pod_containers(docker) if c.status == "running"],
+        120,
+        until=lambda running: running and running != [first.id],
+    )
+    wait_until_up(sdk, name, timeout_s=180)
+    assert sdk.run_deployment(name, timeout_s=60)["outputs"]["count"] == 1  # a fresh pod
+    # a container fetches the code into its own file system: the next one fetches it again
+    code = sdk.get_deployment(name)["code"]
+    load_data_store(data_store).upload(io.BytesIO(b"not the archive"), code["key"])
+    (second,) = pod_containers(docker)
+    second.kill()
+    failed = eventually(
+        lambda: sdk.get_deployment(name),
+        120,
+        until=lambda deployment: deployment["status"] == "creation_failed",
+    )
+    assert f"not the {code['sha256']} the deployment recorded" in failed["status_message"]
+    sdk.delete_deployment(name)
+    eventually(lambda: pod_containers(docker), 60, until=lambda left: not left)

@@ -114,21 +114,23 @@ def test_killed_pod_is_recreated_and_its_run_crashes(sdk: PipeDeploy, worker: Ch
 
 
 def test_async_run_times_out(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "async_sleeper", execution_timeout_s=1, max_retries=0)
+    # 3 s, not 1: the timeout bounds the whole run, Prefect's own writes included, and on a
+    # busy CI machine those alone once took over a second for the quick run below
+    name = deploy(sdk, "async_sleeper", execution_timeout_s=3, max_retries=0)
     wait_until_up(sdk, name)
     result = sdk.run_deployment(name, {"sleep_s": 30}, timeout_s=60)
     assert result["status"] == "Failed"
-    assert "timed out after 1 s" in result["message"]
+    assert "timed out after 3 s" in result["message"]
     quick = sdk.run_deployment(name, {"sleep_s": 0.1}, timeout_s=60)
     assert quick["status"] == "Succeeded"
 
 
 def test_sync_run_times_out_and_pod_survives(sdk: PipeDeploy, worker: ChildProcess) -> None:
-    name = deploy(sdk, "counter", execution_timeout_s=1, max_retries=0)
+    name = deploy(sdk, "counter", execution_timeout_s=3, max_retries=0)  # 3 s: see above
     wait_until_up(sdk, name)
     result = sdk.run_deployment(name, {"sleep_s": 20}, timeout_s=60)
     assert result["status"] == "Failed"
-    assert "timed out after 1 s" in result["message"]
+    assert "timed out after 3 s" in result["message"]
     assert sdk.run_deployment(name, {"sleep_s": 0}, timeout_s=60)["status"] == "Succeeded"
 
 

@@ -22,10 +22,6 @@ IMAGE = {"image": "score:1"}
     [
         ({"runtime": "docker"}, "docker: runtime docker needs docker settings with an image"),
         ({"docker": IMAGE}, "docker settings are only for runtime docker"),
-        (
-            {"runtime": "docker", "docker": IMAGE, "mode": "low_latency"},
-            "low-latency pods do not run in Docker containers yet",
-        ),
         ({"runtime": "docker", "docker": {"image": ""}}, "docker.image"),
         ({"runtime": "docker", "docker": {}}, "docker.image"),
         (

@@ -240,6 +240,9 @@ def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
             assert run["status"] == "Succeeded", run["message"]
             assert run["outputs"]["six"] == version
     finally:
+        # once their containers are gone (the worker removes each just after its run's final
+        # state): an image still used by a container would only lose its tag and stay behind
+        eventually(lambda: leftover_containers(docker), 30, until=lambda left: not left)
         for tag in tags:
             docker.images.remove(tag, force=True)
 

@@ -49,15 +49,17 @@ def ensure_venv() -> None:
 
 
 def ensure_chromium() -> None:
-    """Install Debian's chromium for the browser test (tests/e2e/test_ui_browser.py) when it is
-    missing and this is a Debian machine run as root; elsewhere that test says what to install.
+    """Install Debian's chromium for the browser test (tests/e2e/test_ui_browser.py), and curl
+    for the test that runs the `curl` line `pipedeploy up --demo` prints, when they are missing
+    and this is a Debian machine run as root; elsewhere those tests say what to install.
     Playwright's own browser download is never used."""
-    if shutil.which("chromium") or not shutil.which("apt-get") or os.geteuid() != 0:
+    missing = [tool for tool in ("chromium", "curl") if not shutil.which(tool)]
+    if not missing or not shutil.which("apt-get") or os.geteuid() != 0:
         return
-    print("Installing Debian's chromium for the browser test ...", flush=True)
+    print(f"Installing Debian's {' and '.join(missing)} for the tests ...", flush=True)
     apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=apt)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=apt)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=apt)
 
 
 def ensure_postgresql() -> None:

@@ -479,7 +479,8 @@ def route_outputs(
 
     Endpoint outputs come back in `endpoint`; data-store outputs are uploaded and listed in
     `stored`: a file output (the pipeline returned a `pathlib.Path`) as that file's bytes,
-    any other value, dicts like {"path": ...} included, as its UTF-8 JSON. A file output must
+    any other value as `stored_bytes` says (text as text, bytes as bytes, the rest, dicts like
+    {"path": ...} included, as UTF-8 JSON). A file output must
     be a regular file under one of `file_roots` (default `file_output_roots()`: the working
     directory and the temporary directory), symbolic links resolved; a relative path resolves
     against the working directory, where the pipeline wrote it. Null outputs are dropped.
@@ -547,6 +548,18 @@ def route_outputs(
     return RoutedOutputs(endpoint=endpoint, stored=stored)
 
 
+def stored_bytes(value: Any) -> bytes:
+    """What the data store holds for an output value that is not a file: a `str` as its UTF-8
+    text (a report's text is the file a user downloads, not a JSON string of it), `bytes` as
+    they are, anything else as its UTF-8 JSON. Raises TypeError or ValueError for a value that
+    is none of these."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
 def _upload(store: DataStore, name: str, value: Any, key: str, file_roots: Sequence[Path]) -> None:
     path = file_output_path(value)
     try:
@@ -555,7 +568,7 @@ def _upload(store: DataStore, name: str, value: Any, key: str, file_roots: Seque
                 store.upload(file, key)
             return
         try:
-            body = json.dumps(value, ensure_ascii=False).encode("utf-8")
+            body = stored_bytes(value)
         except (TypeError, ValueError) as exc:
             raise OutputRoutingError(
                 f"output {name!r} cannot go to data-store path {key!r}: it is not JSON ({exc});"

@@ -286,7 +286,8 @@ def _run_demo(api_url: str, pool: str, data_store: str, gateway_url: str) -> Non
         typer.echo(f"Demo deployment: {created['name']} ({created['mode']}, {created['status']})")
         path = created["endpoint_url_path"]
         typer.echo(
-            f"Demo endpoint:   curl -L -X POST {gateway_url}/endpoints/{path} "
+            # no -X POST: after the 303 to the execution, curl -L would POST there too
+            f"Demo endpoint:   curl -L {gateway_url}/endpoints/{path} "
             f"-H 'Authorization: EndpointToken {created['endpoint_token']}' "
             "-H 'Content-Type: application/json' -d '{\"text\": \"hello\"}'"
         )

@@ -7,6 +7,7 @@ names, "<block-type-slug>/<name>"), `ensure_local_data_store` (what `pipedeploy 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,10 +103,24 @@ async def aload_data_store(reference: str | None = None, client: Any = None) -> 
     """Async twin of `load_data_store`; `client` is an optional PrefectClient to load with."""
     reference = _check_reference(reference)
     try:
-        block = await Block.aload(reference, client=client)
+        with _events_to(client):
+            block = await Block.aload(reference, client=client)
     except (ValueError, PrefectException) as exc:
         raise _missing_block(reference, exc) from exc
     return _checked_store(reference, block)
+
+
+def _events_to(client: Any) -> contextlib.AbstractContextManager[Any]:
+    """Prefect's settings naming `client`'s API while a block loads: its `.loaded` event goes
+    through Prefect's events client, which reads the settings, not `client`. Without this, a
+    client made for a given API (`PipeDeploy(api_url=...)`) in a process with no
+    PREFECT_API_URL had Prefect start a temporary server for the event."""
+    from prefect.client.base import ServerType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if client is None or PREFECT_API_URL.value() or client.server_type == ServerType.EPHEMERAL:
+        return contextlib.nullcontext()
+    return temporary_settings(updates={PREFECT_API_URL: str(client.api_url).rstrip("/")})
 
 
 def _local_store(root: Path) -> LocalDataStore:

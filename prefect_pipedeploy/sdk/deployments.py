@@ -145,7 +145,8 @@ class DeploymentVerbs(Verbs):
                 pull_steps=code.pull_steps,
                 job_variables=spec.job_variables(),
                 schedules=spec.prefect_schedules(),
-                description=description,
+                # Prefect 3.9.1's DeploymentCreate turns None into the text "None": "" is none
+                description=description or "",
                 # as `prefect deploy` stores it, so both make the same deployment
                 parameter_openapi_schema=parameter_schema(flow).model_dump(exclude_unset=True),
                 enforce_parameter_schema=False,
@@ -235,7 +236,7 @@ class DeploymentVerbs(Verbs):
             elif "code_folder" in changes:
                 raise SpecError("code_folder: give the pipeline as well (pipeline=...)")
             if "description" in changes:
-                update["description"] = changes["description"]
+                update["description"] = changes["description"] or ""
             if "disabled" in changes:
                 update["paused"] = bool(changes["disabled"])
             # pausing deletes the scheduled runs: a long write, often refused by a busy SQLite

@@ -50,7 +50,7 @@ def deployment_view(
         "status_message": (pod or {}).get("message") if spec.mode != Mode.elastic.value else None,
         # a low-latency deployment has a pod on each worker of its pool: each one's status
         "pods": (pod or {}).get("pods", []) if spec.mode != Mode.elastic.value else [],
-        "description": deployment.description,
+        "description": deployment.description or None,  # "" is how none is stored
         "schedule": spec.schedule.model_dump() if spec.schedule else None,
         "endpoint_url_path": spec.endpoint_path(deployment.name),
         "inputs_mapping": [m.model_dump(exclude_defaults=True) for m in spec.inputs_mapping],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +80,22 @@ def test_up_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         assert outputs == {"words": 4, "score": 6.5}  # "hello from prefect pipedeploy"
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{gateway_port}/health").status_code == 200
-        assert f"curl -L -X POST http://127.0.0.1:{gateway_port}/endpoints/demo-score" in output
+        assert f"curl -L http://127.0.0.1:{gateway_port}/endpoints/demo-score" in output
+        # the line works as printed: it follows the 303 to the execution and gets its outputs
+        (curl_line,) = [
+            line.split("Demo endpoint:", 1)[1].strip()
+            for line in output.splitlines()
+            if "Demo endpoint:" in line
+        ]
+        assert shutil.which("curl"), "curl is missing: apt-get install curl (dev.py does)"
+        called = subprocess.run(
+            ["bash", "-c", f"{curl_line} --silent --show-error --max-time 120"],
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+        assert called.returncode == 0, called.stderr
+        assert json.loads(called.stdout)["outputs"] == {"words": 1, "score": 5.0}, called.stdout
         # the UI served on this port asks for its API on this port (before: 127.0.0.1:4200)
         ui_settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings").json()
         assert ui_settings["api_url"] == f"http://127.0.0.1:{port}/api"

@@ -86,11 +86,14 @@ def test_periodic_deployment_and_schedule_update(sdk: PipeDeploy) -> None:
         ],
     )
     assert created["schedule"] == {"type": "advanced", "cron": "0 3 * * *"}
+    # none given: none shown (Prefect's client would store the text "None")
+    assert created["description"] is None
     assert "endpoint_token" not in created
     assert created["endpoint_url_path"] is None
     updated = sdk.update_deployment(name, schedule="every 2 hours", description="two-hourly")
     assert updated["schedule"] == {"type": "basic", "every": 2, "unit": "hours"}
     assert updated["description"] == "two-hourly"
+    assert sdk.update_deployment(name, description=None)["description"] is None
     assert updated["inputs_mapping"][0] == {
         "pipeline_input_name": "text",
         "constant_value": "hello",

@@ -238,3 +238,55 @@ def test_records_missing(sdk: Client) -> None:
             sdk.get_pipeline_execution_input(missing, "x")
         with pytest.raises(ExecutionNotFound):
             sdk.get_pipeline_execution_output(missing, "y")
+
+
+def test_a_client_made_for_an_api_sends_its_block_events_there_with_none_configured(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """`PipeDeploy(api_url=...)` in a process with no PREFECT_API_URL: the data store block's
+    `.loaded` event goes to that API. Before, Prefect started a temporary server of its own
+    for it ("database is locked" tracebacks)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import PrefectClient
+
+    reference = ensure_local_data_store(tmp_path / "store", f"given-api-{uuid.uuid4().hex[:8]}")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", DATA_STORE_VARIABLE)}
+    env["PREFECT_HOME"] = str(tmp_path / "client-home")  # no `pipedeploy up` stack to find
+    script = (
+        "import io\n"
+        "from prefect_pipedeploy import PipeDeploy\n"
+        f"pd = PipeDeploy(api_url={prefect_api!r}, data_store={reference!r})\n"
+        "pd.upload_data_store_object(io.BytesIO(b'hello'), 'given/api.txt')\n"
+        "print(sorted(o['key'] for o in pd.list_data_store_objects('given')))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['given/api.txt']"
+    assert "temporary server" not in ran.stderr, ran.stderr
+    assert "database is locked" not in ran.stderr, ran.stderr
+
+    async def loaded_events() -> list[Any]:
+        async with PrefectClient(prefect_api) as client:  # read, not loaded: no event of ours
+            slug, name = reference.split("/")
+            block = await client.read_block_document_by_name(name, slug)
+            block_id = str(block.id)
+            answer = await client._client.post(
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"prefix": ["prefect.block."]},
+                        "resource": {"id": [f"prefect.block-document.{block_id}"]},
+                    }
+                },
+            )
+            return answer.json()["events"]
+
+    from tests.support.eventually import eventually
+
+    events = eventually(lambda: anyio.run(loaded_events), 30, 0.5)
+    assert all(e["event"].endswith(".loaded") for e in events), events

@@ -38,6 +38,7 @@ from prefect_pipedeploy.iomapping import (
     render_output_path,
     resolve_inputs,
     route_outputs,
+    stored_bytes,
     uses_data_store,
 )
 from prefect_pipedeploy.spec import DeploymentSpec, build_spec
@@ -543,7 +544,31 @@ def test_outputs_to_the_data_store(store: LocalDataStore, tmp_path: Path) -> Non
     assert json.loads((root / routed.stored["scores"]).read_text()) == outputs["scores"]
     assert (root / routed.stored["report"]).read_bytes() == b"%PDF-1.7 fake"
     assert (root / routed.stored["as_path"]).read_bytes() == b"%PDF-1.7 fake"
-    assert (root / routed.stored["text"]).read_bytes() == '"héllo"'.encode()
+    assert (root / routed.stored["text"]).read_bytes() == "héllo".encode()  # text, not JSON
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ('line 1\nline "2"', b'line 1\nline "2"'),  # the text itself: no quotes, no escapes
+        ("", b""),
+        ("héllo", "héllo".encode()),
+        (b"\x00\xffraw", b"\x00\xffraw"),  # bytes as they are
+        (bytearray(b"ab"), b"ab"),
+        ({"a": [1, 2.5, None]}, b'{"a": [1, 2.5, null]}'),
+        ([1, "x"], b'[1, "x"]'),
+        (3, b"3"),
+        (True, b"true"),
+        ({"t": "é"}, '{"t": "é"}'.encode()),  # JSON as UTF-8, not \u escapes
+    ],
+)
+def test_what_the_store_holds_for_an_output_value(value: object, stored: bytes) -> None:
+    assert stored_bytes(value) == stored
+
+
+def test_a_value_that_is_not_json_text_or_bytes_is_refused() -> None:
+    with pytest.raises(TypeError):
+        stored_bytes({1, 2})
 
 
 def test_a_dict_with_more_than_a_path_is_a_json_value(store: LocalDataStore) -> None:

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 
+from benchmarks.logs_at_final import BenchLike as SectionBench
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.stack import ChildProcess
 
 POOL = "bench-docker-runtime"
 PREFECT_DOCKER_POOL = "bench-prefect-docker"
@@ -39,23 +38,12 @@ ROWS = {
 }
 
 
-class BenchLike(Protocol):
+class BenchLike(SectionBench, Protocol):
     """What this section uses of latency.py's `Bench`."""
-
-    api_url: str
-    client: PrefectClient
-    args: Any
-    results: dict[str, Any]
 
     async def measure_path(
         self, key: str, label: str, deployment_id: UUID, runs: int, warmup: int = 1
     ) -> dict[str, Any]: ...
-
-    def start(
-        self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None
-    ) -> ChildProcess: ...
-
-    def stop(self, child: ChildProcess) -> None: ...
 
 
 def say(message: str = "") -> None:

@@ -27,12 +27,29 @@ class DeploymentExists(PipeDeployError):
     """A deployment with this name exists already; pick another name or update it."""
 
 
+class DeploymentCreationFailed(PipeDeployError):
+    """The deployment's pod failed to start (status `creation_failed`); the message gives its
+    status message: read its pod's output with `get_deployment_logs`, fix the pipeline, and
+    ship it again with `update_deployment(<name>, pipeline=...)`."""
+
+
+class DeploymentNotReady(PipeDeployError, TimeoutError):
+    """The deployment was not `up` within `timeout_s`; the message names it and its status.
+    It is still being created: check that a worker serves its pool (`pipedeploy worker`), then
+    wait again with `get_deployment(<name>, wait_for_completion=True)`."""
+
+
 class ExecutionNotFound(PipeDeployError, LookupError):
     """No execution has this id; list them with `pipedeploy executions ls`."""
 
 
 class ExecutionAlreadyFinal(PipeDeployError):
     """The execution has ended already: there is nothing to cancel; run the deployment again."""
+
+
+class ExecutionStillRunning(PipeDeployError):
+    """The execution may be running on a worker: it cannot be deleted now; cancel it with
+    `cancel_pipeline_execution`, then delete it."""
 
 
 class PipelineLoadError(PipeDeployError):

@@ -111,6 +111,14 @@ class PipeDeploySettings(PrefectBaseSettings):
         ge=0,
         description="How long an endpoint call waits for its execution before answering 303.",
     )
+    gateway_access_token_ttl_s: int = Field(
+        default=900,
+        gt=0,
+        description=(
+            "How long an access token the gateway gives for an SDK token "
+            "(POST /api/v1/auth/refresh, the reference platform's client) stays valid."
+        ),
+    )
     gateway_max_body_bytes: int = Field(
         default=10 * 1024 * 1024, gt=0, description="Largest request body the gateway reads (413)."
     )

@@ -28,6 +28,7 @@ from prefect_pipedeploy.exceptions import (
 )
 from prefect_pipedeploy.gateway.answers import INTERNAL_ERROR, WAITING_RETRY_AFTER_S, GatewayError
 from prefect_pipedeploy.gateway.openapi import CALL_RESPONSES, RESULT_RESPONSES, openapi_document
+from prefect_pipedeploy.gateway.platform import add_platform_routes
 from prefect_pipedeploy.gateway.service import Gateway
 
 logger = get_logger("prefect_pipedeploy.gateway")
@@ -164,6 +165,9 @@ def create_app(pools: Sequence[str], gateway: Gateway | None = None) -> FastAPI:
     async def health(request: Request) -> dict[str, Any]:
         endpoints = await _gateway(request).endpoints()
         return {"status": "ok", "pools": pools, "endpoints": sorted(endpoints)}
+
+    # first: `/endpoints/v1/...` must win over `/endpoints/{path}/...`
+    add_platform_routes(app, _gateway)
 
     @app.post(
         "/endpoints/{endpoint_url_path:path}",

@@ -534,3 +534,28 @@ async def read_body(request: Request) -> tuple[list[tuple[str, Any]], bool]:
     if declared.isdigit() and int(declared) > limits.body_bytes:
         raise limits.body_too_large()
     return await parse_body(request.headers.get("content-type"), request.stream(), limits)
+
+
+#: The header the reference platform's client (`craft-ai-sdk`) sends with every request.
+PLATFORM_CLIENT_HEADER = "craft-ai-client"
+
+
+def from_platform_client(request: Request) -> bool:
+    """Whether a request comes from the reference platform's client (`gateway.platform`)."""
+    return PLATFORM_CLIENT_HEADER in request.headers
+
+
+def json_string_fields(items: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A form's text fields that are JSON strings ('"hello"'), decoded; every other field as
+    it is (numbers, objects and files are read as before). The platform's client JSON-encodes
+    every non-file value of a multipart body, strings included: only its forms get this."""
+    decoded = []
+    for name, value in items:
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                text = json.loads(value)
+            except ValueError:
+                text = value
+            value = text if isinstance(text, str) else value
+        decoded.append((name, value))
+    return decoded

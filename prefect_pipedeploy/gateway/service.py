@@ -56,7 +56,12 @@ from prefect_pipedeploy.gateway.answers import (
     public_message,
     wants_json_only,
 )
-from prefect_pipedeploy.gateway.bodies import close_files, read_body
+from prefect_pipedeploy.gateway.bodies import (
+    close_files,
+    from_platform_client,
+    json_string_fields,
+    read_body,
+)
 from prefect_pipedeploy.gateway.direct import DirectCall, PodDoors, PodLost
 from prefect_pipedeploy.gateway.endpoints import Endpoint, endpoint_of, endpoint_table
 from prefect_pipedeploy.gateway.inputs import (
@@ -160,6 +165,10 @@ class Gateway:
     async def close(self) -> None:
         await self.watcher.close()
         await self.doors.close()
+
+    def forget_endpoints(self) -> None:
+        """Read the endpoint table again at the next request (a token was just rotated)."""
+        self._loaded_at = -math.inf
 
     # ---- endpoints ----------------------------------------------------------------------------
 
@@ -583,7 +592,10 @@ class Gateway:
         return await self.authenticate(endpoint, token, client, arrived), token, in_query
 
     async def call(self, request: Request, path: str, wait_for_completion: bool) -> Response:
-        """POST /endpoints/{path}: check, create the execution, answer."""
+        """POST /endpoints/{path}: check, create the execution, answer (at once, without
+        waiting, to the reference platform's client: it waits on `/endpoints/v1/...`)."""
+        if from_platform_client(request):
+            wait_for_completion = False
         arrived = time.monotonic()
         endpoint, _, _ = await self.authorized_endpoint(request, path, arrived, allow_query=False)
         if endpoint.paused:
@@ -593,6 +605,8 @@ class Gateway:
                 "update_deployment(..., disabled=False)",
             )
         items, form = await read_body(request)
+        if form and from_platform_client(request):
+            items = json_string_fields(items)
         try:  # uploaded files live in temporary files until they are stored
             checked = check_inputs(endpoint, items, form=form)
             if checked.errors:

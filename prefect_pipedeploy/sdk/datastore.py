@@ -15,9 +15,13 @@ Not for: the data store's own logic (`datastore`), resolving or routing at run t
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from uuid import UUID
 
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_pipedeploy.datastore.base import DataStore
@@ -25,9 +29,22 @@ from prefect_pipedeploy.datastore.configured import aload_data_store, data_store
 from prefect_pipedeploy.datastore.streams import Destination, Source
 from prefect_pipedeploy.exceptions import (
     ExecutionValueNotFound,
+    SpecError,
 )
 from prefect_pipedeploy.prefect_api.records import read_inputs, read_outputs, read_stored_outputs
 from prefect_pipedeploy.sdk.base import Verbs
+from prefect_pipedeploy.sdk.compat import (
+    folder_prefix,
+    input_record,
+    one_path,
+    output_mapping_for,
+    output_record,
+    with_path,
+)
+from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
+
+#: Our keyword for an object's path, and the platform's.
+_PATH_NAMES = ("object_path", "object_path_in_datastore")
 
 
 def _names(values: dict[str, Any]) -> str:
@@ -42,45 +59,85 @@ class DataStoreVerbs(Verbs):
             return await aload_data_store(self.data_store or data_store_reference(), client)
 
     async def aupload_data_store_object(
-        self, filepath_or_buffer: Source, object_path: str
+        self,
+        filepath_or_buffer: Source,
+        object_path: str | None = None,
+        *,
+        object_path_in_datastore: str | None = None,
     ) -> dict[str, Any]:
-        """Store a local file (a path) or a binary file-like object at `object_path`, replacing
-        any object there; returns the stored object's information."""
+        """Store a local file (a path) or a binary file-like object at `object_path` (the
+        platform's `object_path_in_datastore`), replacing any object there; returns the stored
+        object's information."""
+        key = one_path(object_path, object_path_in_datastore, *_PATH_NAMES)
         store = await self._store()
-        return (await store.aupload(filepath_or_buffer, object_path)).model_dump(mode="json")
+        return with_path((await store.aupload(filepath_or_buffer, key)).model_dump(mode="json"))
 
     async def adownload_data_store_object(
-        self, object_path: str, filepath_or_buffer: Destination
+        self,
+        object_path: str | None = None,
+        filepath_or_buffer: Destination | None = None,
+        *,
+        object_path_in_datastore: str | None = None,
     ) -> dict[str, Any]:
-        """Write the object at `object_path` to a local path (parent folders are created) or a
-        writable binary file-like object; returns the object's information."""
+        """Write the object at `object_path` (the platform's `object_path_in_datastore`) to a
+        local path (parent folders are created) or a writable binary file-like object; returns
+        the object's information."""
+        key = one_path(object_path, object_path_in_datastore, *_PATH_NAMES)
+        if filepath_or_buffer is None:
+            raise SpecError("give where to write the object: filepath_or_buffer=...")
         store = await self._store()
-        return (await store.adownload(object_path, filepath_or_buffer)).model_dump(mode="json")
+        return with_path((await store.adownload(key, filepath_or_buffer)).model_dump(mode="json"))
 
-    async def alist_data_store_objects(self, prefix: str = "") -> list[dict[str, Any]]:
-        """Every object whose path starts with `prefix`, sorted by path (sha256 is None here;
-        ask `get_data_store_object_information`)."""
+    async def alist_data_store_objects(
+        self, prefix: str = "", *, folder_path: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every object whose path starts with `prefix`, or that is in the platform's
+        `folder_path` (a folder: "models" lists "models/..."), sorted by path (sha256 is None
+        here; ask `get_data_store_object_information`)."""
+        return [
+            info async for info in self.aiter_data_store_objects(prefix, folder_path=folder_path)
+        ]
+
+    async def aiter_data_store_objects(
+        self, prefix: str = "", *, folder_path: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The objects `list_data_store_objects` lists, one at a time."""
+        key_prefix = folder_prefix(prefix, folder_path)
         store = await self._store()
-        return [info.model_dump(mode="json") for info in await store.alist(prefix)]
+        for info in await store.alist(key_prefix):
+            yield with_path(info.model_dump(mode="json"))
 
-    async def aget_data_store_object_information(self, object_path: str) -> dict[str, Any]:
+    async def aget_data_store_object_information(
+        self, object_path: str | None = None, *, object_path_in_datastore: str | None = None
+    ) -> dict[str, Any]:
         """Path, size, last modification time (UTC) and sha256 of one object."""
+        key = one_path(object_path, object_path_in_datastore, *_PATH_NAMES)
         store = await self._store()
-        return (await store.ainfo(object_path)).model_dump(mode="json")
+        return with_path((await store.ainfo(key)).model_dump(mode="json"))
 
-    async def adelete_data_store_object(self, object_path: str) -> None:
-        """Delete one object; a missing object is an error."""
+    async def adelete_data_store_object(
+        self, object_path: str | None = None, *, object_path_in_datastore: str | None = None
+    ) -> dict[str, Any]:
+        """Delete one object; a missing object is an error. Returns what was deleted, as the
+        platform does: {"path"}."""
+        key = one_path(object_path, object_path_in_datastore, *_PATH_NAMES)
         store = await self._store()
-        await store.adelete_object(object_path)
+        await store.adelete_object(key)
+        return {"path": key}
 
-    async def aget_pipeline_execution_input(self, execution_id: str | UUID, input_name: str) -> Any:
-        """The value an execution's pipeline received for `input_name` (a pipeline input name).
+    async def aget_pipeline_execution_input(
+        self, execution_id: str | UUID, input_name: str, *, value_only: bool = False
+    ) -> Any:
+        """One input an execution's pipeline received (`input_name`: a pipeline input name), as
+        the platform gives it: {"pipeline_input_name", "data_type", <its source field>,
+        "source", "value"}; with `value_only`, the value alone.
 
         Secret inputs read "***"; data-store inputs read {"datastore_path", "size", "sha256"}.
         """
         async with self._client() as client:
             flow_run = await self._flow_run(client, execution_id)
             inputs = await read_inputs(client, flow_run.id)
+            spec = await _spec_of(client, flow_run)
         if inputs is None:
             raise ExecutionValueNotFound(
                 f"execution {str(execution_id)!r} recorded no inputs: it has not started yet, or "
@@ -92,53 +149,124 @@ class DataStoreVerbs(Verbs):
                 f"execution {str(execution_id)!r} has no input {input_name!r}; its recorded "
                 f"inputs are {_names(inputs)}"
             )
-        return inputs[input_name]
+        value = inputs[input_name]
+        if value_only:
+            return value
+        mappings = {m.pipeline_input_name: m for m in spec.inputs_mapping} if spec else {}
+        rule = spec.execution_rule if spec else "run"
+        return input_record(input_name, value, mappings.get(input_name), rule)
 
     async def aget_pipeline_execution_output(
-        self, execution_id: str | UUID, output_name: str
+        self, execution_id: str | UUID, output_name: str, *, value_only: bool = False
     ) -> Any:
-        """The value of one output of an execution, by the name it was delivered under: its
-        endpoint output name, or for an output written to the data store its pipeline output
-        name, which reads {"datastore_path": key}."""
+        """One output of an execution, by its pipeline output name or the endpoint output name
+        it was delivered under, as the platform gives it: {"pipeline_output_name",
+        "data_type", <its destination field>, "destination", "value"}; with `value_only`, the
+        value alone. An output written to the data store has the value
+        {"datastore_path": key}."""
         async with self._client() as client:
             flow_run = await self._flow_run(client, execution_id)
             outputs = await read_outputs(client, flow_run.id)
             stored = await read_stored_outputs(client, flow_run.id) or {}
+            spec = await _spec_of(client, flow_run)
         if outputs is None:
             raise ExecutionValueNotFound(
                 f"execution {str(execution_id)!r} recorded no outputs: it has not finished, or "
                 "it failed (see its status with `get_pipeline_execution`)"
             )
-        if output_name in outputs:
-            return outputs[output_name]
-        if output_name in stored:
-            return {"datastore_path": stored[output_name]}
+        mapping = output_mapping_for(output_name, spec.outputs_mapping if spec else [])
+        delivered = [output_name]
+        if mapping is not None:
+            delivered += [mapping.endpoint_output_name or "", mapping.pipeline_output_name]
+        for name in delivered:
+            if name in outputs:
+                value = outputs[name]
+                return value if value_only else output_record(name, value, mapping)
+            if name in stored:
+                value = {"datastore_path": stored[name]}
+                return value if value_only else output_record(name, value, mapping, stored[name])
         raise ExecutionValueNotFound(
             f"execution {str(execution_id)!r} has no output {output_name!r}; its recorded outputs "
             f"are {_names({**outputs, **stored})}"
         )
 
     def upload_data_store_object(
-        self, filepath_or_buffer: Source, object_path: str
+        self,
+        filepath_or_buffer: Source,
+        object_path: str | None = None,
+        *,
+        object_path_in_datastore: str | None = None,
     ) -> dict[str, Any]:
-        return run_coro_as_sync(self.aupload_data_store_object(filepath_or_buffer, object_path))
+        return run_coro_as_sync(
+            self.aupload_data_store_object(
+                filepath_or_buffer, object_path, object_path_in_datastore=object_path_in_datastore
+            )
+        )
 
     def download_data_store_object(
-        self, object_path: str, filepath_or_buffer: Destination
+        self,
+        object_path: str | None = None,
+        filepath_or_buffer: Destination | None = None,
+        *,
+        object_path_in_datastore: str | None = None,
     ) -> dict[str, Any]:
-        return run_coro_as_sync(self.adownload_data_store_object(object_path, filepath_or_buffer))
+        return run_coro_as_sync(
+            self.adownload_data_store_object(
+                object_path, filepath_or_buffer, object_path_in_datastore=object_path_in_datastore
+            )
+        )
 
-    def list_data_store_objects(self, prefix: str = "") -> list[dict[str, Any]]:
-        return run_coro_as_sync(self.alist_data_store_objects(prefix))
+    def list_data_store_objects(
+        self, prefix: str = "", *, folder_path: str | None = None
+    ) -> list[dict[str, Any]]:
+        return run_coro_as_sync(self.alist_data_store_objects(prefix, folder_path=folder_path))
 
-    def get_data_store_object_information(self, object_path: str) -> dict[str, Any]:
-        return run_coro_as_sync(self.aget_data_store_object_information(object_path))
+    def iter_data_store_objects(
+        self, prefix: str = "", *, folder_path: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The objects `list_data_store_objects` lists, one at a time: the store is read
+        when the first one is asked for."""
+        yield from self.list_data_store_objects(prefix, folder_path=folder_path)
 
-    def delete_data_store_object(self, object_path: str) -> None:
-        run_coro_as_sync(self.adelete_data_store_object(object_path))
+    def get_data_store_object_information(
+        self, object_path: str | None = None, *, object_path_in_datastore: str | None = None
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(
+            self.aget_data_store_object_information(
+                object_path, object_path_in_datastore=object_path_in_datastore
+            )
+        )
 
-    def get_pipeline_execution_input(self, execution_id: str | UUID, input_name: str) -> Any:
-        return run_coro_as_sync(self.aget_pipeline_execution_input(execution_id, input_name))
+    def delete_data_store_object(
+        self, object_path: str | None = None, *, object_path_in_datastore: str | None = None
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(
+            self.adelete_data_store_object(
+                object_path, object_path_in_datastore=object_path_in_datastore
+            )
+        )
 
-    def get_pipeline_execution_output(self, execution_id: str | UUID, output_name: str) -> Any:
-        return run_coro_as_sync(self.aget_pipeline_execution_output(execution_id, output_name))
+    def get_pipeline_execution_input(
+        self, execution_id: str | UUID, input_name: str, *, value_only: bool = False
+    ) -> Any:
+        return run_coro_as_sync(
+            self.aget_pipeline_execution_input(execution_id, input_name, value_only=value_only)
+        )
+
+    def get_pipeline_execution_output(
+        self, execution_id: str | UUID, output_name: str, *, value_only: bool = False
+    ) -> Any:
+        return run_coro_as_sync(
+            self.aget_pipeline_execution_output(execution_id, output_name, value_only=value_only)
+        )
+
+
+async def _spec_of(client: PrefectClient, flow_run: FlowRun) -> DeploymentSpec | None:
+    """The settings of the run's deployment; None without one (or once it is deleted)."""
+    if flow_run.deployment_id is None:
+        return None
+    try:
+        deployment = await client.read_deployment(flow_run.deployment_id)
+    except ObjectNotFound:
+        return None
+    return spec_from_job_variables(deployment.job_variables)

@@ -1,6 +1,7 @@
 """The SDK's deployment verbs: create, get, list, update, delete, and a pod's own logs.
 
-For: `DeploymentVerbs`, mixed into `PipeDeploy`; each verb has an async core and a sync twin.
+For: `DeploymentVerbs`, mixed into `PipeDeploy`; each verb has an async core and a sync twin,
+and takes the reference platform's parameters in its order beside ours (`compat`).
 Not for: executions (`executions`), endpoint calls and tokens (`endpoints`).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,13 @@ from prefect_pipedeploy.prefect_api.triggers import (
     ensure_endpoint_trigger,
 )
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
+from prefect_pipedeploy.sdk.compat import (
+    UNSET,
+    check_timeout,
+    latest_execution_id,
+    wait_decision,
+    window_lines,
+)
 from prefect_pipedeploy.sdk.views import deployment_view
 from prefect_pipedeploy.settings import WORKER_TYPE
 from prefect_pipedeploy.sizes import format_mib
@@ -68,8 +77,8 @@ class DeploymentVerbs(Verbs):
 
     async def acreate_deployment(
         self,
-        pipeline: Any,
-        deployment_name: str,
+        pipeline: Any = None,
+        deployment_name: str = "",
         execution_rule: str = "endpoint",
         mode: str = "elastic",
         schedule: Any = None,
@@ -78,8 +87,11 @@ class DeploymentVerbs(Verbs):
         outputs_mapping: list[OutputDestination | dict[str, Any]] | None = None,
         description: str | None = None,
         enable_parallel_executions: bool = False,
-        max_parallel_executions_per_pod: int = 6,
-        ram_request: str = "512MiB",
+        max_parallel_executions_per_pod: int | None = 6,
+        ram_request: str | None = "512MiB",
+        gpu_request: int | None = None,
+        wait_for_completion: bool = False,
+        timeout_s: float | None = None,
         execution_timeout_s: float | None = None,
         endpoint_token: str | None = None,
         max_retries: int = 1,
@@ -87,9 +99,16 @@ class DeploymentVerbs(Verbs):
         code_folder: str | Path | None = None,
         runtime: str = "process",
         docker: DockerSettings | dict[str, Any] | None = None,
+        *,
+        pipeline_name: Any = None,
     ) -> dict[str, Any]:
         """Create a deployment of `pipeline`; returns what get_deployment returns, plus the
         endpoint token of an endpoint deployment (shown here and nowhere else).
+
+        The parameters come in the platform's order (`pipeline_name=` names the pipeline as
+        the platform's client does: a flow or "file.py:function" here). With
+        `wait_for_completion`, returns once the deployment is ready (`get_deployment`);
+        `gpu_request` must stay None or 0: workers schedule no GPUs.
 
         With a data store configured, the pipeline's folder (its file's directory, or
         `code_folder`, which must hold the file) is packed and stored in it by digest, and
@@ -100,13 +119,20 @@ class DeploymentVerbs(Verbs):
         `runtime="docker"` runs each execution (elastic mode) in a container of
         `docker["image"]` (README, "Run in Docker containers")."""
         _check_name(deployment_name)
+        check_timeout(timeout_s)
+        pipeline = _one_pipeline(pipeline, pipeline_name)
+        if gpu_request:
+            raise SpecError(
+                f"gpu_request: workers schedule no GPUs (got {gpu_request}); remove it, and "
+                "run GPU pipelines on a worker whose machine has the GPU"
+            )
         values: dict[str, Any] = {
             "execution_rule": execution_rule,
             "mode": mode,
-            "enable_parallel_executions": enable_parallel_executions,
-            "max_parallel_executions_per_pod": max_parallel_executions_per_pod,
+            "enable_parallel_executions": bool(enable_parallel_executions),
+            "max_parallel_executions_per_pod": max_parallel_executions_per_pod or 6,
             "max_retries": max_retries,
-            "ram_request": ram_request,
+            "ram_request": ram_request or "512MiB",
             "execution_timeout_s": execution_timeout_s,
             "schedule": schedule,
             "endpoint_url_path": endpoint_url_path,
@@ -153,19 +179,49 @@ class DeploymentVerbs(Verbs):
                 tags=[TAG],
             )
             await ensure_endpoint_trigger(client, await client.read_deployment(deployment_id))
-        view = await self.aget_deployment(deployment_name)
+        view = await self.aget_deployment(deployment_name, wait_for_completion, timeout_s)
         if token is not None:
             view["endpoint_token"] = token
             self._remember_endpoint_token(deployment_name, view["endpoint_url_path"], token)
         return view
 
-    async def aget_deployment(self, deployment_name: str) -> dict[str, Any]:
-        """A deployment, with the RAM capacity of each live worker of its pool."""
+    async def aget_deployment(
+        self,
+        deployment_name: str,
+        wait_for_completion: bool = False,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A deployment, with the RAM capacity of each live worker of its pool and the id of
+        its latest execution (`last_execution_id`).
 
+        With `wait_for_completion`, reads it until it is ready: `up` (its pods take
+        executions), `standby` (elastic: ready at once) or `disabled`; raises
+        DeploymentCreationFailed on `creation_failed`, DeploymentNotReady after `timeout_s`
+        (None: as long as it takes)."""
+        import anyio
+
+        check_timeout(timeout_s)
+        started = anyio.current_time()
         async with self._client() as client:
-            deployment = await self._deployment(client, deployment_name)
-            view = deployment_view(deployment, await read_pod_status(client, deployment.id))
+            while True:
+                deployment = await self._deployment(client, deployment_name)
+                view = deployment_view(deployment, await read_pod_status(client, deployment.id))
+                if not wait_for_completion:
+                    break
+                decision = wait_decision(
+                    deployment_name,
+                    view["status"],
+                    view["status_message"],
+                    anyio.current_time() - started,
+                    timeout_s,
+                )
+                if decision.error is not None:
+                    raise decision.error
+                if decision.done:
+                    break
+                await anyio.sleep(0.5)
             capacities = await read_capacities(client, deployment.work_pool_name or "")
+            view["last_execution_id"] = await latest_execution_id(client, deployment.id)
         view["worker_ram_capacity"] = {w: format_mib(mib) for w, mib in sorted(capacities.items())}
         return view
 
@@ -181,18 +237,61 @@ class DeploymentVerbs(Verbs):
             deployment_view(d, pods.get(d.id)) for d in sorted(deployments, key=lambda d: d.name)
         ]
 
-    async def aget_deployment_logs(self, deployment_name: str) -> list[str]:
+    async def aget_deployment_logs(
+        self,
+        deployment_name: str,
+        from_datetime: datetime | None = None,
+        to_datetime: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
         """The pod's own output (start-up, import errors, crashes): the last lines its worker
-        published. Empty for elastic deployments, whose output belongs to each execution."""
+        published, those dated in [`from_datetime`, `to_datetime`] (`compat.window_lines`),
+        the last `limit`. Empty for elastic deployments, whose output belongs to each
+        execution."""
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
             pod = await read_pod_status(client, deployment.id)
-        return (pod or {}).get("log_tail", "").splitlines()
+        lines = (pod or {}).get("log_tail", "").splitlines()
+        return window_lines(lines, from_datetime, to_datetime, limit)
 
-    async def aupdate_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
-        """Change settings of a deployment: any create_deployment setting, `disabled`, or
-        its code: `pipeline=` (with `code_folder=`) ships the new code as create_deployment
-        does, and its pods are re-created with it."""
+    async def aupdate_deployment(
+        self,
+        deployment_name: str,
+        is_enabled: Any = UNSET,
+        inputs_mapping: Any = UNSET,
+        outputs_mapping: Any = UNSET,
+        schedule: Any = UNSET,
+        wait_for_completion: bool = False,
+        timeout_s: float | None = None,
+        **changes: Any,
+    ) -> dict[str, Any]:
+        """Change settings of a deployment: any create_deployment setting, `is_enabled`
+        (the platform's; `disabled` is ours), or its code: `pipeline=` (with `code_folder=`)
+        ships the new code as create_deployment does, and its pods are re-created with it.
+        The first parameters come in the platform's order; `wait_for_completion` and
+        `timeout_s` as in get_deployment. A mapping given replaces the whole list; None
+        leaves it as it is."""
+        check_timeout(timeout_s)
+        given = {
+            "inputs_mapping": inputs_mapping,
+            "outputs_mapping": outputs_mapping,
+            "schedule": schedule,
+        }
+        # the platform's None is "no change" for a mapping (an empty list clears one)
+        changes.update(
+            {
+                key: value
+                for key, value in given.items()
+                if value is not UNSET and (value is not None or key == "schedule")
+            }
+        )
+        if is_enabled is not UNSET and is_enabled is not None:
+            if "disabled" in changes and bool(changes["disabled"]) == bool(is_enabled):
+                raise SpecError(
+                    f"is_enabled={is_enabled} and disabled={changes['disabled']} disagree; "
+                    "give one of them"
+                )
+            changes["disabled"] = not is_enabled
         allowed = set(DeploymentSpec.model_fields) - {"endpoint_token_hash"}
         allowed |= {"description", "disabled", "pipeline", "code_folder"}
         unknown = sorted(set(changes) - allowed)
@@ -246,40 +345,70 @@ class DeploymentVerbs(Verbs):
             if "schedule" in changes or "execution_rule" in changes:
                 await _replace_schedules(client, deployment, spec)
             await ensure_endpoint_trigger(client, await client.read_deployment(deployment.id))
-        return await self.aget_deployment(deployment_name)
+        return await self.aget_deployment(deployment_name, wait_for_completion, timeout_s)
 
-    async def adelete_deployment(self, deployment_name: str) -> None:
+    async def adelete_deployment(self, deployment_name: str) -> dict[str, Any]:
+        """Delete a deployment (its runs stay, as executions without a deployment); returns
+        what was deleted, as the platform does: {"name", "execution_rule"}."""
         async with self._client() as client:
             deployment = await self._deployment(client, deployment_name)
             await delete_endpoint_trigger(client, deployment)  # Prefect would leave it behind
             await retry_busy(client, lambda: client.delete_deployment(deployment.id))
             await delete_pod_statuses(client, deployment.id)
+        rule = spec_from_job_variables(deployment.job_variables).execution_rule
+        return {"name": deployment.name, "execution_rule": rule}
 
-    def create_deployment(
-        self, pipeline: Any, deployment_name: str, **kwargs: Any
+    # The sync twins take what their async cores take, positionally or by keyword.
+
+    def create_deployment(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_coro_as_sync(self.acreate_deployment(*args, **kwargs))
+
+    def get_deployment(
+        self,
+        deployment_name: str,
+        wait_for_completion: bool = False,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        return run_coro_as_sync(self.acreate_deployment(pipeline, deployment_name, **kwargs))
-
-    def get_deployment(self, deployment_name: str) -> dict[str, Any]:
-        return run_coro_as_sync(self.aget_deployment(deployment_name))
+        return run_coro_as_sync(
+            self.aget_deployment(deployment_name, wait_for_completion, timeout_s)
+        )
 
     def list_deployments(self) -> list[dict[str, Any]]:
         return run_coro_as_sync(self.alist_deployments())
 
-    def get_deployment_logs(self, deployment_name: str) -> list[str]:
-        return run_coro_as_sync(self.aget_deployment_logs(deployment_name))
+    def get_deployment_logs(
+        self,
+        deployment_name: str,
+        from_datetime: datetime | None = None,
+        to_datetime: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        return run_coro_as_sync(
+            self.aget_deployment_logs(deployment_name, from_datetime, to_datetime, limit)
+        )
 
-    def update_deployment(self, deployment_name: str, **changes: Any) -> dict[str, Any]:
-        return run_coro_as_sync(self.aupdate_deployment(deployment_name, **changes))
+    def update_deployment(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_coro_as_sync(self.aupdate_deployment(*args, **kwargs))
 
-    def delete_deployment(self, deployment_name: str) -> None:
-        run_coro_as_sync(self.adelete_deployment(deployment_name))
+    def delete_deployment(self, deployment_name: str) -> dict[str, Any]:
+        return run_coro_as_sync(self.adelete_deployment(deployment_name))
 
 
 def _as_dict(mapping: Any) -> dict[str, Any]:
     if isinstance(mapping, (InputSource, OutputDestination)):
         return mapping.model_dump(exclude_unset=True)
+    if callable(getattr(mapping, "to_dict", None)):  # the platform client's InputSource
+        return dict(mapping.to_dict())
     return dict(mapping)
+
+
+def _one_pipeline(pipeline: Any, pipeline_name: Any) -> Any:
+    if pipeline is not None and pipeline_name is not None and pipeline is not pipeline_name:
+        raise SpecError("give the pipeline once: pipeline=... or pipeline_name=..., not both")
+    found = pipeline if pipeline is not None else pipeline_name
+    if found is None:
+        raise SpecError("give the pipeline: a flow, or 'file.py:function' (pipeline=...)")
+    return found
 
 
 def _check_name(name: str) -> None:

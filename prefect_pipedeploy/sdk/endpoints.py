@@ -116,6 +116,16 @@ async def _ensure_trigger(client: PrefectClient, deployment: DeploymentResponse)
         )
 
 
+def _chosen_token(token: str) -> str:
+    """A token the caller chose (as create_deployment takes one): any text, not blank."""
+    if not isinstance(token, str) or not token.strip() or token != token.strip():
+        raise SpecError(
+            f"endpoint_token {token!r}: give text without surrounding spaces, or none for a "
+            "random token"
+        )
+    return token
+
+
 def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"EndpointToken {token}"} if token else {}
 
@@ -142,8 +152,11 @@ async def _endpoint_deployment(client: PrefectClient, name: str) -> DeploymentRe
 class GatewayVerbs(Verbs):
     """Endpoint verbs; mixed into `PipeDeploy`."""
 
-    async def agenerate_new_endpoint_token(self, endpoint_name: str) -> dict[str, str]:
-        """Rotate the endpoint token of a deployment (by name, or by endpoint path).
+    async def agenerate_new_endpoint_token(
+        self, endpoint_name: str, endpoint_token: str | None = None
+    ) -> dict[str, str]:
+        """Rotate the endpoint token of a deployment (by name, or by endpoint path): to
+        `endpoint_token` when given (the platform's way), else to a new random one.
 
         Returns {"deployment_name", "endpoint_url_path", "endpoint_token"}: the token is shown
         here and nowhere else; the previous one stops working (within the gateway's cache time,
@@ -159,7 +172,7 @@ class GatewayVerbs(Verbs):
                     f"deployment {deployment.name!r} is a {spec.execution_rule} deployment; only "
                     "endpoint deployments have endpoint tokens"
                 )
-            token = new_token()
+            token = _chosen_token(endpoint_token) if endpoint_token is not None else new_token()
             job_variables = {
                 **(deployment.job_variables or {}),
                 "endpoint_token_hash": hash_token(token),
@@ -324,5 +337,7 @@ class GatewayVerbs(Verbs):
             self.aretrieve_endpoint_results(endpoint_name, execution_id, endpoint_token, timeout_s)
         )
 
-    def generate_new_endpoint_token(self, endpoint_name: str) -> dict[str, str]:
-        return run_coro_as_sync(self.agenerate_new_endpoint_token(endpoint_name))
+    def generate_new_endpoint_token(
+        self, endpoint_name: str, endpoint_token: str | None = None
+    ) -> dict[str, str]:
+        return run_coro_as_sync(self.agenerate_new_endpoint_token(endpoint_name, endpoint_token))

@@ -9,6 +9,7 @@ Not for: endpoint calls through the gateway (`endpoints`), recorded inputs and o
 from __future__ import annotations
 
 import contextlib
+import math
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -19,20 +20,29 @@ from prefect.client.schemas.filters import (
     DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
     FlowRunFilterStartTime,
     LogFilter,
     LogFilterFlowRunId,
+    LogFilterTimestamp,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import Abort, ObjectNotFound
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy.exceptions import DeploymentNotFound, ExecutionAlreadyFinal, SpecError
+from prefect_pipedeploy.exceptions import (
+    DeploymentNotFound,
+    ExecutionAlreadyFinal,
+    ExecutionStillRunning,
+    SpecError,
+)
+from prefect_pipedeploy.prefect_api.busy import retry_busy
 from prefect_pipedeploy.prefect_api.records import read_outputs
 from prefect_pipedeploy.prefect_api.runs import create_execution, request_cancel
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
-from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view
+from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view, pipeline_name_of
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
     spec_from_job_variables,
@@ -56,11 +66,12 @@ class ExecutionVerbs(Verbs):
             raise SpecError(f"limit must be 1 or more, got {limit}")
         now = datetime.now(timezone.utc)
         async with self._client() as client:
-            names: dict[UUID, str | None] = {}
+            # deployment id -> (deployment name, pipeline name)
+            names: dict[UUID, tuple[str | None, str | None]] = {}
             deployment_filter = None
             if deployment_name is not None:
                 deployment = await self._deployment(client, deployment_name)
-                names[deployment.id] = deployment.name
+                names[deployment.id] = _names_of(deployment)
                 deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
             parts = [
                 (FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)), START_DESC),
@@ -80,13 +91,13 @@ class ExecutionVerbs(Verbs):
             for run in flow_runs:
                 if run.deployment_id and run.deployment_id not in names:
                     try:
-                        names[run.deployment_id] = (
+                        names[run.deployment_id] = _names_of(
                             await client.read_deployment(run.deployment_id)
-                        ).name
+                        )
                     except ObjectNotFound:
-                        names[run.deployment_id] = None
+                        names[run.deployment_id] = (None, None)
         return [
-            execution_view(run, names.get(run.deployment_id) if run.deployment_id else None)
+            execution_view(run, *names.get(run.deployment_id or _NO_ID, (None, None)))
             for run in flow_runs
         ]
 
@@ -137,11 +148,11 @@ class ExecutionVerbs(Verbs):
     async def aget_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
         async with self._client() as client:
             flow_run = await self._flow_run(client, execution_id)
-            name = None
+            names: tuple[str | None, str | None] = (None, None)
             if flow_run.deployment_id:
                 with contextlib.suppress(ObjectNotFound):
-                    name = (await client.read_deployment(flow_run.deployment_id)).name
-            view = execution_view(flow_run, name)
+                    names = _names_of(await client.read_deployment(flow_run.deployment_id))
+            view = execution_view(flow_run, *names)
             view["outputs"] = await read_outputs(client, flow_run.id)
         return view
 
@@ -175,23 +186,34 @@ class ExecutionVerbs(Verbs):
                     await anyio.sleep(0.2)
         return await self.aget_pipeline_execution(flow_run.id)
 
-    async def aget_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
-        """The log lines of one execution, oldest first."""
+    async def aget_pipeline_execution_logs(
+        self,
+        execution_id: str | UUID,
+        from_datetime: datetime | None = None,
+        to_datetime: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The log lines of one execution, oldest first: those stamped in [`from_datetime`,
+        `to_datetime`] (naive times are UTC), the first `limit` of them."""
+        if limit is not None and limit < 0:
+            raise SpecError(f"limit must be 0 or more, got {limit}")
+        window: dict[str, Any] = {"after_": _utc(from_datetime), "before_": _utc(to_datetime)}
         async with self._client() as client:
             flow_run = await self._flow_run(client, execution_id)
-            logs = []
-            offset = 0
-            while True:
+            log_filter = LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]),
+                timestamp=LogFilterTimestamp(**window),
+            )
+            logs: list[Any] = []
+            wanted = limit if limit is not None else float("inf")
+            while len(logs) < wanted:
+                asked = int(min(200, wanted - len(logs)))
                 page = await client.read_logs(
-                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])),
-                    sort=LogSort.TIMESTAMP_ASC,
-                    limit=200,
-                    offset=offset,
+                    log_filter=log_filter, sort=LogSort.TIMESTAMP_ASC, limit=asked, offset=len(logs)
                 )
                 logs.extend(page)
-                if len(page) < 200:
+                if len(page) < asked:
                     break
-                offset += len(page)
         return [
             {
                 "timestamp": _iso(log.timestamp),
@@ -200,6 +222,40 @@ class ExecutionVerbs(Verbs):
             }
             for log in logs
         ]
+
+    async def adelete_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
+        """Delete an execution: its flow run and what it recorded (its inputs and outputs
+        artifacts); returns what was deleted, as the platform does: {"execution_id"}. One
+        that a worker may be running is refused: cancel it first. Its log lines stay in
+        Prefect (its API deletes none); data-store objects it wrote stay too."""
+        async with self._client() as client:
+            flow_run = await self._flow_run(client, execution_id)
+            state = flow_run.state
+            if state is not None and state.type in _BUSY:
+                raise ExecutionStillRunning(
+                    f"execution {flow_run.id} is {execution_view(flow_run)['status']} "
+                    f"({state.name}): cancel it with cancel_pipeline_execution, then delete it"
+                )
+            artifacts = await client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+            for artifact in artifacts:
+                with contextlib.suppress(ObjectNotFound):
+                    await client.delete_artifact(artifact.id)
+            try:
+                await retry_busy(client, lambda: client.delete_flow_run(flow_run.id))
+            except ObjectNotFound:
+                pass  # deleted meanwhile: the outcome asked for
+        return {"execution_id": str(flow_run.id)}
+
+    async def aretrieve_pipeline_execution_outputs(
+        self, execution_id: str | UUID, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Wait until an execution is settled (at most `timeout_s`; None: as long as it
+        takes) and return the platform's {"execution_id", "outputs"}."""
+        await self.await_execution(execution_id, timeout_s if timeout_s is not None else math.inf)
+        execution = await self.aget_pipeline_execution(execution_id)
+        return {"execution_id": execution["execution_id"], "outputs": execution["outputs"]}
 
     def list_pipeline_executions(
         self, deployment_name: str | None = None, limit: int = 100, include_scheduled: bool = False
@@ -222,13 +278,47 @@ class ExecutionVerbs(Verbs):
     def get_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
         return run_coro_as_sync(self.aget_pipeline_execution(execution_id))
 
-    def get_pipeline_execution_logs(self, execution_id: str | UUID) -> list[dict[str, Any]]:
-        return run_coro_as_sync(self.aget_pipeline_execution_logs(execution_id))
+    def get_pipeline_execution_logs(
+        self,
+        execution_id: str | UUID,
+        from_datetime: datetime | None = None,
+        to_datetime: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return run_coro_as_sync(
+            self.aget_pipeline_execution_logs(execution_id, from_datetime, to_datetime, limit)
+        )
+
+    def delete_pipeline_execution(self, execution_id: str | UUID) -> dict[str, Any]:
+        return run_coro_as_sync(self.adelete_pipeline_execution(execution_id))
+
+    def retrieve_pipeline_execution_outputs(
+        self, execution_id: str | UUID, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return run_coro_as_sync(self.aretrieve_pipeline_execution_outputs(execution_id, timeout_s))
 
     def cancel_pipeline_execution(
         self, execution_id: str | UUID, wait: bool = True, timeout_s: float = 60.0
     ) -> dict[str, Any]:
         return run_coro_as_sync(self.acancel_pipeline_execution(execution_id, wait, timeout_s))
+
+
+#: States in which a worker may be running the execution: it cannot be deleted then.
+_BUSY = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED)
+
+#: The key of runs without a deployment, in the listing's names.
+_NO_ID = UUID(int=0)
+
+
+def _names_of(deployment: DeploymentResponse) -> tuple[str | None, str | None]:
+    return deployment.name, pipeline_name_of(deployment.entrypoint)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time for a log filter; the platform's client reads naive times as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 #: Prefect's most flow runs per read (`limit` above it is a 422).

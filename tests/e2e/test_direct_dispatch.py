@@ -147,7 +147,10 @@ def test_a_call_to_an_idle_pod_is_recorded_and_run_by_the_pod(
     execution = sdk.get_pipeline_execution(execution_id)
     assert execution["status"] == "Succeeded", execution
     outputs = answered.json()["outputs"]
-    assert sdk.get_pipeline_execution_output(execution_id, "count") == outputs["count"]
+    assert (
+        sdk.get_pipeline_execution_output(execution_id, "count", value_only=True)
+        == outputs["count"]
+    )
 
 
 def test_queue_mode_runs_one_at_a_time_across_both_paths(
@@ -350,7 +353,7 @@ def test_a_call_the_pod_took_outlives_a_killed_gateway(
         until=lambda status: status == "Succeeded",
         what="the execution succeeded without its gateway",
     )
-    assert sdk.get_pipeline_execution_output(execution_id, "marker") == "orphan"
+    assert sdk.get_pipeline_execution_output(execution_id, "marker", value_only=True) == "orphan"
 
 
 def test_a_queue_mode_deployment_on_two_workers_keeps_the_worker_path(

@@ -251,6 +251,18 @@ def pod_containers(docker: Any) -> list[Any]:
     return docker.containers.list(all=True, filters={"label": f"{LABEL}=pod"})
 
 
+def deploy_pod(sdk: PipeDeploy, root: Path, image: str, store_mount: str, **settings: Any) -> str:
+    """A low-latency deployment of `POD_PIPELINE` in a container of `image`, up; its name."""
+    root.mkdir()
+    (root / "pod_pipe.py").write_text(POD_PIPELINE)
+    (root / "marker.txt").write_text(uuid.uuid4().hex)  # an archive of its own
+    name = deploy_in_docker(
+        sdk, f"{root / 'pod_pipe.py'}:count", image, store_mount, mode="low_latency", **settings
+    )
+    wait_until_up(sdk, name, timeout_s=180)
+    return name
+
+
 def test_a_low_latency_pod_is_one_container_that_keeps_module_state_between_runs(
     sdk: PipeDeploy,
     worker: ChildProcess,
@@ -259,13 +271,7 @@ def test_a_low_latency_pod_is_one_container_that_keeps_module_state_between_runs
     store_mount: str,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "pod_pipe.py").write_text(POD_PIPELINE)
-    name = deploy_in_docker(
-        sdk, f"{root / 'pod_pipe.py'}:count", image, store_mount, mode="low_latency"
-    )
-    wait_until_up(sdk, name, timeout_s=180)
+    name = deploy_pod(sdk, tmp_path / "project", image, store_mount)
     (container,) = pod_containers(docker)
     runs = [sdk.run_deployment(name, timeout_s=60) for _ in range(3)]
     assert [r["status"] for r in runs] == ["Succeeded"] * 3, [r["message"] for r in runs]
@@ -288,19 +294,9 @@ def test_a_pod_over_its_ram_request_is_killed_and_its_container_re_created(
     store_mount: str,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "pod_pipe.py").write_text(POD_PIPELINE)
-    name = deploy_in_docker(
-        sdk,
-        f"{root / 'pod_pipe.py'}:count",
-        image,
-        store_mount,
-        mode="low_latency",
-        ram_request="256MiB",
-        max_retries=0,
+    name = deploy_pod(
+        sdk, tmp_path / "project", image, store_mount, ram_request="256MiB", max_retries=0
     )
-    wait_until_up(sdk, name, timeout_s=180)
     assert sdk.run_deployment(name, timeout_s=60)["outputs"]["count"] == 1
     killed = sdk.run_deployment(name, {"size_mib": 600}, timeout_s=120)
     assert killed["status"] != "Succeeded", killed
@@ -322,14 +318,7 @@ def test_a_killed_pod_container_is_re_created_and_a_changed_archive_stops_it_say
     store_mount: str,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "pod_pipe.py").write_text(POD_PIPELINE)
-    (root / "marker.txt").write_text(uuid.uuid4().hex)  # an archive of its own
-    name = deploy_in_docker(
-        sdk, f"{root / 'pod_pipe.py'}:count", image, store_mount, mode="low_latency"
-    )
-    wait_until_up(sdk, name, timeout_s=180)
+    name = deploy_pod(sdk, tmp_path / "project", image, store_mount)
     assert sdk.run_deployment(name, timeout_s=60)["outputs"]["count"] == 1
     (first,) = pod_containers(docker)
     first.kill()  # as the engine would on a crash: the worker re-creates it

@@ -61,7 +61,7 @@ def train(sdk: PipeDeploy) -> dict[str, Any]:
 
 def model_key(sdk: PipeDeploy, trained: dict[str, Any]) -> str:
     """The data-store key a training's model was stored under."""
-    stored = sdk.get_pipeline_execution_output(trained["execution_id"], "model")
+    stored = sdk.get_pipeline_execution_output(trained["execution_id"], "model", value_only=True)
     return str(stored["datastore_path"])
 
 

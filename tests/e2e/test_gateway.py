@@ -24,7 +24,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_pipedeploy import InputSource, OutputDestination, PipeDeploy
+from prefect_pipedeploy import InputSource, PipeDeploy
 from prefect_pipedeploy.prefect_api.sealed import sealed_key
 from prefect_pipedeploy.prefect_api.triggers import (
     CALLED_EVENT,
@@ -38,6 +38,7 @@ from prefect_pipedeploy.sdk.endpoints import GatewayVerbs
 from prefect_pipedeploy.stack import wait_for_http
 from tests.support.eventually import eventually
 from tests.support.executions import unique
+from tests.support.mappings import FILE_STATS_INPUTS, FILE_STATS_OUTPUTS
 from tests.support.paths import PIPELINES
 from tests.support.processes import start_gateway, start_worker
 
@@ -177,23 +178,8 @@ def deployed(client: Client, idle_pool: str) -> dict[str, dict[str, str]]:
         "files": deploy(
             client,
             "file_stats",
-            inputs_mapping=[
-                InputSource(
-                    pipeline_input_name="document", endpoint_input_name="doc", data_type="file"
-                ),
-                InputSource(
-                    pipeline_input_name="label",
-                    endpoint_input_name="label",
-                    data_type="string",
-                    default_value="stats",
-                ),
-            ],
-            outputs_mapping=[
-                OutputDestination(
-                    pipeline_output_name="report",
-                    datastore_path="reports/{execution_id}/report.txt",
-                )
-            ],
+            inputs_mapping=FILE_STATS_INPUTS,
+            outputs_mapping=FILE_STATS_OUTPUTS,
             max_retries=0,
         ),
         "waiting": deploy(client, "greet", inputs_mapping=GREET_INPUTS, work_pool_name=idle_pool),
@@ -240,7 +226,7 @@ def test_a_call_answers_its_outputs_and_emits_an_event(
     assert sealed_key(parameters.pop("api_key")) is not None
     assert parameters == {"name": "ada", "times": 2}
     assert execution["status"] == "Succeeded"
-    assert client.get_pipeline_execution_input(execution_id, "api_key") == "***"
+    assert client.get_pipeline_execution_input(execution_id, "api_key", value_only=True) == "***"
 
     events = eventually(  # the server persists events in batches
         lambda: [
@@ -523,7 +509,7 @@ def test_a_file_goes_in_and_a_file_comes_out(
     assert 'filename="report.txt"' in response.headers["content-disposition"]
     assert response.headers["x-output-name"] == "report"
     execution_id = response.headers["x-execution-id"]
-    recorded = client.get_pipeline_execution_input(execution_id, "document")
+    recorded = client.get_pipeline_execution_input(execution_id, "document", value_only=True)
     assert re.fullmatch(r"uploads/[0-9a-f]{32}/data\.csv", recorded["datastore_path"])
     assert recorded["size"] == len(content)
     stored = [obj["key"] for obj in client.list_data_store_objects("uploads/")]

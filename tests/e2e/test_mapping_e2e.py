@@ -78,12 +78,14 @@ def test_every_source_and_destination(
         local = tmp_path / f"{execution_id}.txt"
         sdk.download_data_store_object(key, str(local))
         assert local.read_text() == f"{text} x2.5 with tiny-model"
-        assert sdk.get_pipeline_execution_input(execution_id, "token") == "***"
-        assert sdk.get_pipeline_execution_input(execution_id, "scale") == 2.5
-        assert sdk.get_pipeline_execution_input(execution_id, "model_file")["datastore_path"] == (
-            "models/model.json"
-        )
-        assert sdk.get_pipeline_execution_output(execution_id, "summary").startswith(text.upper())
+        assert sdk.get_pipeline_execution_input(execution_id, "token", value_only=True) == "***"
+        assert sdk.get_pipeline_execution_input(execution_id, "scale", value_only=True) == 2.5
+        assert sdk.get_pipeline_execution_input(execution_id, "model_file", value_only=True)[
+            "datastore_path"
+        ] == ("models/model.json")
+        assert sdk.get_pipeline_execution_output(
+            execution_id, "summary", value_only=True
+        ).startswith(text.upper())
 
 
 @pytest.mark.parametrize("mode", ["elastic", "low_latency"])

@@ -86,7 +86,7 @@ def test_elastic_and_low_latency_runs_of_shipped_code_on_a_worker_without_the_fo
     code = created["code"]
     assert code["data_store"] == data_store
     assert code["key"] == f"code/{code['sha256']}.tar.gz"
-    assert created["pipeline"] == "pipe.py:shipped"
+    assert created["entrypoint"] == "pipe.py:shipped"
     shutil.rmtree(tmp_path / "project")  # as on any other machine: the folder is not there
 
     run = sdk.run_deployment(elastic, {"tag": "elastic"}, timeout_s=120)

@@ -274,7 +274,11 @@ def test_an_execution_page_shows_its_inputs_outputs_and_logs(
     screenshot(page, "3-execution-parameters")
 
     recorded = {
-        "Inputs": {"marker": sdk.get_pipeline_execution_input(finished["execution_id"], "marker")},
+        "Inputs": {
+            "marker": sdk.get_pipeline_execution_input(
+                finished["execution_id"], "marker", value_only=True
+            )
+        },
         "Outputs": finished["outputs"],
     }
     assert recorded["Inputs"]["marker"] == MARKER and recorded["Outputs"]["count"] >= 1

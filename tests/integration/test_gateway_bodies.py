@@ -17,12 +17,13 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 
-from prefect_pipedeploy import InputSource, PipeDeploy
+from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.datastore import LocalDataStore
 from prefect_pipedeploy.gateway import bodies, create_app
 from prefect_pipedeploy.gateway.service import Gateway
 from prefect_pipedeploy.iomapping import file_input_key
 from tests.support.files import leftovers, local_data_store
+from tests.support.mappings import FILE_STATS_INPUTS
 from tests.support.paths import PIPELINES
 
 pytestmark = pytest.mark.anyio
@@ -52,17 +53,7 @@ def endpoint(pool: str, store_root: Path) -> dict[str, str]:
         f"{DEMO}:file_stats",
         f"bodies-{uuid.uuid4().hex[:6]}",
         ram_request="256MiB",
-        inputs_mapping=[
-            InputSource(
-                pipeline_input_name="document", endpoint_input_name="doc", data_type="file"
-            ),
-            InputSource(
-                pipeline_input_name="label",
-                endpoint_input_name="label",
-                data_type="string",
-                default_value="stats",
-            ),
-        ],
+        inputs_mapping=FILE_STATS_INPUTS,
         max_retries=0,
     )
     return {

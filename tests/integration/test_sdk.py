@@ -31,7 +31,7 @@ def test_create_from_entrypoint_returns_token_once(sdk: PipeDeploy) -> None:
     name = unique("score")
     created = sdk.create_deployment(f"{PIPELINES}:score", name, description="scores")
     assert created["name"] == name
-    assert created["pipeline"] == "pipelines.py:score"
+    assert created["entrypoint"] == "pipelines.py:score"
     assert created["execution_rule"] == "endpoint"
     assert created["mode"] == "elastic"
     assert created["status"] == "standby"
@@ -44,7 +44,7 @@ def test_create_from_entrypoint_returns_token_once(sdk: PipeDeploy) -> None:
 
 def test_create_from_flow_object_and_plain_function(sdk: PipeDeploy) -> None:
     a = sdk.create_deployment(module_flow, unique("flow-object"), endpoint_token="secret-1")
-    assert a["pipeline"] == "test_sdk.py:module_flow"
+    assert a["entrypoint"] == "test_sdk.py:module_flow"
     assert a["endpoint_token"] == "secret-1"
     b = sdk.create_deployment(
         plain_function,
@@ -55,7 +55,7 @@ def test_create_from_flow_object_and_plain_function(sdk: PipeDeploy) -> None:
         ram_request="256MiB",
         execution_timeout_s=30,
     )
-    assert b["pipeline"] == "test_sdk.py:plain_function"
+    assert b["entrypoint"] == "test_sdk.py:plain_function"
     assert b["settings"] == {
         "enable_parallel_executions": True,
         "max_parallel_executions_per_pod": 3,

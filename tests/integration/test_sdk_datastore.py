@@ -189,21 +189,23 @@ def test_inputs_and_outputs_recorded_on_a_run(sdk: Client) -> None:
 
     anyio.run(write)
 
-    assert sdk.get_pipeline_execution_input(run_id, "x") == 2
-    assert sdk.get_pipeline_execution_input(str(run_id), "token") == "***"
-    assert sdk.get_pipeline_execution_output(run_id, "score") == 0.5
-    assert sdk.get_pipeline_execution_output(run_id, "labels") == ["a"]
-    assert sdk.get_pipeline_execution_output(run_id, "report") == {"datastore_path": "r/1.pdf"}
+    assert sdk.get_pipeline_execution_input(run_id, "x", value_only=True) == 2
+    assert sdk.get_pipeline_execution_input(str(run_id), "token", value_only=True) == "***"
+    assert sdk.get_pipeline_execution_output(run_id, "score", value_only=True) == 0.5
+    assert sdk.get_pipeline_execution_output(run_id, "labels", value_only=True) == ["a"]
+    assert sdk.get_pipeline_execution_output(run_id, "report", value_only=True) == {
+        "datastore_path": "r/1.pdf"
+    }
 
     with pytest.raises(
         ExecutionValueNotFound, match="no input 'nope'; its recorded inputs are 'x', 'token'"
     ):
-        sdk.get_pipeline_execution_input(run_id, "nope")
+        sdk.get_pipeline_execution_input(run_id, "nope", value_only=True)
     with pytest.raises(
         ExecutionValueNotFound,
         match="no output 'nope'; its recorded outputs are 'score', 'labels', 'report'",
     ):
-        sdk.get_pipeline_execution_output(run_id, "nope")
+        sdk.get_pipeline_execution_output(run_id, "nope", value_only=True)
 
     async def read() -> tuple[Any, Any]:
         async with get_client() as client:
@@ -218,7 +220,7 @@ def test_a_retried_run_reads_its_latest_record(sdk: Client) -> None:
     with get_client(sync_client=True) as client:
         record_inputs_sync(client, run_id, {"x": "first attempt"})
         record_inputs_sync(client, run_id, {"x": "second attempt"})
-    assert sdk.get_pipeline_execution_input(run_id, "x") == "second attempt"
+    assert sdk.get_pipeline_execution_input(run_id, "x", value_only=True) == "second attempt"
 
     async def read() -> Any:
         async with get_client() as client:
@@ -230,14 +232,14 @@ def test_a_retried_run_reads_its_latest_record(sdk: Client) -> None:
 def test_records_missing(sdk: Client) -> None:
     run_id = anyio.run(_flow_run_id)
     with pytest.raises(ExecutionValueNotFound, match="recorded no inputs"):
-        sdk.get_pipeline_execution_input(run_id, "x")
+        sdk.get_pipeline_execution_input(run_id, "x", value_only=True)
     with pytest.raises(ExecutionValueNotFound, match="recorded no outputs"):
-        sdk.get_pipeline_execution_output(run_id, "y")
+        sdk.get_pipeline_execution_output(run_id, "y", value_only=True)
     for missing in (str(uuid.uuid4()), "not-an-id"):
         with pytest.raises(ExecutionNotFound, match=f"no execution with id '{missing}'"):
-            sdk.get_pipeline_execution_input(missing, "x")
+            sdk.get_pipeline_execution_input(missing, "x", value_only=True)
         with pytest.raises(ExecutionNotFound):
-            sdk.get_pipeline_execution_output(missing, "y")
+            sdk.get_pipeline_execution_output(missing, "y", value_only=True)
 
 
 def test_a_client_made_for_an_api_sends_its_block_events_there_with_none_configured(

@@ -39,6 +39,8 @@ def test_sdk_has_the_platform_verbs() -> None:
         "get_pipeline_execution",
         "get_pipeline_execution_logs",
         "cancel_pipeline_execution",
+        "delete_pipeline_execution",
+        "retrieve_pipeline_execution_outputs",
         "get_deployment_logs",
         "get_pipeline_execution_input",
         "get_pipeline_execution_output",

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "code_max_mib": 100.0,
     "gateway_url": None,
     "gateway_wait_s": 25.0,
+    "gateway_access_token_ttl_s": 900,
     "gateway_max_body_bytes": 10 * 1024 * 1024,
     "gateway_max_waiting": 100,
     "gateway_max_queued": 10,

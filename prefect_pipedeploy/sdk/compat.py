@@ -34,7 +34,7 @@ from prefect_pipedeploy.exceptions import (
     DeploymentNotReady,
     SpecError,
 )
-from prefect_pipedeploy.spec import ExecutionRule, InputSource, OutputDestination
+from prefect_pipedeploy.spec import DeploymentSpec, ExecutionRule, InputSource, OutputDestination
 
 
 class _Unset:
@@ -261,6 +261,14 @@ def input_record(
         "source": _INPUT_SOURCES[field],
         "value": value,
     }
+
+
+def input_records(inputs: dict[str, Any], spec: DeploymentSpec | None) -> list[dict[str, Any]]:
+    """Every recorded input of an execution as the platform gives it (`input_record`), with
+    the mappings of its deployment's settings `spec` (None: a run without a deployment)."""
+    mappings = {m.pipeline_input_name: m for m in spec.inputs_mapping} if spec else {}
+    rule = spec.execution_rule if spec else "run"
+    return [input_record(name, value, mappings.get(name), rule) for name, value in inputs.items()]
 
 
 def output_mapping_for(

@@ -35,7 +35,7 @@ from prefect_pipedeploy.prefect_api.records import read_inputs, read_outputs, re
 from prefect_pipedeploy.sdk.base import Verbs
 from prefect_pipedeploy.sdk.compat import (
     folder_prefix,
-    input_record,
+    input_records,
     one_path,
     output_mapping_for,
     output_record,
@@ -152,9 +152,7 @@ class DataStoreVerbs(Verbs):
         value = inputs[input_name]
         if value_only:
             return value
-        mappings = {m.pipeline_input_name: m for m in spec.inputs_mapping} if spec else {}
-        rule = spec.execution_rule if spec else "run"
-        return input_record(input_name, value, mappings.get(input_name), rule)
+        return input_records({input_name: value}, spec)[0]
 
     async def aget_pipeline_execution_output(
         self, execution_id: str | UUID, output_name: str, *, value_only: bool = False

@@ -39,9 +39,11 @@ from prefect_pipedeploy.exceptions import (
     SpecError,
 )
 from prefect_pipedeploy.prefect_api.busy import retry_busy
-from prefect_pipedeploy.prefect_api.records import read_outputs
+from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
+from prefect_pipedeploy.prefect_api.records import read_inputs, read_outputs
 from prefect_pipedeploy.prefect_api.runs import create_execution, request_cancel
 from prefect_pipedeploy.sdk.base import TAG, Verbs, pipedeploy_pools
+from prefect_pipedeploy.sdk.compat import input_records
 from prefect_pipedeploy.sdk.views import _iso, _level_name, execution_view, pipeline_name_of
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import (
@@ -54,16 +56,27 @@ class ExecutionVerbs(Verbs):
     """Execution verbs; mixed into `PipeDeploy`."""
 
     async def alist_pipeline_executions(
-        self, deployment_name: str | None = None, limit: int = 100, include_scheduled: bool = False
+        self,
+        deployment_name: str | None = None,
+        limit: int = 100,
+        include_scheduled: bool = False,
+        *,
+        pipeline_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Executions, of one deployment when `deployment_name` is given: those that started,
         the most recent start first, then those due that have not started (waiting), the most
         recently due first; with `include_scheduled`, then the runs a schedule has made ahead
         of time, the soonest first (before, those came first: a 1-minute schedule's listing
         was 50 future runs and none that ran). Any `limit` works: the server gives at most
-        200 runs per read, so the listing reads page after page."""
+        200 runs per read, so the listing reads page after page. `pipeline_name` (the
+        platform's way): the executions of every deployment of that pipeline (the entrypoint's
+        function, as `get_deployment` shows it in `pipeline_name`)."""
         if limit < 1:
             raise SpecError(f"limit must be 1 or more, got {limit}")
+        if deployment_name is not None and pipeline_name is not None:
+            raise SpecError(
+                "give deployment_name or pipeline_name, not both: a deployment runs one pipeline"
+            )
         now = datetime.now(timezone.utc)
         async with self._client() as client:
             # deployment id -> (deployment name, pipeline name)
@@ -73,6 +86,15 @@ class ExecutionVerbs(Verbs):
                 deployment = await self._deployment(client, deployment_name)
                 names[deployment.id] = _names_of(deployment)
                 deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            elif pipeline_name is not None:
+                for deployment in await read_all_deployments(
+                    client, work_pool_filter=pipedeploy_pools()
+                ):
+                    if pipeline_name_of(deployment.entrypoint) == pipeline_name:
+                        names[deployment.id] = _names_of(deployment)
+                if not names:
+                    return []
+                deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=list(names)))
             parts = [
                 (FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)), START_DESC),
                 (_not_started(expected_before=now), FlowRunSort.EXPECTED_START_TIME_DESC),
@@ -149,11 +171,26 @@ class ExecutionVerbs(Verbs):
         async with self._client() as client:
             flow_run = await self._flow_run(client, execution_id)
             names: tuple[str | None, str | None] = (None, None)
+            spec = None
             if flow_run.deployment_id:
                 with contextlib.suppress(ObjectNotFound):
-                    names = _names_of(await client.read_deployment(flow_run.deployment_id))
+                    deployment = await client.read_deployment(flow_run.deployment_id)
+                    names = _names_of(deployment)
+                    spec = spec_from_job_variables(deployment.job_variables)
             view = execution_view(flow_run, *names)
             view["outputs"] = await read_outputs(client, flow_run.id)
+            inputs = await read_inputs(client, flow_run.id) or {}
+        # the platform's lists: every input with where it came from, and its one step (a
+        # deployment here runs one pipeline, a flow, not a chain of steps)
+        view["inputs"] = input_records(inputs, spec)
+        view["steps"] = [
+            {
+                "name": view.get("pipeline_name"),
+                "status": view["status"],
+                "start_date": _iso(flow_run.start_time),
+                "end_date": view.get("end_date"),
+            }
+        ]
         return view
 
     async def acancel_pipeline_execution(
@@ -258,10 +295,17 @@ class ExecutionVerbs(Verbs):
         return {"execution_id": execution["execution_id"], "outputs": execution["outputs"]}
 
     def list_pipeline_executions(
-        self, deployment_name: str | None = None, limit: int = 100, include_scheduled: bool = False
+        self,
+        deployment_name: str | None = None,
+        limit: int = 100,
+        include_scheduled: bool = False,
+        *,
+        pipeline_name: str | None = None,
     ) -> list[dict[str, Any]]:
         return run_coro_as_sync(
-            self.alist_pipeline_executions(deployment_name, limit, include_scheduled)
+            self.alist_pipeline_executions(
+                deployment_name, limit, include_scheduled, pipeline_name=pipeline_name
+            )
         )
 
     def run_deployment(

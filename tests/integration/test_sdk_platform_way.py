@@ -61,6 +61,8 @@ PLATFORM_EXECUTION_KEYS = {
     "end_date",
     "pipeline_name",
     "deployment_name",
+    "inputs",
+    "steps",
 }
 
 
@@ -255,8 +257,28 @@ def test_execution_keys_logs_window_and_delete(sdk: PipeDeploy) -> None:
     assert PLATFORM_EXECUTION_KEYS <= set(execution)
     assert (execution["pipeline_name"], execution["deployment_name"]) == ("score", name)
     assert execution["end_date"] is None
+    # the platform's lists: each input with where it came from, and the one step it ran
+    assert execution["inputs"] == [
+        {
+            "pipeline_input_name": "text",
+            "data_type": "string",
+            "endpoint_input_name": "text",
+            "source": "endpoint",
+            "value": "hi",
+        }
+    ]
+    assert [(s["name"], s["status"], s["end_date"]) for s in execution["steps"]] == [
+        ("score", execution["status"], None)
+    ]
     listed = {e["execution_id"]: e for e in sdk.list_pipeline_executions(name)}[str(run_id)]
     assert listed["pipeline_name"] == "score"
+    # by pipeline, the platform's way: every deployment of `score` (others' too), not `fails`
+    by_pipeline = sdk.list_pipeline_executions(pipeline_name="score", limit=500)
+    assert str(run_id) in {e["execution_id"] for e in by_pipeline}
+    assert {e["pipeline_name"] for e in by_pipeline} == {"score"}
+    assert sdk.list_pipeline_executions(pipeline_name="no-such-pipeline") == []
+    with pytest.raises(SpecError, match="not both"):
+        sdk.list_pipeline_executions(name, pipeline_name="score")
 
     def messages(*args: Any, **kwargs: Any) -> list[str]:
         return [line["message"] for line in sdk.get_pipeline_execution_logs(*args, **kwargs)]

@@ -30,11 +30,12 @@ Not for: the endpoint calls themselves (`service`), SDK token storage (`prefect_
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 from uuid import UUID
 
 import jwt
@@ -62,6 +63,37 @@ _SCOPE = "pipedeploy-sdk"
 _LIST_KEYS = ("name", "pipeline_name", "execution_rule", "mode", "is_enabled", "created_at")
 
 
+#: The largest body the platform's routes read (a token, a form with one field).
+SMALL_BODY_BYTES = 64 * 1024
+
+
+async def _small_fields(request: Request) -> dict[str, Any]:
+    """The fields of a small JSON object or urlencoded form body ({} for none); 413 past
+    `SMALL_BODY_BYTES`, read no further; 400 for a body that is neither."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > SMALL_BODY_BYTES:
+            raise GatewayError(413, f"the body is over {SMALL_BODY_BYTES // 1024} KiB; send less")
+    if not body.strip():
+        return {}
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            raise GatewayError(400, 'the body is not a JSON object; send {"name": value, ...}')
+        return fields
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise GatewayError(
+            400, "the body is neither JSON nor a form; send JSON (Content-Type: application/json)"
+        ) from None
+    return dict(pairs)
+
+
 def _unauthorized(message: str) -> GatewayError:
     return GatewayError(401, message, headers={"WWW-Authenticate": "Bearer"})
 
@@ -81,11 +113,7 @@ class PlatformAccess:
     async def refresh(self, request: Request) -> dict[str, str]:
         client = _client_address(request)
         self.gateway.refuse_blocked(client)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        token = body.get("refresh_token") if isinstance(body, dict) else None
+        token = (await _small_fields(request)).get("refresh_token")
         name = await sdk_token_named(self.gateway.client, token if isinstance(token, str) else None)
         if name is None:
             self.gateway.limiter.record(client, time.monotonic())
@@ -286,7 +314,7 @@ def add_platform_routes(app: FastAPI, gateway_of: Any) -> None:
         await access(request).check(request)
         gateway = gateway_of(request)
         await _deployment_view(gateway, name)  # 404 unless served here
-        given = (await request.form()).get("endpoint_token")
+        given = (await _small_fields(request)).get("endpoint_token")
         sdk = _sdk(gateway)
         try:
             if isinstance(given, str) and given:

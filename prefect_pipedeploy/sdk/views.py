@@ -1,7 +1,7 @@
 """Deployments and executions as the SDK returns them: plain JSON-friendly dicts (pure).
 
 For: `deployment_view` and `execution_view`, with our keys and the reference platform's beside
-them (`created_at`, `is_enabled`, `pipeline: {"name"}`, `end_date`, ...), and the pure pieces
+them (`created_at`, `is_enabled`, `end_date`, ...), and the pure pieces
 they use: `pipeline_name_of`, `readable_schedule`.
 Not for: reading them (`deployments`, `executions`), or what needs another read
 (`last_execution_id`: `compat.latest_execution_id`).
@@ -92,7 +92,7 @@ def deployment_view(
     deployment: DeploymentResponse, pod: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """A deployment with our keys and the platform's (`created_at`, `updated_at`,
-    `is_enabled`, `pipeline`, `pipeline_name`, `human_readable_schedule`, the settings at
+    `is_enabled`, `pipeline_name`, `human_readable_schedule`, the settings at
     the top level). `last_execution_id` needs a read of the runs: `get_deployment` adds it."""
     spec = spec_from_job_variables(deployment.job_variables)
     name = pipeline_name_of(deployment.entrypoint)
@@ -100,8 +100,9 @@ def deployment_view(
     return {
         "id": str(deployment.id),
         "name": deployment.name,
-        # the platform's: the pipeline by name; `entrypoint` is where its code is
-        "pipeline": {"name": name},
+        # ours, kept: where the code is ("file.py:function", also as `entrypoint`); the
+        # platform's `pipeline: {"name"}` is `pipeline_name` here (one key cannot be both)
+        "pipeline": deployment.entrypoint,
         "pipeline_name": name,
         "entrypoint": deployment.entrypoint,
         "pipeline_path": deployment.path,

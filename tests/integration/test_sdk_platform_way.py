@@ -110,7 +110,7 @@ def test_create_positionally_in_the_platforms_order_and_its_keys(sdk: PipeDeploy
     assert created["endpoint_url_path"] == f"{name}-path"
     assert created["description"] == "the platform's way"
     assert created["settings"]["execution_timeout_s"] == 30
-    assert created["pipeline"] == {"name": "score"}
+    assert created["pipeline"] == created["entrypoint"]  # ours stays: a string
     assert created["pipeline_name"] == "score"
     assert created["entrypoint"] == "pipelines.py:score"
     assert created["status"] == "standby"  # elastic: ready at once

@@ -96,6 +96,9 @@ class PodHandle:
     # where the pod takes direct calls from the gateway ({host, port, key}, `engine.direct`)
     direct: dict[str, Any] | None = None
     direct_open: bool = True  # what the pod was last told (see `open_direct`)
+    # why its container could not start (`RuntimeStartError`), until it comes up: the runs
+    # waiting for it end Failed with this, as an elastic run whose container cannot start
+    start_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -261,8 +264,10 @@ class PodSupervisor:
             except RuntimeStartError as exc:  # its container could not start: say why, retry
                 pod.process = None
                 pod.failures += 1
+                pod.start_error = str(exc)
                 await self._publish(pod, PodStatus.creation_failed, str(exc))
                 self._event(pod, "load-failed", error=str(exc))
+                self.on_change()  # the runs waiting for it end Failed, saying why
                 await asyncio.sleep(backoff_s(pod.failures))
                 continue
             except Exception as exc:  # a defect here must not leave the pod gone for good
@@ -425,6 +430,7 @@ class PodSupervisor:
     async def _on_message(self, pod: PodHandle, message: dict[str, Any]) -> str | None:
         event = message.get("event")
         if event == "ready":
+            pod.start_error = None
             direct = message.get("direct")
             pod.direct = direct if isinstance(direct, dict) else None
             pod.direct_open = True  # a new pod starts open

@@ -451,6 +451,9 @@ class PipeDeployWorker(
     async def _dispatch_to_pod(self, deployment_id: UUID, flow_runs: list[FlowRun]) -> None:
         """Start the heads of a deployment's queue in its pod, within its parallelism."""
         pod = self.pods.pods.get(deployment_id)
+        if pod is not None and pod.start_error is not None and not pod.is_up:
+            await self._fail_for_pod(pod.start_error, flow_runs)
+            return
         if pod is None or not pod.is_up:
             return
         if pod.spec.parallelism == 1:
@@ -475,6 +478,16 @@ class PipeDeployWorker(
                     f"Re-queued: the low-latency pod of deployment {pod.name!r} went down as "
                     "this execution was handed to it",
                 )
+
+    async def _fail_for_pod(self, start_error: str, flow_runs: list[FlowRun]) -> None:
+        """End the runs waiting for a pod whose container cannot start Failed with why, as an
+        elastic run whose container cannot start ends (claimed first: one worker ends each)."""
+        for flow_run in flow_runs:
+            if not await self._claim(flow_run):
+                continue
+            self.get_flow_run_logger(flow_run).error(start_error)
+            await fail_run(self.client, flow_run.id, start_error)
+            await discard(self.client, sealed_keys(flow_run.parameters))
 
     async def _claim(self, flow_run: FlowRun) -> bool:
         self._claiming.add(flow_run.id)

@@ -342,3 +342,23 @@ def test_a_killed_pod_container_is_re_created_and_a_changed_archive_stops_it_say
     assert f"not the {code['sha256']} the deployment recorded" in failed["status_message"]
     sdk.delete_deployment(name)
     eventually(lambda: pod_containers(docker), 60, until=lambda left: not left)
+
+
+def test_a_pod_whose_image_is_missing_fails_its_runs_saying_so(
+    sdk: PipeDeploy, worker: ChildProcess, image: str, store_mount: str, tmp_path: Path
+) -> None:
+    missing = "pipedeploy-no-such-image:0"
+    name = deploy_in_docker(
+        sdk, write_project(tmp_path / "project"), missing, store_mount, mode="low_latency"
+    )
+    failed_pod = eventually(
+        lambda: sdk.get_deployment(name),
+        60,
+        until=lambda deployment: deployment["status"] == "creation_failed",
+    )
+    assert f"{missing!r} is not on this machine's Docker engine" in failed_pod["status_message"]
+    # as an elastic run whose container cannot start: Failed, saying why, not left waiting
+    run = sdk.run_deployment(name, timeout_s=120)
+    assert run["status"] == "Failed", run
+    assert f"{missing!r} is not on this machine's Docker engine" in (run["message"] or "")
+    sdk.delete_deployment(name)

@@ -122,7 +122,8 @@ def deploy_in_docker(
 
 
 def leftover_containers(docker: Any) -> list[Any]:
-    return docker.containers.list(all=True, filters={"label": LABEL})
+    # sparse: as listed, without inspecting each (one removed meanwhile is not an error)
+    return docker.containers.list(all=True, filters={"label": LABEL}, sparse=True)
 
 
 def test_an_elastic_execution_runs_shipped_code_in_a_container_of_its_image(
@@ -248,7 +249,7 @@ def test_two_images_with_different_versions_of_one_package_serve_side_by_side(
 
 
 def pod_containers(docker: Any) -> list[Any]:
-    return docker.containers.list(all=True, filters={"label": f"{LABEL}=pod"})
+    return docker.containers.list(all=True, filters={"label": f"{LABEL}=pod"}, sparse=True)
 
 
 def deploy_pod(sdk: PipeDeploy, root: Path, image: str, store_mount: str, **settings: Any) -> str:

@@ -99,6 +99,11 @@ class RunLogs:
         # the sender thread sees the Prefect settings (the API URL) of whoever made this
         self._context = contextvars.copy_context()
         self._batch_bytes = max_batch_bytes()
+        # `aflush`'s group commit, on the one event loop that uses it: the futures of the runs
+        # whose flush waits for the next POST, and the POST in flight
+        self._combining_loop: asyncio.AbstractEventLoop | None = None
+        self._asked: dict[str, asyncio.Future[list[threading.Event]]] = {}
+        self._posting: asyncio.Future[list[threading.Event]] | None = None
 
     # ---- taking lines -------------------------------------------------------------------------
 
@@ -182,16 +187,70 @@ class RunLogs:
             event.wait(IN_FLIGHT_WAIT_S)
 
     async def aflush(self, client: PrefectClient, flow_run_id: UUID) -> None:
-        """`flush` from an event loop, with the async client."""
-        lines, taken, waits, done = self._take([str(flow_run_id)])
+        """`flush` from an event loop, with the async client.
+
+        Flushes asked for while another is on its way go together (a group commit): the first
+        to find no POST of this kind in flight sends the lines of every run asked for so far,
+        in one POST, and the others wait for it. A parallel pod whose runs end at once stores
+        their lines in a few writes instead of one (two, with the end-of-run flush) per run:
+        on SQLite every write waits for the one before (issue 14)."""
+        key = str(flow_run_id)
+        loop = asyncio.get_running_loop()
+        if self._combining_loop is None:
+            self._combining_loop = loop
+        if self._combining_loop is not loop:  # another event loop of this process: alone
+            await self._wait_for(await self._post_now(client, [key]))
+            return
+        mine = self._asked.get(key)
+        if mine is None:
+            mine = self._asked[key] = loop.create_future()
+        while not mine.done():
+            posting = self._posting
+            # a POST that has ended may not be settled yet (its callback is queued): awaiting
+            # it would not yield, so this loop would spin; lead the next POST instead
+            if posting is None or posting.done():
+                await self._post_asked(client)
+            else:
+                await asyncio.shield(posting)  # then lead the next POST if none has
+        await self._wait_for(mine.result())
+
+    async def _post_now(self, client: PrefectClient, keys: list[str]) -> list[threading.Event]:
+        """POST the pending lines of `keys`; returns the POSTs already carrying lines of
+        theirs (another sender's), to wait for."""
+        lines, taken, waits, done = self._take(list(keys))
         try:
             if lines:
                 await self._apost(client, lines)
         finally:
             self._sent(taken, done)
+        return waits
+
+    @staticmethod
+    async def _wait_for(waits: list[threading.Event]) -> None:
         for event in waits:
             if not event.is_set():
                 await asyncio.to_thread(event.wait, IN_FLIGHT_WAIT_S)
+
+    async def _post_asked(self, client: PrefectClient) -> None:
+        """One POST with the lines of every run whose flush was asked for (`aflush`); each
+        asker's future gets the POSTs already carrying lines of its run, to wait for. The POST
+        is shielded: a cancelled asker does not cancel the lines of the others."""
+        asked, self._asked = self._asked, {}
+        self._posting = posting = asyncio.ensure_future(self._post_now(client, list(asked)))
+        # settled before any waiter resumes (its callback comes later), even if this asker
+        # is cancelled meanwhile
+        posting.add_done_callback(lambda _: self._settle(posting, asked))
+        await asyncio.shield(posting)
+
+    def _settle(
+        self, posting: asyncio.Future[list[threading.Event]], asked: dict[str, asyncio.Future[Any]]
+    ) -> None:
+        if self._posting is posting:
+            self._posting = None
+        waits = [] if posting.cancelled() or posting.exception() else posting.result()
+        for future in asked.values():
+            if not future.done():
+                future.set_result(waits)
 
     def flush_everything(self) -> None:
         """Store every pending line of every run with a client of its own (at exit, before a
@@ -225,6 +284,7 @@ class RunLogs:
         self._pending, self._pending_bytes, self._sending = {}, 0, {}
         self._wake = threading.Event()
         self._thread = None
+        self._combining_loop, self._asked, self._posting = None, {}, None
 
 
 _process_run_logs: RunLogs | None = None

@@ -365,7 +365,11 @@ class Gateway:
         has gone (`gone()` is checked while the call waits and right before the create).
 
         Up to `gateway_max_creating` creates go at a time, and a 503 from a busy SQLite
-        server is retried within milliseconds instead of Prefect's seconds.
+        server is retried within milliseconds instead of Prefect's seconds. The run is made
+        from the deployment read right before, through Prefect's plain create route where that
+        makes the same run (`runs.create_deployment_run`): that route skips the server's check
+        of the job variables, whose ~40 ms inside the create's transaction made most creates
+        collide with other writes on a busy SQLite server (503, retried).
         """
         settings = get_settings()
         try:
@@ -374,12 +378,16 @@ class Gateway:
                     endpoint, parameters, settings.gateway_max_waiting, gone, idempotency_key
                 )
         except QueueFull as full:
-            logger.warning(
-                "Endpoint %r: %d calls already wait to create an execution; refused with 429",
-                endpoint.path,
-                full.queued,
-                extra={"action": "create_queue_full"},
-            )
+            if (refused := self.queue.refused.add(time.monotonic())) is not None:
+                logger.warning(
+                    "Endpoint %r: %d calls already wait to create an execution; %d call(s) "
+                    "refused with 429 since the last such line (at most one every %g s)",
+                    endpoint.path,
+                    full.queued,
+                    refused,
+                    self.queue.refused.every_s,
+                    extra={"action": "create_queue_full"},
+                )
             raise GatewayError(
                 429,
                 f"the gateway is busy: {full.queued} calls wait to create an execution, its "
@@ -404,16 +412,25 @@ class Gateway:
         gone: Callable[[], Awaitable[bool]],
         idempotency_key: str | None = None,
     ) -> FlowRun:
-        waiting = await self.client.count_flow_runs(
-            deployment_filter=DeploymentFilter(
-                id=DeploymentFilterId(any_=[endpoint.deployment_id])
-            ),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-                )
-            ),
-        )
+        try:  # both reads at once; the deployment as it is now makes the run (below)
+            waiting, deployment = await asyncio.gather(
+                self.client.count_flow_runs(
+                    deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[endpoint.deployment_id])
+                    ),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(
+                                any_=[StateType.SCHEDULED, StateType.PENDING]
+                            )
+                        )
+                    ),
+                ),
+                self.client.read_deployment(endpoint.deployment_id),
+            )
+        except ObjectNotFound:
+            self._loaded_at = -math.inf
+            raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
         if waiting >= limit:
             raise GatewayError(
                 429,
@@ -431,6 +448,7 @@ class Gateway:
                 parameters,
                 RUN_TAGS,
                 idempotency_key=idempotency_key,
+                deployment=deployment,
             )
         except ObjectNotFound:
             self._loaded_at = -math.inf

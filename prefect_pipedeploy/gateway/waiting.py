@@ -4,7 +4,7 @@ in-memory state.
 For: `RunWatcher` (Prefect's event stream says when the executions that requests wait for
 change state; one API call reads them all),
 `CreateQueue` (the calls waiting for their turn to create an execution: bounded, first come
-first served, a caller that leaves gives up its place) and `BadTokenLimiter` (wrong tokens per
+first served, a caller that leaves gives up its place; its refusals counted by a `Tally`) and `BadTokenLimiter` (wrong tokens per
 client over a sliding minute). Not for: when an execution is settled (`status.settled`).
 """
 
@@ -102,6 +102,27 @@ async def never_gone() -> bool:
     return False
 
 
+class Tally:
+    """Counts something that can happen hundreds of times a second (a 429) and says when to
+    report it: the first time, then at most once per `every_s`, with the count since the last
+    report. A burst of refused calls logs a line every `every_s`, not one per call: each line
+    through Prefect's console handler costs the gateway about as much as the call itself."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.count = 0
+        self._reported_at = -math.inf
+
+    def add(self, now: float) -> int | None:
+        """Count one; the count to report now (and start counting afresh), or None."""
+        self.count += 1
+        if now - self._reported_at < self.every_s:
+            return None
+        self._reported_at = now
+        count, self.count = self.count, 0
+        return count
+
+
 class CreateQueue:
     """The gateway's own queue of calls waiting to create an execution, `concurrency` creates
     at a time.
@@ -121,6 +142,8 @@ class CreateQueue:
         self._concurrency = concurrency
         self._check_s = check_s
         self.queued = 0
+        self.refused = Tally()
+        """The calls refused because the queue was full, reported every so often."""
         self.create_s = 0.5
         """Recent time one turn takes (an exponential average)."""
 

@@ -27,7 +27,7 @@ from prefect_pipedeploy._compat import ServerBusy, busy_raised
 T = TypeVar("T")
 
 #: Pauses before the quick tries; after them, Prefect's client retries as usual.
-QUICK_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5)
+QUICK_RETRY_DELAYS_S = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5)
 
 
 async def retry_busy(client: PrefectClient, call: Callable[[], Awaitable[T]]) -> T:

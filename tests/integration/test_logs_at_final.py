@@ -189,3 +189,71 @@ def test_parallel_runs_in_one_process_each_have_their_own_lines_at_final() -> No
         assert name == "Completed"
         assert [m for m in messages if " line " in m] == numbered_lines(tag), messages
         assert not any(other in m for m in messages for other in tags if other != tag)
+
+
+class CountingClient:
+    """A real Prefect client whose `create_logs` POSTs are counted (the server is real)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.posts: list[int] = []
+
+    async def create_logs(self, logs: list[dict[str, Any]]) -> None:
+        self.posts.append(len(logs))
+        await self.client.create_logs(logs)
+
+
+def log_line(flow_run_id: uuid.UUID, message: str) -> dict[str, Any]:
+    from prefect.client.schemas.actions import LogCreate
+
+    line = LogCreate(
+        name="test",
+        level=20,
+        message=message,
+        timestamp=time.time(),  # type: ignore[arg-type]
+        flow_run_id=flow_run_id,
+    ).model_dump(mode="json")
+    return {**line, "__payload_size__": len(message) + 100}
+
+
+@pytest.mark.parametrize("cancel_first", [False, True], ids=["all-wait", "first-cancelled"])
+def test_concurrent_flushes_go_together_and_each_returns_with_its_lines_stored(
+    cancel_first: bool,
+) -> None:
+    # 12 runs end at once in one process (a parallel pod): their flushes take two POSTs, the
+    # first asker's and one for the 11 that asked while it was on its way; each flush returns
+    # with its run's lines stored. A first asker cancelled mid-POST (its run's timeout) does
+    # not cancel the POST that carries the others' lines.
+    run_logs = runlogs.RunLogs()
+    runs = [new_run(numbered, tag=f"group-{k}") for k in range(12)]
+    for run in runs:
+        for i in range(3):
+            run_logs.sink(log_line(run.id, f"{run.id} group line {i}"))
+
+    async def flush_all() -> list[int]:
+        async with get_client() as client:
+            counting = CountingClient(client)
+
+            async def flush(run: FlowRun) -> list[str]:
+                await run_logs.aflush(counting, run.id)  # type: ignore[arg-type]
+                return stored_messages(run.id)
+
+            first = asyncio.create_task(flush(runs[0]))
+            await asyncio.sleep(0)  # the first asker's POST is on its way
+            rest = [asyncio.create_task(flush(run)) for run in runs[1:]]
+            if cancel_first:
+                first.cancel()
+            stored = await asyncio.gather(*rest)
+            for run, messages in zip(runs[1:], stored, strict=True):
+                assert messages == [f"{run.id} group line {i}" for i in range(3)]
+            if not cancel_first:
+                assert await first == [f"{runs[0].id} group line {i}" for i in range(3)]
+            else:
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+            return counting.posts
+
+    posts = asyncio.run(flush_all())
+    assert posts == [3, 33], posts  # lines per POST: the first run's, then the 11 others'
+    assert stored_messages(runs[0].id) == [f"{runs[0].id} group line {i}" for i in range(3)]
+    assert run_logs._asked == {} and run_logs._posting is None  # nothing left waiting

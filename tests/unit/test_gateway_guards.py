@@ -17,7 +17,7 @@ from prefect_pipedeploy.datastore.base import ObjectInfo
 from prefect_pipedeploy.gateway.answers import _detail_of, public_message
 from prefect_pipedeploy.gateway.bodies import MAX_DEPTH, json_value_problem
 from prefect_pipedeploy.gateway.uploads import expired_uploads, uploads_in_use
-from prefect_pipedeploy.gateway.waiting import CallerGone, CreateQueue, QueueFull
+from prefect_pipedeploy.gateway.waiting import CallerGone, CreateQueue, QueueFull, Tally
 
 
 def deep(depth: int) -> Any:
@@ -298,3 +298,23 @@ def test_uploads_in_use_are_the_markers_in_run_parameters() -> None:
         )
     ]
     assert uploads_in_use(runs) == {"uploads/a/x.bin"}
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        # the first is reported at once, with itself
+        ([0.0], [1]),
+        # then nothing until 10 s have passed; the report counts every one since the last
+        ([0.0, 1.0, 2.0, 9.9], [1, None, None, None]),
+        ([0.0, 1.0, 2.0, 10.0], [1, None, None, 3]),
+        ([0.0, 10.0, 10.5, 25.0], [1, 1, None, 2]),
+        # a long quiet stretch: the next is reported at once, with itself
+        ([0.0, 100.0], [1, 1]),
+    ],
+)
+def test_a_tally_reports_the_first_then_at_most_once_per_interval(
+    times: list[float], expected: list[int | None]
+) -> None:
+    tally = Tally(every_s=10.0)
+    assert [tally.add(now) for now in times] == expected

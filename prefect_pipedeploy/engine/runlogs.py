@@ -196,8 +196,8 @@ class RunLogs:
         on SQLite every write waits for the one before (issue 14)."""
         key = str(flow_run_id)
         loop = asyncio.get_running_loop()
-        if self._combining_loop is None:
-            self._combining_loop = loop
+        if self._combining_loop is None or self._combining_loop.is_closed():
+            self._combining_loop, self._asked, self._posting = loop, {}, None
         if self._combining_loop is not loop:  # another event loop of this process: alone
             await self._wait_for(await self._post_now(client, [key]))
             return

@@ -93,12 +93,22 @@ def test_flushes_asked_for_while_a_post_is_on_its_way_share_the_next_one() -> No
     assert run_in_thread(scenario()) == [["run 0"], [f"run {k}" for k in range(1, 6)]]
 
 
-def test_a_flush_from_another_event_loop_posts_alone_and_leaves_the_first_loops_alone() -> None:
+def test_a_second_loop_posts_alone_while_the_first_is_open_then_takes_over() -> None:
+    # a process has one loop that groups (a pod's); another loop's flushes post alone while
+    # the first is open, and once it is closed the next loop takes over (an elastic process
+    # runs one loop per run; tests run many)
     run_logs = quiet_run_logs()
-    a, b = uuid.uuid4(), uuid.uuid4()
-    run_logs.sink(line(a, "a"))
-    run_logs.sink(line(b, "b"))
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for run, message in ((a, "a"), (b, "b"), (c, "c")):
+        run_logs.sink(line(run, message))
     client = RecordingClient()
-    run_in_thread(run_logs.aflush(client, a))  # type: ignore[arg-type]
-    run_in_thread(run_logs.aflush(client, b))  # type: ignore[arg-type]
-    assert client.posts == [["a"], ["b"]]
+    first_loop = asyncio.new_event_loop()
+    try:
+        first_loop.run_until_complete(run_logs.aflush(client, a))  # type: ignore[arg-type]
+        run_in_thread(run_logs.aflush(client, b))  # type: ignore[arg-type]
+        assert run_logs._combining_loop is first_loop
+    finally:
+        first_loop.close()
+    run_in_thread(run_logs.aflush(client, c))  # type: ignore[arg-type]
+    assert run_logs._combining_loop is not first_loop
+    assert client.posts == [["a"], ["b"], ["c"]]

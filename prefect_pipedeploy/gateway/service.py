@@ -429,8 +429,7 @@ class Gateway:
                 self.client.read_deployment(endpoint.deployment_id),
             )
         except ObjectNotFound:
-            self._loaded_at = -math.inf
-            raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
+            raise self._endpoint_gone(endpoint) from None
         if waiting >= limit:
             raise GatewayError(
                 429,
@@ -451,8 +450,7 @@ class Gateway:
                 deployment=deployment,
             )
         except ObjectNotFound:
-            self._loaded_at = -math.inf
-            raise GatewayError(404, f"no endpoint at {endpoint.path!r}") from None
+            raise self._endpoint_gone(endpoint) from None
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code in (409, 422):
                 detail = public_message(_detail_of(exc.response))
@@ -470,6 +468,12 @@ class Gateway:
                     "inputs (GET /openapi.json)",
                 ) from None
             raise
+
+    def _endpoint_gone(self, endpoint: Endpoint) -> GatewayError:
+        """Its deployment was deleted since the table was read: the table is read again at the
+        next request, and this call gets 404."""
+        self._loaded_at = -math.inf
+        return GatewayError(404, f"no endpoint at {endpoint.path!r}")
 
     async def read_run(self, endpoint: Endpoint, execution_id: str) -> FlowRun:
         try:

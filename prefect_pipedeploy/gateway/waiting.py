@@ -4,8 +4,9 @@ in-memory state.
 For: `RunWatcher` (Prefect's event stream says when the executions that requests wait for
 change state; one API call reads them all),
 `CreateQueue` (the calls waiting for their turn to create an execution: bounded, first come
-first served, a caller that leaves gives up its place; its refusals counted by a `Tally`) and `BadTokenLimiter` (wrong tokens per
-client over a sliding minute). Not for: when an execution is settled (`status.settled`).
+first served, a caller that leaves gives up its place; its refusals counted by a `Tally`) and
+`BadTokenLimiter` (wrong tokens per client over a sliding minute). Not for: when an execution
+is settled (`status.settled`).
 """
 
 from __future__ import annotations

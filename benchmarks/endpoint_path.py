@@ -48,7 +48,7 @@ from benchmarks.logs_at_final import BenchLike as LogsBenchLike
 from benchmarks.logs_at_final import say, wait_until_up
 from benchmarks.stats import percentile
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.cli.up import POSTGRESQL_CREATING
+from prefect_pipedeploy.cli.up import POSTGRESQL_GATEWAY
 from prefect_pipedeploy.settings import PipeDeploySettings, env_name
 from prefect_pipedeploy.stack import ChildProcess, free_port, wait_for_http
 
@@ -336,7 +336,8 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
     )
     env = {**os.environ, "PREFECT_API_URL": bench.api_url}
     if getattr(args, "database", "sqlite") == "postgresql":  # as `pipedeploy up` starts them
-        env.setdefault(env_name("gateway_max_creating"), str(POSTGRESQL_CREATING))
+        for name, value in POSTGRESQL_GATEWAY.items():
+            env.setdefault(env_name(name), str(value))
     command = [sys.executable, "-m", "prefect_pipedeploy.cli"]
     results: dict[str, Any] = {
         "direct_dispatch_setting": "gateway_direct_dispatch" in PipeDeploySettings.model_fields

@@ -141,8 +141,8 @@ class PipeDeploySettings(PrefectBaseSettings):
         description=(
             "Executions the gateway creates at the same time (the others wait their turn, "
             "first come first served). 1 suits a Prefect server on SQLite, which writes one "
-            "at a time; on PostgreSQL 4 accepts more calls per second (`pipedeploy up "
-            "--database postgresql` sets it)."
+            "at a time; on PostgreSQL 16 accepts more calls per second (`pipedeploy up "
+            "--database postgresql` sets it, and gateway_max_queued to 32)."
         ),
     )
     gateway_direct_dispatch: bool = Field(

@@ -26,10 +26,13 @@ from prefect_pipedeploy.stack import ChildProcess, Database, sqlite_url
 
 DEMO_DEPLOYMENT = "demo-score"
 
-#: The gateway's concurrent creates on a server on PostgreSQL (`gateway_max_creating`), unless
-#: set: measured, 4 accepted 2.3 times the calls per second of 1 there; on SQLite, where the
-#: default 1 stays, 4 made calls wait past a minute under load (each create meets more 503s).
-POSTGRESQL_CREATING = 4
+#: The gateway's create settings on a server on PostgreSQL, unless set (`gateway_max_creating`,
+#: `gateway_max_queued`). Measured there (benchmarks/README.md, 32 concurrent callers while a
+#: parallel pod is busy): 4 creates at a time accepted ~9-12 calls/s (2.3 times 1 at a
+#: time), 8 ~14-15/s, 16 ~16-19/s, the server's one process then at ~92 % of a core. The
+#: queue holds two turns of creates, so that a burst waits instead of meeting 429s. On SQLite the defaults (1 and 10)
+#: stay: more creates at once made calls wait past a minute under load (each met more 503s).
+POSTGRESQL_GATEWAY = {"gateway_max_creating": 16, "gateway_max_queued": 32}
 
 
 @app.command()
@@ -110,7 +113,8 @@ def up(
         # not to a `.pipedeploy` in whatever directory `up` was started from
         env["PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME"] = str(home)
         if database is Database.postgresql:  # creates at once pay off there (not on SQLite)
-            env.setdefault(env_name("gateway_max_creating"), str(POSTGRESQL_CREATING))
+            for name, value in POSTGRESQL_GATEWAY.items():
+                env.setdefault(env_name(name), str(value))
         worker_child = start_child(
             "worker",
             [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool],

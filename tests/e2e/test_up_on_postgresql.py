@@ -43,9 +43,11 @@ def test_up_on_postgresql_runs_a_deployment_and_stops_its_database(open_dir: Pat
         if os.geteuid() == 0:  # PostgreSQL refuses root: `up` runs it as `postgres`
             assert postmaster[0].username() == OS_USER
 
-        # the gateway creates 4 executions at a time on PostgreSQL (1 on SQLite)
-        gateway = next(p for p in up.children() if "gateway" in p.cmdline())
-        assert gateway.environ().get(env_name("gateway_max_creating")) == "4"
+        # the gateway creates 16 executions at a time on PostgreSQL, 32 calls queued (1 and
+        # 10 on SQLite, the settings' defaults)
+        environ = next(p for p in up.children() if "gateway" in p.cmdline()).environ()
+        assert environ.get(env_name("gateway_max_creating")) == "16"
+        assert environ.get(env_name("gateway_max_queued")) == "32"
 
         sdk = PipeDeploy(stack.api_url, stack.pool, stack.data_store, stack.gateway_url)
         name = deploy(sdk, "counter")

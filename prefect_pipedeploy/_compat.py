@@ -38,7 +38,7 @@ from prefect._flow_run_suspension import (
 from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.blocks.core import Block
 from prefect.client.schemas.actions import FlowRunCreate
-from prefect.client.schemas.objects import FlowRun, State, Variable
+from prefect.client.schemas.objects import FlowRun, FlowRunPolicy, State, Variable
 from prefect.exceptions import Abort
 from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
 from prefect.logging.handlers import set_api_log_sink
@@ -226,12 +226,92 @@ class _AsyncFlowRunEngine(AsyncFlowRunEngine[Any, Any]):
         return await super().set_state(state, force)
 
 
-class _PodFlowRunEngine(_WithoutSuspensionObserver, _FlowRunEngine):
-    pass
+# The engine's PATCH of a run it did not create (3.9.1: `initialize_run` writes the flow's
+# version and the run's retry policy, its retries and retry delay taken from the flow where the
+# run has none, before it begins the run). A run created with both already (a pod's direct call,
+# `engine_fields`) is PATCHed with what it has: a pod's engine does not send that write.
 
 
-class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, _AsyncFlowRunEngine):
-    pass
+def engine_fields(flow: Flow[..., Any]) -> dict[str, Any] | None:
+    """The fields Prefect's engine PATCHes onto a run of `flow` before it begins it, for the
+    run's create (`FlowRunCreate` takes both); None when the retry policy cannot hold the flow's
+    retry delay (a list, a fraction of a second): the engine then writes it as before."""
+    delay = flow.retry_delay_seconds
+    if not isinstance(delay, (int, float)) or delay != int(delay):
+        return None
+    policy = FlowRunPolicy(retries=flow.retries, retry_delay=int(delay))
+    return {"flow_version": flow.version, "empirical_policy": policy}
+
+
+def _as_given(flow_run: FlowRun) -> dict[str, Any]:
+    """What the engine's PATCH would have to write to change nothing on the run as given."""
+    return {
+        "flow_version": flow_run.flow_version,
+        "empirical_policy": flow_run.empirical_policy.model_copy(deep=True),
+    }
+
+
+class _SamePatchSkipped:
+    """A pod engine's client until its run's first PATCH (`_PodEngine.client`): a PATCH of
+    exactly the flow version and retry policy the run had when the engine got it is not sent;
+    any other goes through. Everything else is the engine's own client."""
+
+    def __init__(self, client: Any, engine: _PodEngine) -> None:
+        self._client = client
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _same(self, flow_run_id: UUID, fields: dict[str, Any]) -> bool:
+        engine = self._engine
+        as_given, engine.as_given = engine.as_given, None  # the first PATCH only
+        flow_run = engine.flow_run
+        return (
+            as_given is not None
+            and flow_run is not None
+            and flow_run.id == flow_run_id
+            and (fields == as_given)
+        )
+
+
+class _SyncSamePatchSkipped(_SamePatchSkipped):
+    def update_flow_run(self, flow_run_id: UUID, **fields: Any) -> Any:
+        if self._same(flow_run_id, fields):
+            return None  # the engine discards the answer of its PATCH (3.9.1)
+        return self._client.update_flow_run(flow_run_id, **fields)
+
+
+class _AsyncSamePatchSkipped(_SamePatchSkipped):
+    async def update_flow_run(self, flow_run_id: UUID, **fields: Any) -> Any:
+        if self._same(flow_run_id, fields):
+            return None
+        return await self._client.update_flow_run(flow_run_id, **fields)
+
+
+class _PodEngine:
+    """What a pod's engines share: the run as given, until the engine's first PATCH of it."""
+
+    as_given: dict[str, Any] | None = None
+    flow_run: FlowRun | None
+
+
+class _PodFlowRunEngine(_WithoutSuspensionObserver, _FlowRunEngine, _PodEngine):
+    @property
+    def client(self) -> SyncPrefectClient:
+        client = super().client
+        if self.as_given is None:
+            return client
+        return cast("SyncPrefectClient", _SyncSamePatchSkipped(client, self))
+
+
+class _PodAsyncFlowRunEngine(_WithoutSuspensionObserver, _AsyncFlowRunEngine, _PodEngine):
+    @property
+    def client(self) -> PrefectClient:
+        client = super().client
+        if self.as_given is None:
+            return client
+        return cast("PrefectClient", _AsyncSamePatchSkipped(client, self))
 
 
 def _drive_sync(engine: _FlowRunEngine) -> State[Any]:
@@ -285,9 +365,10 @@ def run_in_pod_engine_sync(
     before_final: BeforeFinal | None = None,
 ) -> State[Any]:
     """`run_in_engine_sync` without a per-run suspension observer (a pod's shared one watches
-    the run, see `watch_suspension`; 3.9.1)."""
+    the run, see `watch_suspension`) and without the engine's PATCH when it would write what
+    the run has (`engine_fields`; 3.9.1)."""
     engine = _PodFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
-    engine.before_final = before_final
+    engine.before_final, engine.as_given = before_final, _as_given(flow_run)
     return _drive_sync(engine)
 
 
@@ -297,9 +378,10 @@ async def run_in_pod_engine_async(
     parameters: dict[str, Any],
     before_final: ABeforeFinal | None = None,
 ) -> State[Any]:
-    """`run_in_engine_async` without a per-run suspension observer (3.9.1)."""
+    """`run_in_engine_async` without a per-run suspension observer, nor a PATCH of what the
+    run has (`run_in_pod_engine_sync`; 3.9.1)."""
     engine = _PodAsyncFlowRunEngine(flow=flow, flow_run=flow_run, parameters=parameters)
-    engine.before_final = before_final
+    engine.before_final, engine.as_given = before_final, _as_given(flow_run)
     return await _drive_async(engine)
 
 

@@ -6,8 +6,9 @@ gateway (`gateway.direct`) keeps a connection open to it. For each call it takes
 the pod (`Pod.take_slot_now`: none free, or runs of the deployment waiting for the pod, and the
 call is refused: the gateway takes the worker's path), creates the execution in Prefect already
 Running (`prefect_api.runs.create_execution`, through Prefect's plain create route when the
-gateway read the deployment as the pod has it, `same_version`; its engine does not propose
-Running again), tells
+gateway read the deployment as the pod has it, `same_version`, with the flow version and retry
+policy its engine would PATCH, `_compat.engine_fields`; its engine does not propose Running nor
+send that PATCH), tells
 the worker about it as about a run it handed over (so a pod that dies under it ends it
 Crashed), runs it like any other run of the pod, and answers once its final state and its logs
 are stored, with the outputs. Not for: deciding who may call (the gateway checks tokens), runs
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.logging import get_logger
 from prefect.states import Running
 
-from prefect_pipedeploy._compat import created_running
+from prefect_pipedeploy._compat import created_running, engine_fields
 from prefect_pipedeploy.prefect_api.runs import create_execution
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class DirectDoor:
                 state=Running(message=DIRECT_MESSAGE),
                 idempotency_key=call.get("idempotency_key"),
                 deployment=pod.deployment if same_version(pod, call) else None,
+                engine_fields=engine_fields(pod.runner.flow),
             )
         except Exception as exc:  # the gateway's own create shows the caller why
             pod.release_slot()

@@ -81,6 +81,7 @@ def plain_create(
     tags: Sequence[str],
     state: State[Any] | None,
     idempotency_key: str | None,
+    engine_fields: Mapping[str, Any] | None = None,
 ) -> FlowRunCreate | None:
     """The body with which Prefect's plain create route (`_compat.create_flow_run_plain`) makes
     the same run as its create-from-deployment route would for these arguments; None where it
@@ -96,7 +97,9 @@ def plain_create(
     deployments leave enforcement off, `prefect deploy`'s turn it on). What the other route
     adds is its check of the deployment's job variables against the pool's schema, about 40 ms
     of the server's time for the `pipedeploy` pool, inside the create's database transaction
-    (issue 14); a deployment's job variables were checked when it was created or updated."""
+    (issue 14); a deployment's job variables were checked when it was created or updated.
+    `engine_fields` (`_compat.engine_fields`: the flow version and retry policy the engine
+    would PATCH) go into the body too; the other route cannot record them."""
     if deployment.version is not None or deployment.enforce_parameter_schema:
         return None
     if not deployment.work_pool_name or not deployment.work_queue_name:
@@ -113,11 +116,12 @@ def plain_create(
         idempotency_key=idempotency_key,
         work_pool_name=deployment.work_pool_name,
         work_queue_name=deployment.work_queue_name,
+        **(engine_fields or {}),
     )
 
 
 #: What `create_deployment_run` passes on to the plain route (`plain_create`).
-PLAIN_ARGUMENTS = frozenset({"parameters", "tags", "state", "idempotency_key"})
+PLAIN_ARGUMENTS = frozenset({"parameters", "tags", "state", "idempotency_key", "engine_fields"})
 
 #: The key of a parameter value Prefect's server replaces when it creates a run (a workspace
 #: variable, a Jinja template, JSON text).
@@ -129,9 +133,10 @@ async def create_deployment_run(
 ) -> FlowRun:
     """`create_run(client, deployment.id, **kwargs)`, made through Prefect's plain create route
     where that makes the same run (`plain_create`): about 40 ms less of the server's time.
-    Arguments other than `parameters`, `tags`, `state` and `idempotency_key` take the
-    deployment route."""
+    Arguments other than `parameters`, `tags`, `state`, `idempotency_key` and `engine_fields`
+    take the deployment route, which drops `engine_fields` (the engine PATCHes them)."""
     body = None
+    engine_fields = kwargs.pop("engine_fields", None)
     if not set(kwargs) - PLAIN_ARGUMENTS:
         body = plain_create(
             deployment,
@@ -139,6 +144,7 @@ async def create_deployment_run(
             kwargs.get("tags") or [],
             kwargs.get("state"),
             kwargs.get("idempotency_key"),
+            engine_fields,
         )
     if body is None:
         return await create_run(client, deployment.id, **kwargs)
@@ -154,10 +160,12 @@ async def create_execution(
     state: State[Any] | None = None,
     idempotency_key: str | None = None,
     deployment: DeploymentResponse | None = None,
+    engine_fields: Mapping[str, Any] | None = None,
 ) -> FlowRun:
     """Start an execution of a deployment: seal its secret inputs (`sealed.seal_inputs`),
     create the flow run (`create_run`; Scheduled, or `state`: a pod's direct call creates it
-    Running; given the `deployment` as read, `create_deployment_run`), and, if the create
+    Running; given the `deployment` as read, `create_deployment_run`, with `engine_fields`
+    where its plain route makes the run), and, if the create
     fails, discard the sealed values again so that no
     `pipedeploy-sealed-*` block outlives a run that was never made. With `idempotency_key`,
     a second create with the same key gives back the run the first one made (Prefect's rule):
@@ -174,7 +182,9 @@ async def create_execution(
         tags = [*tags, *(sealed_tag(key) for key in sealed_keys(sealed))]
         create = dict(parameters=sealed, tags=tags, state=state, idempotency_key=idempotency_key)
         if deployment is not None and deployment.id == deployment_id:
-            return await create_deployment_run(client, deployment, **create)
+            return await create_deployment_run(
+                client, deployment, **create, engine_fields=engine_fields
+            )
         return await create_run(client, deployment_id, **create)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a cancelled caller still cleans up

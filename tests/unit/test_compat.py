@@ -84,6 +84,24 @@ def test_flow_engines_can_swap_their_suspension_observer(engine: type) -> None:
     )
 
 
+@pytest.mark.parametrize("engine", [FlowRunEngine, AsyncFlowRunEngine])
+def test_flow_engines_patch_a_given_run_through_their_client_property(engine: type) -> None:
+    # `_PodEngine.client` sees the PATCH only if `initialize_run` sends it through `self.client`
+    # with exactly these fields (what `engine_fields` puts into a direct call's create)
+    source = inspect.getsource(engine.initialize_run)
+    call = source[source.index("self.client.update_flow_run(") :].split(")", 1)[0]
+    assert [
+        part.split("=")[0].strip() for part in call.split("(", 1)[1].split(",") if part.strip()
+    ] == [
+        "flow_run_id",
+        "flow_version",
+        "empirical_policy",
+    ], changed(f"{engine.__name__}.initialize_run's PATCH of a given run", "engine_fields")
+    assert isinstance(inspect.getattr_static(engine, "client"), property), changed(
+        f"{engine.__name__}.client", "_PodEngine"
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "where"),
     [

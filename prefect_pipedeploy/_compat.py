@@ -477,6 +477,28 @@ def fail_fast_client() -> PrefectClient:
     return get_client(httpx_settings={"transport": transport})
 
 
+def wrap_transports(
+    client: PrefectClient,
+    sync_client: SyncPrefectClient,
+    wrap_async: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport],
+    wrap_sync: Callable[[httpx.BaseTransport], httpx.BaseTransport],
+) -> None:
+    """Put a wrapper around every transport of both clients' httpx clients (their private
+    `_client`; httpx's private `_transport` and `_mounts`, the proxies' transports), keeping
+    the transports Prefect built, with its TLS, HTTP/2 and pool settings (3.9.1)."""
+    http, sync_http = client._client, sync_client._client
+    http._transport = wrap_async(http._transport)
+    http._mounts = {
+        pattern: None if mounted is None else wrap_async(mounted)
+        for pattern, mounted in http._mounts.items()
+    }
+    sync_http._transport = wrap_sync(sync_http._transport)
+    sync_http._mounts = {
+        pattern: None if mounted is None else wrap_sync(mounted)
+        for pattern, mounted in sync_http._mounts.items()
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # A 503 answered at once (checked against 3.9.1)
 # ---------------------------------------------------------------------------------------------

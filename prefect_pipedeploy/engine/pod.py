@@ -88,6 +88,7 @@ from prefect_pipedeploy.engine.runner import PipelineRunner
 from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, when_api_answers
 from prefect_pipedeploy.prefect_api.sealed import sealed_keys
+from prefect_pipedeploy.prefect_api.writegate import install_write_gate
 from prefect_pipedeploy.runtimes.orphans import OrphanNote
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
@@ -427,7 +428,10 @@ async def serve(
         # a pod (re-)created while the server restarts waits for it; entering the sync client
         # checks the API version, which would fail at once
         await when_api_answers(client_context.client)
-        with SyncClientContext.get_or_create():
+        with SyncClientContext.get_or_create() as sync_context:
+            # on a server that refuses creates (SQLite), the pod's creates and its runs' writes
+            # take turns instead of refusing each other (`writegate`)
+            install_write_gate(client_context.client, sync_context.client)
             return await _serve(
                 deployment_id,
                 client_context.client,

@@ -202,7 +202,7 @@ async def _result(gateway: Gateway, request: Request, path: str, execution_id: s
     endpoint, _, _ = await gateway.authorized_endpoint(
         request, path, time.monotonic(), allow_query=True
     )
-    run = await gateway.read_run(endpoint, execution_id)
+    run = await gateway.answers.read_run(endpoint, execution_id)
     base_wait = get_settings().gateway_wait_s
     try:
         asked = float(request.query_params.get("wait", base_wait))
@@ -226,7 +226,7 @@ async def _result(gateway: Gateway, request: Request, path: str, execution_id: s
         assert latest is not None
         run = latest
     if run.state is None or run.state.type.value != "COMPLETED":
-        return await gateway.final_answer(request, run)  # 500 with the reason
+        return await gateway.answers.final_answer(request, run)  # 500 with the reason
     outputs = await read_outputs(gateway.client, run.id) or {}
     stored = await read_stored_outputs(gateway.client, run.id) or {}
     base = str(request.base_url).rstrip("/")
@@ -246,11 +246,11 @@ async def _output_file(
     endpoint, _, _ = await gateway.authorized_endpoint(
         request, path, time.monotonic(), allow_query=True
     )
-    run = await gateway.read_run(endpoint, execution_id)
+    run = await gateway.answers.read_run(endpoint, execution_id)
     key = (await read_stored_outputs(gateway.client, run.id) or {}).get(name)
     if key is None:
         raise GatewayError(404, f"execution {execution_id!r} stored no output named {name!r}")
-    return await gateway.file_answer(run.id, name, key)
+    return await gateway.answers.file_answer(run.id, name, key)
 
 
 def add_platform_routes(app: FastAPI, gateway_of: Any) -> None:

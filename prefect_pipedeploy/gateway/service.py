@@ -3,7 +3,8 @@
 For: `Gateway`: the endpoint table (cached, re-read on a miss or a wrong token), token checks,
 storing uploads and sweeping expired ones (`uploads`), creating executions in turn (429 when
 the gateway's queue or the deployment's waiting executions are full; none for a caller that has
-gone), emitting the called event, and answering with the result, a 303, or an error.
+gone), handing calls to pods (`direct`), emitting the called event, and answering with the
+result, a 303 (through its `ResultAnswers`, `results`) or an error.
 Not for: HTTP routing (`app`).
 """
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from fastapi import Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -38,23 +37,19 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.logging import get_logger
 from prefect.settings import get_current_settings
-from starlette.background import BackgroundTask
 
 from prefect_pipedeploy.datastore.base import DataStore
 from prefect_pipedeploy.datastore.configured import aload_data_store
 from prefect_pipedeploy.exceptions import (
     DataStoreError,
-    DataStoreObjectNotFound,
     PipeDeployError,
 )
 from prefect_pipedeploy.gateway.answers import (
     WAITING_RETRY_AFTER_S,
     GatewayError,
     _detail_of,
-    _unlink,
     execution_location,
     public_message,
-    wants_json_only,
 )
 from prefect_pipedeploy.gateway.bodies import (
     close_files,
@@ -62,7 +57,7 @@ from prefect_pipedeploy.gateway.bodies import (
     json_string_fields,
     read_body,
 )
-from prefect_pipedeploy.gateway.direct import DirectCall, PodDoors, PodLost
+from prefect_pipedeploy.gateway.direct import DirectCall, PodDoors
 from prefect_pipedeploy.gateway.endpoints import Endpoint, endpoint_of, endpoint_table
 from prefect_pipedeploy.gateway.inputs import (
     CheckedInputs,
@@ -71,6 +66,7 @@ from prefect_pipedeploy.gateway.inputs import (
     oversized_message,
     safe_filename,
 )
+from prefect_pipedeploy.gateway.results import ResultAnswers
 from prefect_pipedeploy.gateway.uploads import (
     sweep_interval_s,
     sweep_uploads,
@@ -86,14 +82,12 @@ from prefect_pipedeploy.gateway.waiting import (
 )
 from prefect_pipedeploy.iomapping import file_input_marker
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
-from prefect_pipedeploy.prefect_api.records import read_outputs, read_stored_outputs
 from prefect_pipedeploy.prefect_api.runs import create_execution
 from prefect_pipedeploy.prefect_api.triggers import (
     emit_endpoint_called,
 )
 from prefect_pipedeploy.settings import env_name, get_settings
 from prefect_pipedeploy.spec import Mode
-from prefect_pipedeploy.status import EXECUTION_STATUS, execution_status, settled
 from prefect_pipedeploy.tokens import token_matches
 
 logger = get_logger("prefect_pipedeploy.gateway.service")
@@ -113,20 +107,6 @@ NO_TOKEN_YET = (
     "this endpoint has no token yet; its owner creates one with "
     "`pipedeploy endpoint token <deployment>`"
 )
-
-
-def _still_running(run_id: UUID, status: str, location: str) -> Response:
-    """The 303 of a call whose execution has not ended within the gateway's wait."""
-    return JSONResponse(
-        {
-            "message": "the execution is still running; follow Location (GET, same token) to "
-            "wait for its result",
-            "execution_id": str(run_id),
-            "status": status,
-        },
-        status_code=303,
-        headers={"Location": location, "X-Execution-Id": str(run_id)},
-    )
 
 
 def _client_address(request: Request) -> str:
@@ -156,6 +136,7 @@ class Gateway:
         self.watcher = RunWatcher(client)
         self.queue = CreateQueue(get_settings().gateway_max_creating)
         self.doors = PodDoors(client)
+        self.answers = ResultAnswers(client, self.watcher, self.data_store)
         self._table: dict[str, Endpoint] = {}
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
@@ -475,132 +456,6 @@ class Gateway:
         self._loaded_at = -math.inf
         return GatewayError(404, f"no endpoint at {endpoint.path!r}")
 
-    async def read_run(self, endpoint: Endpoint, execution_id: str) -> FlowRun:
-        try:
-            run = await self.client.read_flow_run(UUID(execution_id))
-        except (ValueError, ObjectNotFound):
-            run = None
-        if run is None or run.deployment_id != endpoint.deployment_id:
-            raise GatewayError(404, f"endpoint {endpoint.path!r} has no execution {execution_id!r}")
-        return run
-
-    # ---- answers ------------------------------------------------------------------------------
-
-    async def answer(
-        self, request: Request, endpoint: Endpoint, run: FlowRun, wait_s: float, location: str
-    ) -> Response:
-        """The result if the execution settles within `wait_s`, else a 303 to `location`."""
-        max_retries = endpoint.spec.max_retries
-        if not settled(run, max_retries, datetime.now(timezone.utc)):
-            latest, done = await self.watcher.wait(run.id, max_retries, wait_s)
-            if not done:
-                return _still_running(run.id, execution_status(latest or run), location)
-            assert latest is not None
-            run = latest
-        return await self.final_answer(request, run)
-
-    async def direct_answer(
-        self,
-        request: Request,
-        endpoint: Endpoint,
-        run_id: UUID,
-        call: DirectCall,
-        wait_s: float,
-        location: str,
-    ) -> Response:
-        """`answer` for a call its pod took (`direct`): the pod's report once the run is final
-        (its outputs with it, no read), or a 303 past `wait_s`. A run that did not succeed, or
-        whose pod was lost on the way, is answered from Prefect as any other (retries, Crashed)."""
-        deadline = time.monotonic() + wait_s
-        try:
-            report = await asyncio.wait_for(asyncio.shield(call.finished), wait_s)
-        except asyncio.TimeoutError:
-            return _still_running(run_id, EXECUTION_STATUS[StateType.RUNNING], location)
-        except PodLost as lost:
-            logger.info(
-                "Endpoint %r: %s before execution %s ended; waiting for it through Prefect",
-                endpoint.path,
-                lost,
-                run_id,
-                extra={"action": "direct_pod_lost"},
-            )
-            report = None
-        if report is not None and report.get("state") == StateType.COMPLETED.value:
-            outputs, stored = report.get("outputs") or {}, report.get("stored") or {}
-            return await self.outputs_answer(request, run_id, outputs, stored)
-        run = await self.read_run(endpoint, str(run_id))
-        remaining_s = max(0.0, deadline - time.monotonic())
-        return await self.answer(request, endpoint, run, remaining_s, location)
-
-    async def final_answer(self, request: Request, run: FlowRun) -> Response:
-        state = run.state
-        assert state is not None
-        headers = {"X-Execution-Id": str(run.id)}
-        if state.type != StateType.COMPLETED:
-            message = public_message(state.message) or f"the execution ended {state.name}"
-            return JSONResponse(
-                {"message": message, "execution_id": str(run.id), "status": execution_status(run)},
-                status_code=500,
-                headers=headers,
-            )
-        outputs = await read_outputs(self.client, run.id) or {}
-        return await self.outputs_answer(request, run.id, outputs)
-
-    async def outputs_answer(
-        self,
-        request: Request,
-        run_id: UUID,
-        outputs: dict[str, Any],
-        stored: dict[str, str] | None = None,
-    ) -> Response:
-        """A succeeded execution's answer: its outputs, or the bytes of its one file output when
-        it returned nothing else and the caller takes more than JSON (`stored`: the data-store
-        keys of its stored outputs, read from its record when not given)."""
-        if not outputs and not wants_json_only(request.headers.get("accept")):
-            if stored is None:
-                stored = await read_stored_outputs(self.client, run_id) or {}
-            if len(stored) == 1:
-                name, key = next(iter(stored.items()))
-                return await self.file_answer(run_id, name, key)
-        return JSONResponse(
-            {"execution_id": str(run_id), "outputs": outputs},
-            headers={"X-Execution-Id": str(run_id)},
-        )
-
-    async def file_answer(self, run_id: UUID, output_name: str, key: str) -> Response:
-        """The bytes of the execution's single file output, streamed from a temporary copy."""
-        store = await self.data_store()
-        handle, local = tempfile.mkstemp(prefix="pipedeploy-gateway-")
-        os.close(handle)
-        try:
-            await store.adownload(key, local)
-        except DataStoreObjectNotFound:
-            _unlink(local)
-            raise GatewayError(
-                500,
-                f"output {output_name!r} was stored at {key!r} but is no longer in the data store",
-                execution_id=str(run_id),
-                status="Succeeded",
-            ) from None
-        except DataStoreError as exc:
-            _unlink(local)
-            logger.error(
-                "Could not fetch output %r: %s", key, exc, extra={"action": "output_failed"}
-            )
-            raise GatewayError(
-                503,
-                f"the data store did not return output {output_name!r}; try again",
-                headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
-                execution_id=str(run_id),
-            ) from exc
-        return FileResponse(
-            local,
-            media_type="application/octet-stream",
-            filename=key.rsplit("/", 1)[-1],
-            headers={"X-Execution-Id": str(run_id), "X-Output-Name": output_name},
-            background=BackgroundTask(_unlink, local),
-        )
-
     # ---- the two calls ------------------------------------------------------------------------
 
     async def authorized_endpoint(
@@ -680,8 +535,10 @@ class Gateway:
             )
         wait_s = get_settings().gateway_wait_s
         if direct is not None:
-            return await self.direct_answer(request, endpoint, run_id, direct, wait_s, location)
-        return await self.answer(request, endpoint, run, wait_s, location)
+            return await self.answers.direct_answer(
+                request, endpoint, run_id, direct, wait_s, location
+            )
+        return await self.answers.answer(request, endpoint, run, wait_s, location)
 
     async def offer_to_pod(
         self,
@@ -718,6 +575,8 @@ class Gateway:
         endpoint, token, in_query = await self.authorized_endpoint(
             request, path, time.monotonic(), allow_query=True
         )
-        run = await self.read_run(endpoint, execution_id)
+        run = await self.answers.read_run(endpoint, execution_id)
         location = execution_location(request, path, run.id, token if in_query else None)
-        return await self.answer(request, endpoint, run, get_settings().gateway_wait_s, location)
+        return await self.answers.answer(
+            request, endpoint, run, get_settings().gateway_wait_s, location
+        )

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect.settings.base import PrefectBaseSettings, build_settings_config
 from pydantic import Field, ValidationError
@@ -216,6 +216,15 @@ class PipeDeploySettings(PrefectBaseSettings):
         description=(
             "A pod whose heartbeats stop this long (stopped, or deadlocked) is killed and "
             "re-created; its executions end Crashed."
+        ),
+    )
+    pod_write_gate: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Whether a pod keeps its creates apart from its runs' other writes (a create waits "
+            "for the writes in flight, new writes for the create): auto, from the first create "
+            "the server refuses as busy (SQLite) on; on, from the start; off, never. Read by "
+            "each pod when it starts."
         ),
     )
 

@@ -90,6 +90,7 @@ from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, when_api_
 from prefect_pipedeploy.prefect_api.sealed import sealed_keys
 from prefect_pipedeploy.prefect_api.writegate import install_write_gate
 from prefect_pipedeploy.runtimes.orphans import OrphanNote
+from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
 
 logger = get_logger("prefect_pipedeploy.engine.pod")
@@ -431,7 +432,9 @@ async def serve(
         with SyncClientContext.get_or_create() as sync_context:
             # on a server that refuses creates (SQLite), the pod's creates and its runs' writes
             # take turns instead of refusing each other (`writegate`)
-            install_write_gate(client_context.client, sync_context.client)
+            install_write_gate(
+                client_context.client, sync_context.client, get_settings().pod_write_gate
+            )
             return await _serve(
                 deployment_id,
                 client_context.client,

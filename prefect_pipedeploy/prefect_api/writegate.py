@@ -203,9 +203,15 @@ class GatedTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def install_write_gate(client: PrefectClient, sync_client: SyncPrefectClient) -> WriteGate:
-    """One gate for both clients of this process (off until the server refuses a create)."""
+def install_write_gate(
+    client: PrefectClient, sync_client: SyncPrefectClient, mode: str = "auto"
+) -> WriteGate | None:
+    """One gate for both clients of this process: off until the server refuses a create
+    ("auto"), on from the start ("on"), or none ("off"; the `pod_write_gate` setting)."""
+    if mode == "off":
+        return None
     gate = WriteGate()
+    gate.on = mode == "on"
     wrap_transports(
         client,
         sync_client,

@@ -1,6 +1,7 @@
 """Direct dispatch end to end (issue 14): a real gateway hands endpoint calls straight to the
 low-latency pods of a real worker, with runs in flight: a burst across both paths (gateway calls
-and runs made with the SDK), a parallel cap, a pod killed under a call it took.
+and runs made with the SDK), a parallel cap, a pod killed under a call it took. The worker's pods
+run with their write gate on (`prefect_api.writegate`).
 
 A run the pod took itself is told apart by its states: created Running with
 `engine.direct.DIRECT_MESSAGE`, never Scheduled nor Pending; a run of the worker's path went
@@ -19,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
@@ -28,6 +30,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_pipedeploy import InputSource, PipeDeploy
 from prefect_pipedeploy.engine.direct import DIRECT_MESSAGE
 from prefect_pipedeploy.prefect_api.sealed import BLOCK_PREFIX, sealed_key
+from prefect_pipedeploy.settings import env_name
 from prefect_pipedeploy.stack import ChildProcess, wait_for_http
 from tests.support.eventually import eventually
 from tests.support.executions import unique
@@ -41,7 +44,9 @@ def stack(pool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
     gateway, url = start_gateway("direct", [pool], logs, {})
     worker = None
     try:
-        worker = start_worker(pool, logs)
+        # the pods keep their creates apart from their other writes from the start (on a busy
+        # SQLite server they do from its first refusal): every test here runs through the gate
+        worker = start_worker(pool, logs, env={env_name("pod_write_gate"): "on"})
         wait_for_http(f"{url}/health", 60, gateway)
         yield {"url": url, "worker": worker}
     finally:
@@ -122,12 +127,15 @@ def most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
 
 
 def test_a_call_to_an_idle_pod_is_recorded_and_run_by_the_pod(
-    gateway: httpx.Client, sdk: PipeDeploy
+    gateway: httpx.Client, sdk: PipeDeploy, stack: dict[str, Any]
 ) -> None:
-    """The pod creates the run already Running (two state writes in all: Running, Completed),
-    runs it, and answers once its logs and outputs are stored: the answer carries the outputs,
-    and the execution reads as any other (status, logs, outputs record)."""
+    """The pod creates the run already Running (two state writes in all: Running, Completed;
+    with the flow's version and retry policy, so the engine sends no PATCH), runs it, and
+    answers once its logs and outputs are stored: the answer carries the outputs, and the
+    execution reads as any other (status, logs, outputs record)."""
     deployed = deploy_up(sdk, "counter")
+    pod = psutil.Process(pod_of(stack["worker"], deployed["id"]))
+    assert pod.environ().get(env_name("pod_write_gate")) == "on"  # the pod's gate is on
     answered = call(gateway, deployed, {"marker": "direct-one"})
     assert answered.status_code == 200, answered.text
     execution_id = answered.json()["execution_id"]
@@ -140,6 +148,7 @@ def test_a_call_to_an_idle_pod_is_recorded_and_run_by_the_pod(
     assert run.run_count == 1 and run.start_time is not None and run.end_time is not None
     assert str(run.deployment_id) == deployed["id"]
     assert set(run.tags) >= {"pipedeploy", "endpoint"}
+    assert run.flow_version is not None and run.empirical_policy.retries is not None
 
     # read right after the answer: complete, with no wait
     lines = [line["message"] for line in sdk.get_pipeline_execution_logs(execution_id)]

@@ -105,3 +105,16 @@ async def test_once_on_no_create_meets_another_write_of_the_process(sdk: PipeDep
     for c_start, c_end in creates:
         for w_start, w_end in writes:  # intervals at the server do not overlap
             assert w_end <= c_start or w_start >= c_end, (c_start, c_end, w_start, w_end)
+
+
+@pytest.mark.parametrize(("mode", "on"), [("auto", False), ("on", True), ("off", None)])
+async def test_the_setting_chooses_the_gate(prefect_api: str, mode: str, on: bool | None) -> None:
+    async with get_client() as client:
+        with get_client(sync_client=True) as sync_client:
+            before = client._client._transport
+            gate = install_write_gate(client, sync_client, mode)
+            if on is None:  # off: no gate, Prefect's transports as they were
+                assert gate is None and client._client._transport is before
+            else:
+                assert gate is not None and gate.on is on
+                assert client._client._transport is not before

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "retry_grace_s": 10.0,
     "drain_grace_s": 30.0,
     "pod_heartbeat_timeout_s": 10.0,
+    "pod_write_gate": "auto",
 }
 
 

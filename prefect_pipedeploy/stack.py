@@ -127,7 +127,7 @@ def start_prefect_server(
         [
             sys.executable,
             "-m",
-            "prefect",
+            "prefect_pipedeploy.serverproc",  # `prefect`, with fewer collector pauses
             "server",
             "start",
             "--host",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import datetime
 import json
@@ -64,6 +65,9 @@ sys.path.insert(0, str(ROOT))
 
 # Settings must be in place before Prefect is imported anywhere in this process.
 HOME = Path(tempfile.mkdtemp(prefix="pipedeploy-bench-"))
+#: Set by `finish` with --keep; otherwise HOME goes at exit, also after --help or a failed import.
+KEEP: list[bool] = []
+atexit.register(lambda: KEEP or shutil.rmtree(HOME, ignore_errors=True))
 os.environ["PREFECT_HOME"] = str(HOME / "client")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -1263,6 +1267,7 @@ def finish(
     path.write_text(json.dumps({**results, "report_markdown": text}, indent=1, default=str))
     say(f"Wrote {path} (total {results['meta']['total_s']:.0f} s)")
     if args.keep:
+        KEEP.append(True)
         say(f"Logs kept in {HOME / 'logs'}")
     else:
         shutil.rmtree(HOME, ignore_errors=True)

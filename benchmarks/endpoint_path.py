@@ -48,9 +48,9 @@ from benchmarks.logs_at_final import BenchLike as LogsBenchLike
 from benchmarks.logs_at_final import say, wait_until_up
 from benchmarks.stats import percentile
 from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy.cli.up import POSTGRESQL_GATEWAY
-from prefect_pipedeploy.settings import PipeDeploySettings, env_name
-from prefect_pipedeploy.stack import ChildProcess, free_port, wait_for_http
+from prefect_pipedeploy.cli.up import with_gateway_settings
+from prefect_pipedeploy.settings import PipeDeploySettings
+from prefect_pipedeploy.stack import ChildProcess, Database, free_port, wait_for_http
 
 POOL = "bench-gateway"
 PARALLEL = 16
@@ -334,10 +334,10 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
         enable_parallel_executions=True,
         max_parallel_executions_per_pod=PARALLEL,
     )
-    env = {**os.environ, "PREFECT_API_URL": bench.api_url}
-    if getattr(args, "database", "sqlite") == "postgresql":  # as `pipedeploy up` starts them
-        for name, value in POSTGRESQL_GATEWAY.items():
-            env.setdefault(env_name(name), str(value))
+    env = with_gateway_settings(  # as `pipedeploy up` starts them
+        {**os.environ, "PREFECT_API_URL": bench.api_url},
+        Database(getattr(args, "database", "sqlite")),
+    )
     command = [sys.executable, "-m", "prefect_pipedeploy.cli"]
     results: dict[str, Any] = {
         "direct_dispatch_setting": "gateway_direct_dispatch" in PipeDeploySettings.model_fields

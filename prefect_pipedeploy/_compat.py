@@ -8,7 +8,8 @@ endpoints, the status
 codes of concurrency leases, a 503 raised before Prefect's client sleeps on it, a client that does
 not retry a refused connection (Prefect's retries it for a minute once connected), the `_sync=True`
 switch of Prefect's dual sync/async methods, and the private hooks and attributes of `BaseWorker`
-(wrapped in `WorkerBase`, which the `pipedeploy` worker derives from). Each function or class says
+(wrapped in `WorkerBase`, which the `pipedeploy` worker derives from), and, in the server the
+stack starts, SQLite write transactions begun IMMEDIATE. Each function or class says
 the Prefect version it was checked against (`CHECKED_AGAINST`); `tests/unit/test_compat.py` pins
 the shapes relied on here, so a Prefect upgrade fails there first, naming what changed
 (`tests/unit/test_compat_run_logs.py` for the final-state call and the log sink). Not for: anything
@@ -535,6 +536,38 @@ def busy_raised(client: PrefectClient) -> Generator[None, None, None]:
         yield
     finally:
         _raise_busy.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# A SQLite server's write transactions begin IMMEDIATE (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# Prefect's SQLite configuration begins a write transaction DEFERRED unless it is asked for
+# update (`AioSqliteConfiguration.begin_transaction`, `SQLITE_BEGIN_MODE`). A deferred transaction
+# that has read and then writes after another connection committed cannot take the write lock
+# (SQLITE_BUSY_SNAPSHOT): SQLite fails it at once, without waiting `busy_timeout`, and the server
+# answers 503. Under concurrent writes most creates met that. Begun IMMEDIATE, a transaction takes
+# the write lock at BEGIN, waiting for the writer before it as `busy_timeout` allows: writes queue
+# instead of failing. Installed by the server the stack starts (`serverproc`), in its process.
+
+
+def sqlite_writes_immediate() -> None:
+    """Make every transaction Prefect's SQLite configuration begins (`begin_transaction`, the
+    server's writes) BEGIN IMMEDIATE, in this process; reads outside one stay as they are."""
+    from prefect.server.database import configurations
+
+    @asynccontextmanager
+    async def begin_transaction(
+        self: Any, session: Any, with_for_update: bool = False
+    ) -> AsyncIterator[Any]:
+        token = configurations.SQLITE_BEGIN_MODE.set("IMMEDIATE")
+        try:
+            async with session.begin() as transaction:
+                yield transaction
+        finally:
+            configurations.SQLITE_BEGIN_MODE.reset(token)
+
+    configurations.AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------

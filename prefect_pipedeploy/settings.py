@@ -140,9 +140,10 @@ class PipeDeploySettings(PrefectBaseSettings):
         gt=0,
         description=(
             "Executions the gateway creates at the same time (the others wait their turn, "
-            "first come first served). 1 suits a Prefect server on SQLite, which writes one "
-            "at a time; on PostgreSQL 16 accepts more calls per second (`pipedeploy up "
-            "--database postgresql` sets it, and gateway_max_queued to 32)."
+            "first come first served). 1 suits a Prefect server on SQLite started with "
+            "`prefect server start`, whose concurrent writes fail with 503; the server "
+            "`pipedeploy up` starts makes them wait for each other instead, and `up` sets 4 "
+            "(16 on PostgreSQL, and gateway_max_queued to 32)."
         ),
     )
     gateway_direct_dispatch: bool = Field(

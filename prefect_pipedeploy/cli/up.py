@@ -26,13 +26,29 @@ from prefect_pipedeploy.stack import ChildProcess, Database, sqlite_url
 
 DEMO_DEPLOYMENT = "demo-score"
 
-#: The gateway's create settings on a server on PostgreSQL, unless set (`gateway_max_creating`,
-#: `gateway_max_queued`). Measured there (benchmarks/README.md, 32 concurrent callers while a
-#: parallel pod is busy): 4 creates at a time accepted ~9-12 calls/s (2.3 times 1 at a
-#: time), 8 ~14-15/s, 16 ~16-19/s, the server's one process then at ~92 % of a core. The
-#: queue holds two turns of creates, so that a burst waits instead of meeting 429s. On SQLite the defaults (1 and 10)
-#: stay: more creates at once made calls wait past a minute under load (each met more 503s).
-POSTGRESQL_GATEWAY = {"gateway_max_creating": 16, "gateway_max_queued": 32}
+#: The gateway's create settings for the server `up` starts, per database, unless set
+#: (`gateway_max_creating`, `gateway_max_queued`; the settings' defaults, 1 and 10, suit a
+#: Prefect server on SQLite started any other way). Measured (benchmarks/README.md, 32
+#: concurrent callers while a parallel pod is busy):
+#: - PostgreSQL: 4 creates at a time accepted ~9-12 calls/s, 8 ~14-15/s, 16 ~16-19/s, the
+#:   server's one process then at ~92 % of a core. The queue holds two turns of creates, so that
+#:   a burst waits instead of meeting 429s.
+#: - SQLite: `up`'s server begins its write transactions IMMEDIATE (`serverproc`), so creates at
+#:   once wait for each other instead of failing with 503: 4 at a time accepted 15.8 (direct)
+#:   and 16.6 (worker path) calls/s, where 1 accepted 9.3 and 10.3. On a server that begins
+#:   them DEFERRED (Prefect's own), more than 1 at a time made calls wait past a minute.
+GATEWAY_SETTINGS: dict[Database, dict[str, int]] = {
+    Database.sqlite: {"gateway_max_creating": 4},
+    Database.postgresql: {"gateway_max_creating": 16, "gateway_max_queued": 32},
+}
+
+
+def with_gateway_settings(env: dict[str, str], database: Database) -> dict[str, str]:
+    """`env` with the gateway's create settings for `database` (`GATEWAY_SETTINGS`) where it
+    sets none of its own."""
+    for name, value in GATEWAY_SETTINGS[database].items():
+        env.setdefault(env_name(name), str(value))
+    return env
 
 
 @app.command()
@@ -112,9 +128,7 @@ def up(
         # --home reaches the worker too: its pod state and RAM leases belong to the stack's home,
         # not to a `.pipedeploy` in whatever directory `up` was started from
         env["PREFECT_INTEGRATIONS_PIPEDEPLOY_HOME"] = str(home)
-        if database is Database.postgresql:  # creates at once pay off there (not on SQLite)
-            for name, value in POSTGRESQL_GATEWAY.items():
-                env.setdefault(env_name(name), str(value))
+        with_gateway_settings(env, database)
         worker_child = start_child(
             "worker",
             [sys.executable, "-m", "prefect_pipedeploy.cli", "worker", "--pool", pool],

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
 from prefect_pipedeploy import PipeDeploy
+from prefect_pipedeploy.settings import env_name
 from prefect_pipedeploy.stack import StackRecord
 from prefect_pipedeploy.worker.models import base_job_template
 from tests.support.eventually import eventually
@@ -205,6 +207,21 @@ def test_up_is_ready_once_its_worker_is_online_in_its_pool(stack: StackRecord) -
     pool at once met a 404. Now the pool exists and lists the worker by then."""
     workers = AT_READY["workers"]
     assert isinstance(workers, list) and len(workers) == 1, workers
+
+
+def test_up_on_sqlite_starts_its_server_through_serverproc_and_its_gateway_4_creates(
+    stack: StackRecord,
+) -> None:
+    """The server begins its SQLite write transactions IMMEDIATE (`serverproc`), so the gateway
+    creates 4 executions at a time (`cli.up.GATEWAY_SETTINGS`); its queue keeps the default."""
+    children = psutil.Process(stack.pid).children()
+    server = next(p for p in children if "prefect_pipedeploy.serverproc" in p.cmdline())
+    assert server.cmdline()[server.cmdline().index("prefect_pipedeploy.serverproc") + 1] == (
+        "server"
+    )
+    environ = next(p for p in children if "gateway" in p.cmdline()).environ()
+    assert environ.get(env_name("gateway_max_creating")) == "4"
+    assert env_name("gateway_max_queued") not in environ
 
 
 def test_the_work_pool_form_shows_every_field_with_its_description_and_choices(

@@ -43,8 +43,8 @@ def test_up_on_postgresql_runs_a_deployment_and_stops_its_database(open_dir: Pat
         if os.geteuid() == 0:  # PostgreSQL refuses root: `up` runs it as `postgres`
             assert postmaster[0].username() == OS_USER
 
-        # the gateway creates 16 executions at a time on PostgreSQL, 32 calls queued (1 and
-        # 10 on SQLite, the settings' defaults)
+        # the gateway creates 16 executions at a time on PostgreSQL, 32 calls queued (4 and
+        # 10 on SQLite: tests/e2e/test_ui_browser.py)
         environ = next(p for p in up.children() if "gateway" in p.cmdline()).environ()
         assert environ.get(env_name("gateway_max_creating")) == "16"
         assert environ.get(env_name("gateway_max_queued")) == "32"

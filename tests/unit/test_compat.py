@@ -102,6 +102,27 @@ def test_flow_engines_patch_a_given_run_through_their_client_property(engine: ty
     )
 
 
+def test_the_sqlite_configuration_begins_its_transactions_by_a_context_variable() -> None:
+    # `sqlite_writes_immediate` replaces `begin_transaction` with one that sets the mode
+    # `begin_sqlite_stmt` emits as `BEGIN <mode>`
+    from prefect.server.database import configurations
+
+    where = "sqlite_writes_immediate"
+    config = configurations.AioSqliteConfiguration
+    assert parameters(config.begin_transaction) == ["self", "session", "with_for_update"], changed(
+        "AioSqliteConfiguration.begin_transaction's parameters", where
+    )
+    assert 'SQLITE_BEGIN_MODE.set("IMMEDIATE" if with_for_update else "DEFERRED")' in (
+        inspect.getsource(config.begin_transaction)
+    ), changed("how AioSqliteConfiguration.begin_transaction picks its BEGIN mode", where)
+    assert 'exec_driver_sql(f"BEGIN {mode}")' in inspect.getsource(config.begin_sqlite_stmt), (
+        changed("AioSqliteConfiguration.begin_sqlite_stmt", where)
+    )
+    assert "SQLITE_BEGIN_MODE.get()" in inspect.getsource(config.begin_sqlite_stmt), changed(
+        "where begin_sqlite_stmt reads its mode", where
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "where"),
     [

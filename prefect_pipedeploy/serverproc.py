@@ -10,11 +10,12 @@ It is Prefect's own CLI and server, with:
   full collections, a few a minute under load, took 130-380 ms each with everything tracked,
   and every call in flight waited for them (the 430-475 ms p99 outliers of the gateway round
   trip).
-- On SQLite, its write transactions begun IMMEDIATE (`_compat.sqlite_writes_immediate`):
-  concurrent writes wait for each other instead of failing with 503. Measured (benchmarks/
-  README.md): with 32 concurrent callers the worker path's creates met 3.6 refusals each and
-  the gateway accepted 3.9 calls/s; begun IMMEDIATE, none was refused, and with 4 creates at a
-  time the gateway accepted 15.8 (direct) and 16.6 (worker path) calls/s.
+- On SQLite, its flow-run creates begun IMMEDIATE (`_compat.sqlite_creates_immediate`):
+  concurrent creates wait for the writes before them instead of failing with 503. Measured
+  (benchmarks/README.md): with 32 concurrent callers the worker path's creates met 3.6
+  refusals each and the gateway accepted 3.9 calls/s that way (10.2 direct); begun
+  IMMEDIATE, no request was refused, and with 4 creates at a time it accepted 11.6-15.8
+  (direct) and 12.8-17.8 (worker path) calls/s over four runs.
 Not for: a server started any other way (`prefect server start` works the same, without
 either).
 """
@@ -30,7 +31,7 @@ import urllib.request
 import prefect.server.api.server  # noqa: F401 - the server's modules: most long-lived objects
 from prefect.cli import app
 
-from prefect_pipedeploy._compat import sqlite_writes_immediate
+from prefect_pipedeploy._compat import sqlite_creates_immediate
 
 #: How long the second freeze waits for the server to answer.
 SERVING_WAIT_S = 600.0
@@ -63,7 +64,7 @@ def freeze_once_serving(url: str, wait_s: float = SERVING_WAIT_S) -> bool:
 
 
 if __name__ == "__main__":
-    sqlite_writes_immediate()
+    sqlite_creates_immediate()
     gc.freeze()
     threading.Thread(target=freeze_once_serving, args=(health_url(sys.argv),), daemon=True).start()
     app()

@@ -141,7 +141,7 @@ class PipeDeploySettings(PrefectBaseSettings):
         description=(
             "Executions the gateway creates at the same time (the others wait their turn, "
             "first come first served). 1 suits a Prefect server on SQLite started with "
-            "`prefect server start`, whose concurrent writes fail with 503; the server "
+            "`prefect server start`, whose concurrent creates fail with 503; the server "
             "`pipedeploy up` starts makes them wait for each other instead, and `up` sets 4 "
             "(16 on PostgreSQL, and gateway_max_queued to 32)."
         ),

@@ -212,7 +212,7 @@ def test_up_is_ready_once_its_worker_is_online_in_its_pool(stack: StackRecord) -
 def test_up_on_sqlite_starts_its_server_through_serverproc_and_its_gateway_4_creates(
     stack: StackRecord,
 ) -> None:
-    """The server begins its SQLite write transactions IMMEDIATE (`serverproc`), so the gateway
+    """The server begins its SQLite flow-run creates IMMEDIATE (`serverproc`), so the gateway
     creates 4 executions at a time (`cli.up.GATEWAY_SETTINGS`); its queue keeps the default."""
     children = psutil.Process(stack.pid).children()
     server = next(p for p in children if "prefect_pipedeploy.serverproc" in p.cmdline())

@@ -1,12 +1,13 @@
-"""A SQLite server's write transactions begun IMMEDIATE (`_compat.sqlite_writes_immediate`,
-installed by `serverproc` in the server the stack starts): concurrent writes wait for each other
-instead of the later one failing (503 at the server).
+"""A SQLite server's flow-run creates begun IMMEDIATE (`_compat.sqlite_creates_immediate`,
+installed by `serverproc` in the server the stack starts): concurrent creates wait for the writes
+before them instead of failing (503 at the server).
 
 First the mechanism, on a real SQLite database through Prefect's own database configuration:
 a transaction that read, then writes after another connection committed, fails at once when
-begun DEFERRED (Prefect's default) and waits its turn when begun IMMEDIATE. Then the real server
-the tests share (started through `serverproc`): a burst of creates, logs and final states from
-many tasks, recorded below Prefect's client, meets no 503.
+begun DEFERRED (Prefect's default, kept for every request but the creates) and waits its turn
+when begun IMMEDIATE (a create's). Which requests are creates: a table. Then the real server the
+tests share (started through `serverproc`): a burst of creates, logs and final states from many
+tasks, recorded below Prefect's client, meets no 503 (without the change, its creates did).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import LogCreate
+from prefect.server.api import server
 from prefect.server.database.configurations import AioSqliteConfiguration
 from prefect.states import Completed, Running
 
-from prefect_pipedeploy import PipeDeploy
-from prefect_pipedeploy._compat import sqlite_writes_immediate, wrap_transports
+from prefect_pipedeploy import PipeDeploy, _compat
+from prefect_pipedeploy._compat import begins_immediate, sqlite_creates_immediate, wrap_transports
 from prefect_pipedeploy.prefect_api.runs import create_deployment_run
 from tests.support.paths import PIPELINES
 
@@ -81,18 +83,57 @@ async def test_deferred_as_prefect_has_it_the_later_write_fails(database: Any) -
         await read_then_write_while_another_commits(config, engine)
 
 
-async def test_begun_immediate_the_other_write_waits_its_turn(
-    database: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config, engine = database
-    # undone after the test: the class attribute as it was
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sqlite_creates_immediate` installed in this process, undone after the test."""
     monkeypatch.setattr(
         AioSqliteConfiguration, "begin_transaction", AioSqliteConfiguration.begin_transaction
     )
-    sqlite_writes_immediate()
-    b_waited, rows = await read_then_write_while_another_commits(config, engine)
+    monkeypatch.setattr(server, "create_app", server.create_app)
+    sqlite_creates_immediate()
+
+
+async def test_installed_a_request_that_is_no_create_keeps_prefects_mode(
+    database: Any, installed: None
+) -> None:
+    config, engine = database
+    with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+        await read_then_write_while_another_commits(config, engine)
+
+
+async def test_installed_a_creates_transaction_begins_immediate_and_the_other_waits(
+    database: Any, installed: None
+) -> None:
+    config, engine = database
+    token = _compat._begin_immediate.set(True)  # what the app does for a create request
+    try:
+        b_waited, rows = await read_then_write_while_another_commits(config, engine)
+    finally:
+        _compat._begin_immediate.reset(token)
     assert b_waited
     assert rows == [1, 2]  # A's commit, then B's: both kept
+
+
+RUN_ID = "5a8dde96-fe67-4eae-b328-4bd0d060a936"  # fixed: xdist's processes collect alike
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "immediate"),
+    [
+        ("POST", "/api/flow_runs/", True),
+        ("POST", "/api/flow_runs", True),
+        ("POST", f"/api/deployments/{RUN_ID}/create_flow_run", True),
+        ("GET", "/api/flow_runs/", False),
+        ("POST", "/api/flow_runs/filter", False),
+        ("POST", f"/api/flow_runs/{RUN_ID}/set_state", False),
+        ("PATCH", f"/api/flow_runs/{RUN_ID}", False),
+        ("POST", "/api/logs/", False),
+        ("POST", "/api/deployments/", False),
+        ("POST", "/flow_runs/", False),  # the API is under /api
+    ],
+)
+def test_which_requests_begin_immediate(method: str, path: str, immediate: bool) -> None:
+    assert begins_immediate(method, path) is immediate
 
 
 class Recording(httpx.AsyncBaseTransport):

@@ -103,11 +103,18 @@ def test_flow_engines_patch_a_given_run_through_their_client_property(engine: ty
 
 
 def test_the_sqlite_configuration_begins_its_transactions_by_a_context_variable() -> None:
-    # `sqlite_writes_immediate` replaces `begin_transaction` with one that sets the mode
-    # `begin_sqlite_stmt` emits as `BEGIN <mode>`
+    # `sqlite_creates_immediate` replaces `begin_transaction` with one that sets the mode
+    # `begin_sqlite_stmt` emits as `BEGIN <mode>`, and wraps the app `create_app` builds, which
+    # `prefect server start` (one process) looks up when it starts serving
+    from prefect.cli._server_utils import _run_in_foreground
     from prefect.server.database import configurations
 
-    where = "sqlite_writes_immediate"
+    where = "sqlite_creates_immediate"
+    source = inspect.getsource(_run_in_foreground)
+    assert "from prefect.server.api.server import create_app" in source, changed(
+        "where `prefect server start` gets its app", where
+    )
+    assert "app=create_app(" in source, changed("how `prefect server start` builds its app", where)
     config = configurations.AioSqliteConfiguration
     assert parameters(config.begin_transaction) == ["self", "session", "with_for_update"], changed(
         "AioSqliteConfiguration.begin_transaction's parameters", where

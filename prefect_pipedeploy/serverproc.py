@@ -14,8 +14,8 @@ It is Prefect's own CLI and server, with:
   concurrent creates wait for the writes before them instead of failing with 503. Measured
   (benchmarks/README.md): with 32 concurrent callers the worker path's creates met 3.6
   refusals each and the gateway accepted 3.9 calls/s that way (10.2 direct); begun
-  IMMEDIATE, no request was refused, and with 4 creates at a time it accepted 11.6-15.8
-  (direct) and 12.8-17.8 (worker path) calls/s over four runs.
+  IMMEDIATE, no request was refused, and with 4 creates at a time it accepted 11.3-11.8
+  (direct) and 11.1-17.8 (worker path) calls/s over three runs.
 Not for: a server started any other way (`prefect server start` works the same, without
 either).
 """

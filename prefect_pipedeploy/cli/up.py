@@ -34,10 +34,10 @@ DEMO_DEPLOYMENT = "demo-score"
 #:   server's one process then at ~92 % of a core. The queue holds two turns of creates, so that
 #:   a burst waits instead of meeting 429s.
 #: - SQLite: `up`'s server begins its flow-run creates IMMEDIATE (`serverproc`), so creates at
-#:   once wait for each other instead of failing with 503: 4 at a time accepted 10.8-15.8
-#:   (direct) and 12.8-17.8 (worker path) calls/s over four runs, where 1 accepted 9.3 and
-#:   10.3. On a server that begins them DEFERRED (Prefect's own), more than 1 at a time made
-#:   calls wait past a minute.
+#:   once wait for each other instead of failing with 503: 4 at a time accepted 11.3-11.8
+#:   (direct) and 11.1-17.8 (worker path) calls/s over three runs, where 1 (every write
+#:   IMMEDIATE) accepted 9.3 and 10.3. On a server that begins them DEFERRED (Prefect's own),
+#:   more than 1 at a time made calls wait past a minute.
 GATEWAY_SETTINGS: dict[Database, dict[str, int]] = {
     Database.sqlite: {"gateway_max_creating": 4},
     Database.postgresql: {"gateway_max_creating": 16, "gateway_max_queued": 32},

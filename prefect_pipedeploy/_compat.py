@@ -551,7 +551,7 @@ def busy_raised(client: PrefectClient) -> Generator[None, None, None]:
 # (every 503 a server answered, by route). Begun IMMEDIATE, a create takes the write lock at
 # BEGIN, waiting for the writer before it as `busy_timeout` allows: creates queue instead of
 # failing. Other requests keep Prefect's modes: begun IMMEDIATE too, a round trip at rest took
-# ~10 % longer (their reads no longer overlapping other writes). Installed by the server the
+# a few percent longer (medians 204 -> 212 ms and 214 -> 225 ms, benchmarks/README.md). Installed by the server the
 # stack starts (`serverproc`), in its process: the app `create_app` builds is wrapped so that
 # the requests `IMMEDIATE_REQUESTS` matches run with `_begin_immediate` set.
 

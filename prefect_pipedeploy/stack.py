@@ -127,7 +127,7 @@ def start_prefect_server(
         [
             sys.executable,
             "-m",
-            "prefect_pipedeploy.serverproc",  # `prefect`, with fewer collector pauses
+            "prefect_pipedeploy.serverproc",  # `prefect`; fewer GC pauses, creates that wait
             "server",
             "start",
             "--host",

@@ -10,6 +10,7 @@ overrides the session's, so the shared `pool`, `sdk`, `worker` and `data_store` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from prefect_pipedeploy.stack import (
 )
 from tests.support.executions import deploy, eventual_log_messages, run_many, unique, wait_until_up
 from tests.support.paths import PIPELINES
-from tests.support.postgresql import flow_runs_in
+from tests.support.postgresql import connections_of, flow_runs_in
 from tests.support.processes import api_switched, start_gateway
 
 
@@ -120,3 +121,32 @@ def test_the_gateway_answers_an_endpoint_call(
         assert execution["parameters"]["marker"] == "through-the-gateway"
     finally:
         gateway.stop()
+
+
+def test_the_server_keeps_its_connections_through_bursts(
+    server_on_postgresql: tuple[str, str],
+) -> None:
+    """The stack's server pools its connections (`postgresql.SERVER_POOL`): after a burst of
+    32 concurrent creates it keeps more than Prefect's 5 open, and the same ones after the next.
+    With Prefect's pool (5 kept, up to 10 more closed after each use) every burst opened new
+    ones (measured: the server's CPU per request a fifth higher)."""
+    api_url, database_url = server_on_postgresql
+
+    async def burst(http: httpx.AsyncClient, flow_id: str) -> None:
+        answers = await asyncio.gather(
+            *(http.post("/flow_runs/", json={"flow_id": flow_id}) for _ in range(32))
+        )
+        assert [a.status_code for a in answers] == [201] * 32
+
+    async def kept_after_each_burst() -> tuple[set[int], set[int]]:
+        async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+            flow = await http.post("/flows/", json={"name": unique("pool-burst")})
+            await burst(http, flow.json()["id"])
+            first = await asyncio.to_thread(connections_of, database_url)
+            await burst(http, flow.json()["id"])
+            return first, await asyncio.to_thread(connections_of, database_url)
+
+    first, second = asyncio.run(kept_after_each_burst())
+    # Prefect's pool: 7 open after each burst (its 5 and two of its services'), 3 of them
+    # the same; this one: 22, 21 of them the same
+    assert len(first & second) > 10, (first, second)

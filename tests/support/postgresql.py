@@ -55,3 +55,22 @@ def flow_runs_in(database_url: str, run_id: str) -> int:
     return int(
         fetch_value(database_url, "SELECT count(*) FROM flow_run WHERE id = $1::uuid", run_id)
     )
+
+
+def connections_of(database_url: str) -> set[int]:
+    """The backend pids of the connections open to the database at `database_url` now, other
+    than this read's own (PostgreSQL's `pg_stat_activity`)."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def run() -> set[int]:
+        connection = await asyncpg.connect(dsn, timeout=10)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return {row["pid"] for row in rows}
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())

@@ -7,11 +7,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from prefect_pipedeploy.exceptions import DatabaseUnavailable
 from prefect_pipedeploy.postgresql import (
+    SERVER_POOL,
     client_environment,
     connection_url,
     major_version,
@@ -155,3 +157,26 @@ def test_the_server_is_told_its_database(
 )
 def test_database_names(text: str, database: Database) -> None:
     assert Database(text) is database and str(database) == text
+
+
+POOL_SIZE = "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE"
+MAX_OVERFLOW = "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "base", "expected"),
+    [
+        (None, {}, {POOL_SIZE: None, MAX_OVERFLOW: None}),  # SQLite: Prefect's
+        ("postgresql+asyncpg://p:pw@127.0.0.1:5999/p", {}, SERVER_POOL),
+        (
+            "postgresql+asyncpg://p:pw@127.0.0.1:5999/p",
+            {POOL_SIZE: "7"},  # the user's value wins
+            {POOL_SIZE: "7", MAX_OVERFLOW: SERVER_POOL[MAX_OVERFLOW]},
+        ),
+    ],
+)
+def test_the_server_pools_its_postgresql_connections(
+    tmp_path: Path, database_url: str | None, base: dict[str, str], expected: dict[str, Any]
+) -> None:
+    env = server_environment(tmp_path, base=base, database_url=database_url)
+    assert {name: env.get(name) for name in expected} == expected

@@ -66,6 +66,7 @@ from prefect_pipedeploy.gateway.inputs import (
     oversized_message,
     safe_filename,
 )
+from prefect_pipedeploy.gateway.reads import FreshReads, WaitingExecutions
 from prefect_pipedeploy.gateway.results import ResultAnswers
 from prefect_pipedeploy.gateway.uploads import (
     sweep_interval_s,
@@ -142,6 +143,8 @@ class Gateway:
         self._refresh_lock = asyncio.Lock()
         self._reported: set[str] = set()
         self._rereads: dict[UUID, tuple[float, asyncio.Future[Endpoint | None]]] = {}
+        self._waiting = WaitingExecutions(self._count_waiting)
+        self._deployments: FreshReads[UUID, DeploymentResponse] = FreshReads(client.read_deployment)
 
     async def close(self) -> None:
         await self.watcher.close()
@@ -342,12 +345,14 @@ class Gateway:
         """Create the execution (`prefect_api.runs.create_execution`: secret inputs sealed,
         and discarded again if the create fails) when its turn comes in the gateway's queue;
         429 when the queue is full (`gateway_max_queued`) or too many of the deployment's
-        executions wait already (`gateway_max_waiting`). Nothing is created for a caller that
-        has gone (`gone()` is checked while the call waits and right before the create).
+        executions wait already (`gateway_max_waiting`, counted by `reads.WaitingExecutions`).
+        Nothing is created for a caller that has gone (`gone()` is checked while the call waits
+        and right before the create).
 
         Up to `gateway_max_creating` creates go at a time, and a 503 from a busy SQLite
         server is retried within milliseconds instead of Prefect's seconds. The run is made
-        from the deployment read right before, through Prefect's plain create route where that
+        from the deployment read after the call asked (one read shared by the calls that
+        asked before it began, `reads.FreshReads`), through Prefect's plain create route where that
         makes the same run (`runs.create_deployment_run`): that route skips the server's check
         of the job variables, whose ~40 ms inside the create's transaction made most creates
         collide with other writes on a busy SQLite server (503, retried).
@@ -385,6 +390,17 @@ class Gateway:
                 499, "the caller went away before its execution was created; none was created"
             ) from None
 
+    async def _count_waiting(self, deployment_id: UUID) -> int:
+        """Prefect's count of the deployment's executions that wait (Scheduled, Pending)."""
+        return await self.client.count_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                )
+            ),
+        )
+
     async def _create(
         self,
         endpoint: Endpoint,
@@ -393,24 +409,15 @@ class Gateway:
         gone: Callable[[], Awaitable[bool]],
         idempotency_key: str | None = None,
     ) -> FlowRun:
-        try:  # both reads at once; the deployment as it is now makes the run (below)
-            waiting, deployment = await asyncio.gather(
-                self.client.count_flow_runs(
-                    deployment_filter=DeploymentFilter(
-                        id=DeploymentFilterId(any_=[endpoint.deployment_id])
-                    ),
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(
-                                any_=[StateType.SCHEDULED, StateType.PENDING]
-                            )
-                        )
-                    ),
-                ),
-                self.client.read_deployment(endpoint.deployment_id),
+        try:  # both reads at once, shared with the calls that asked with this one (`reads`);
+            # the deployment as it is now (read after this call asked) makes the run (below)
+            counted, deployment = await asyncio.gather(
+                self._waiting.read(endpoint.deployment_id),
+                self._deployments.get(endpoint.deployment_id),
             )
         except ObjectNotFound:
             raise self._endpoint_gone(endpoint) from None
+        waiting = self._waiting.waiting(endpoint.deployment_id, counted)
         if waiting >= limit:
             raise GatewayError(
                 429,
@@ -418,18 +425,19 @@ class Gateway:
                 f"({env_name('gateway_max_waiting')}); try again later",
                 headers={"Retry-After": str(WAITING_RETRY_AFTER_S)},
             )
-        if await gone():  # right before the create: a caller that left gets no execution
-            raise CallerGone()
         try:
-            return await create_execution(
-                self.client,
-                endpoint.deployment_id,
-                endpoint.spec,
-                parameters,
-                RUN_TAGS,
-                idempotency_key=idempotency_key,
-                deployment=deployment,
-            )
+            with self._waiting.creating(endpoint.deployment_id):  # counted before any await
+                if await gone():  # right before the create: a caller that left gets none
+                    raise CallerGone()
+                return await create_execution(
+                    self.client,
+                    endpoint.deployment_id,
+                    endpoint.spec,
+                    parameters,
+                    RUN_TAGS,
+                    idempotency_key=idempotency_key,
+                    deployment=deployment,
+                )
         except ObjectNotFound:
             raise self._endpoint_gone(endpoint) from None
         except PrefectHTTPStatusError as exc:

@@ -9,6 +9,7 @@ Every answer of 300 and above is collected; the last test checks none leaks inte
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -88,6 +89,7 @@ TIGHT = {
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_WAIT_S": "1",
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_MAX_BODY_BYTES": str(64 * 1024),
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_MAX_WAITING": "2",
+    "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_MAX_CREATING": "4",  # a burst's counts race
     "PREFECT_INTEGRATIONS_PIPEDEPLOY_GATEWAY_BAD_TOKEN_LIMIT": "3",
 }
 
@@ -474,6 +476,28 @@ def test_too_many_waiting_executions_is_429(
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) > 0
     assert "waiting" in refused.json()["message"]
+
+
+def test_a_burst_of_calls_stays_within_the_waiting_limit(
+    tight: httpx.Client, client: Client, idle_pool: str
+) -> None:
+    """Eight calls at once, four created at a time, a limit of 2 waiting: at most 2 accepted.
+    Calls that each read the waiting count alone all saw 0 and all four of a turn passed."""
+    waiting = deploy(client, "greet", inputs_mapping=GREET_INPUTS, work_pool_name=idle_pool)
+    url = f"{tight.base_url}/endpoints/{waiting['path']}?wait_for_completion=false"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            answers = await asyncio.gather(
+                *(
+                    http.post(url, json={"name": "w"}, headers=auth(waiting["token"]))
+                    for _ in range(8)
+                )
+            )
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(burst())
+    assert 1 <= statuses.count(202) <= 2 and set(statuses) <= {202, 429}, statuses
 
 
 def test_wrong_tokens_are_rate_limited_per_client(

@@ -54,13 +54,13 @@ Where DESIGN.md is silent, this module decides:
 - A disabled (paused) deployment answers 409. Wrong tokens are counted per client address
   (X-Forwarded-For is honoured from the addresses uvicorn trusts, 127.0.0.1 by default) as
   they arrive, concurrent ones included; past `GATEWAY_BAD_TOKEN_LIMIT` a minute, 429. The
-  re-read a wrong token causes is shared by every request that arrived before it started.
+  re-read a wrong token causes is shared by every request that asked before it began.
 
 Modules: `endpoints` (what a deployment serves), `bodies` (request bodies read within the
 limits and parsed), `inputs` (their fields checked against an endpoint), `answers` (HTTP
 answers and error bodies), `waiting` (waiting for executions, the create queue, wrong token
-limits), `uploads` (upload keys and their retention), `service`
-(the effects: Prefect API, data store, events), `openapi`, `app`.
+limits), `reads` (reads shared by concurrent calls), `uploads` (upload keys and their
+retention), `service` (the effects: Prefect API, data store, events), `openapi`, `app`.
 """
 
 from __future__ import annotations

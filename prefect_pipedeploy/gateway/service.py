@@ -142,7 +142,9 @@ class Gateway:
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
         self._reported: set[str] = set()
-        self._rereads: dict[UUID, tuple[float, asyncio.Future[Endpoint | None]]] = {}
+        self._rereads: FreshReads[tuple[UUID, str], Endpoint | None] = FreshReads(
+            self._read_endpoint
+        )
         self._waiting = WaitingExecutions(self._count_waiting)
         self._deployments: FreshReads[UUID, DeploymentResponse] = FreshReads(client.read_deployment)
 
@@ -191,15 +193,13 @@ class Gateway:
             raise GatewayError(404, f"no endpoint at {path!r}")
         return endpoint
 
-    async def authenticate(
-        self, endpoint: Endpoint, token: str | None, client: str, arrived: float
-    ) -> Endpoint:
+    async def authenticate(self, endpoint: Endpoint, token: str | None, client: str) -> Endpoint:
         """The endpoint if `token` is its token (re-read on a mismatch: it may just have been
         rotated); 401 otherwise, and a wrong token counts against the client.
 
         A wrong token is counted as soon as it is seen, before the re-read: a client's
-        concurrent wrong tokens meet its limit (429) as they arrive. Requests that arrived
-        before a re-read started share it (`_reread`)."""
+        concurrent wrong tokens meet its limit (429) as they arrive. The re-read is shared
+        with the requests that asked for one before it began (`_reread`)."""
         if token is None:
             needs = (
                 f"this endpoint needs its token; {TOKEN_HEADER_HELP}"
@@ -212,7 +212,7 @@ class Gateway:
         self.refuse_blocked(client)  # its earlier wrong tokens, counted while this one came
         counted_at = time.monotonic()
         self.limiter.record(client, counted_at)
-        fresh = await self._reread(endpoint, arrived)
+        fresh = await self._reread(endpoint)
         if fresh is not None and token_matches(token, fresh.spec.endpoint_token_hash):
             self.limiter.forget(client, counted_at)  # a token rotated in: not a wrong one
             return fresh
@@ -231,24 +231,21 @@ class Gateway:
             )
         raise GatewayError(401, message, headers={"WWW-Authenticate": "EndpointToken"})
 
-    async def _reread(self, endpoint: Endpoint, arrived: float) -> Endpoint | None:
+    async def _reread(self, endpoint: Endpoint) -> Endpoint | None:
         """The endpoint as its deployment is now (None once it is gone or serves no endpoint
-        at this path), read once for every request that arrived before the read started: a
-        storm of wrong tokens costs one read at a time, not one each, and a token rotated
-        before a request arrived is still seen."""
-        started, read = self._rereads.get(endpoint.deployment_id, (-math.inf, None))
-        if read is None or started < arrived:
-            started, read = time.monotonic(), asyncio.ensure_future(self._read_endpoint(endpoint))
-            self._rereads[endpoint.deployment_id] = (started, read)
-        return await asyncio.shield(read)  # a caller that leaves does not end the shared read
+        at this path), from a read begun after this request asked, shared by every request
+        that asked before it began (`reads.FreshReads`): a storm of wrong tokens costs one
+        read at a time, not one each, and a token rotated before a request arrived is seen."""
+        return await self._rereads.get((endpoint.deployment_id, endpoint.path))
 
-    async def _read_endpoint(self, endpoint: Endpoint) -> Endpoint | None:
+    async def _read_endpoint(self, key: tuple[UUID, str]) -> Endpoint | None:
+        deployment_id, path = key
         try:
-            deployment = await self.client.read_deployment(endpoint.deployment_id)
+            deployment = await self.client.read_deployment(deployment_id)
             fresh = endpoint_of(deployment)
         except (ObjectNotFound, PipeDeployError):
             return None
-        if fresh is not None and fresh.path == endpoint.path:
+        if fresh is not None and fresh.path == path:
             self._table = {**self._table, fresh.path: fresh}
             return fresh
         return None
@@ -474,7 +471,7 @@ class Gateway:
         self.refuse_blocked(client)
         endpoint = await self.endpoint(path, arrived)
         token, in_query = _token_of(request, allow_query=allow_query)
-        return await self.authenticate(endpoint, token, client, arrived), token, in_query
+        return await self.authenticate(endpoint, token, client), token, in_query
 
     async def call(self, request: Request, path: str, wait_for_completion: bool) -> Response:
         """POST /endpoints/{path}: check, create the execution, answer (at once, without

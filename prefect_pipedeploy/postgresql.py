@@ -54,8 +54,8 @@ INSTALL = "install Debian's postgresql package: apt-get install -y postgresql"
 #: environment wins). Prefect's defaults keep 5 connections and open up to 10 more, each closed
 #: again as soon as its transaction ends: under load every request past the fifth at once paid
 #: a new connection (its authentication, PostgreSQL's new backend process, asyncpg's type
-#: introspection, its statements prepared again). Measured (benchmarks/README.md, "The
-#: server's connection pool on PostgreSQL"): 16 concurrent create/set-state/read rounds, the
+#: introspection, its statements prepared again). Measured (benchmarks/README.md, "PostgreSQL:
+#: the server's connection pool, and reads shared by calls"): 16 concurrent create/set-state/read rounds, the
 #: server's CPU 10.3-11.3 -> 8.6-9.2 ms per request, 28-30 -> 35-38 rounds/s; the gateway
 #: section accepted 15.4 / 18.1 -> 21.2 / 28.0 calls/s. 40 connections at most, of the
 #: cluster's 100.

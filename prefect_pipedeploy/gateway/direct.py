@@ -2,7 +2,8 @@
 
 For: `PodDoors`, which knows where the low-latency pods take direct calls (the address and key
 each worker publishes with its pod's status, `prefect_api.published`, re-read at most every
-`DOORS_TTL_S` per deployment), keeps one connection open per pod, and offers a call to a pod:
+`DOORS_TTL_S` per deployment, one read at a time shared by the calls that need it), keeps one
+connection open per pod, and offers a call to a pod:
 `DirectCall.accepted` resolves to the run id the pod created (or None: refused, unreachable:
 the call takes the worker's path), `DirectCall.finished` to the pod's report once the run's
 final state and logs are stored (or raises `PodLost`: the gateway then waits for the run's state
@@ -20,6 +21,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -28,6 +30,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.engine.direct import LINE_LIMIT_BYTES
+from prefect_pipedeploy.gateway.reads import FreshReads
 from prefect_pipedeploy.prefect_api.published import read_status_variables
 from prefect_pipedeploy.status import PodStatus
 
@@ -196,27 +199,39 @@ class PodDoors:
 
     def __init__(self, client: PrefectClient) -> None:
         self.client = client
-        self._doors: dict[UUID, tuple[float, list[Door]]] = {}
+        # per deployment: when its statuses were read (the read's start) and what they were
+        self._statuses: dict[UUID, tuple[float, list[Any]]] = {}
+        # calls whose copy is too old share one read at a time (before, a burst of calls at
+        # the end of DOORS_TTL_S read the statuses once each: 23-26 reads in 3 s, issue 14)
+        self._reads: FreshReads[UUID, list[Any]] = FreshReads(self._read_statuses)
+        self._forgotten: Counter[UUID] = Counter()
         self._links: dict[Door, PodLink] = {}
         self._turn = itertools.count()
 
     async def doors(self, deployment_id: UUID, parallelism: int) -> list[Door]:
-        now = time.monotonic()
-        read_at, doors = self._doors.get(deployment_id, (-DOORS_TTL_S, []))
-        if now - read_at < DOORS_TTL_S:
-            return doors
+        """The doors of the deployment's pods a call may go to (`doors_of`), from its statuses
+        as read at most `DOORS_TTL_S` ago; none when they cannot be read."""
+        kept = self._statuses.get(deployment_id)
+        if kept is not None and time.monotonic() - kept[0] < DOORS_TTL_S:
+            return doors_of(kept[1], parallelism)
         try:
-            variables = await read_status_variables(self.client, deployment_id)
+            statuses = await self._reads.get(deployment_id)
         except Exception as exc:  # the worker's path does not need them
             logger.debug("Could not read the pods of deployment %s: %s", deployment_id, exc)
             return []
-        doors = doors_of([v.value for v in variables], parallelism)
-        self._doors[deployment_id] = (now, doors)
-        return doors
+        return doors_of(statuses, parallelism)
+
+    async def _read_statuses(self, deployment_id: UUID) -> list[Any]:
+        began, forgotten = time.monotonic(), self._forgotten[deployment_id]
+        statuses = [v.value for v in await read_status_variables(self.client, deployment_id)]
+        if self._forgotten[deployment_id] == forgotten:  # not one `forget` has made stale
+            self._statuses[deployment_id] = (began, statuses)
+        return statuses
 
     def forget(self, deployment_id: UUID) -> None:
         """Re-read the deployment's pods at the next call (one could not be reached)."""
-        self._doors.pop(deployment_id, None)
+        self._statuses.pop(deployment_id, None)
+        self._forgotten[deployment_id] += 1
 
     async def offer(
         self,

@@ -5,8 +5,9 @@ began: a call never gets a value read before it asked, and a burst of N calls co
 not N) and `WaitingExecutions` (how many executions of a deployment wait, for the gateway's
 limit: Prefect's count, read through `FreshReads`, plus this gateway's own creates that count
 may not hold yet). Before, each worker's-path call read the count and the deployment itself,
-three requests to the server per accepted call where the create is one. Not for: the endpoint
-table (`service.Gateway.endpoints`, a TTL cache) or a pod's published door (`direct.PodDoors`).
+three requests to the server per accepted call where the create is one. `direct.PodDoors`
+reads the pods' published doors through `FreshReads` too, once its copy is too old. Not for:
+the endpoint table (`service.Gateway.endpoints`, a TTL cache).
 """
 
 from __future__ import annotations

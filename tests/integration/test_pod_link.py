@@ -179,3 +179,49 @@ def test_pod_doors_read_the_published_door_and_look_again_when_it_is_stale(
             await client.delete_variable_by_name(status_variable_name(deployment_id, "w1"))
 
     asyncio.run(scenario())
+
+
+class CountingReads:
+    """A real Prefect client whose `request`s (how `read_status_variables` reads) are counted."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.requests = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        return await self._client.request(*args, **kwargs)
+
+
+def test_a_burst_of_calls_shares_one_read_of_the_published_doors(prefect_api: str) -> None:
+    """Calls that find the gateway's copy of the doors too old share one read of the statuses
+    (before, each of a burst read them itself: 23-26 reads in 3 s in the benchmark's accept
+    row); within `DOORS_TTL_S` none reads; after `forget` (a door could not be reached) the
+    next calls read again, all of them once."""
+
+    async def scenario() -> None:
+        deployment_id = uuid.uuid4()
+        async with get_client() as client:
+            counted = CountingReads(client)
+            doors = PodDoors(counted)  # type: ignore[arg-type]
+            door = {"host": "127.0.0.1", "port": 1234, "key": KEY}
+            value = {"status": "up", "direct": door, "worker": "w1"}
+            await publish_pod_status(client, deployment_id, "w1", value)
+            expected = [Door("127.0.0.1", 1234, KEY)]
+
+            burst = await asyncio.gather(*(doors.doors(deployment_id, 4) for _ in range(20)))
+            assert burst == [expected] * 20
+            assert counted.requests == 1
+            again = await asyncio.gather(*(doors.doors(deployment_id, 4) for _ in range(20)))
+            assert again == [expected] * 20
+            assert counted.requests == 1  # kept for DOORS_TTL_S
+            doors.forget(deployment_id)
+            after = await asyncio.gather(*(doors.doors(deployment_id, 4) for _ in range(20)))
+            assert after == [expected] * 20
+            assert counted.requests == 2
+            await client.delete_variable_by_name(status_variable_name(deployment_id, "w1"))
+
+    asyncio.run(scenario())

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from prefect_pipedeploy._compat import fail_fast_client
+from prefect_pipedeploy.aio import cancel_and_wait
 from prefect_pipedeploy.exceptions import (
     ServerUnavailable,
 )
@@ -140,10 +141,10 @@ def create_app(pools: Sequence[str], gateway: Gateway | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
-                await app.state.gateway.close()
+                try:
+                    await cancel_and_wait(sweeper)
+                finally:
+                    await app.state.gateway.close()
 
     app = FastAPI(
         title="prefect-pipedeploy gateway",

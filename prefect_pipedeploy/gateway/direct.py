@@ -17,7 +17,6 @@ not be passed). Not for: the pod's side (`engine.direct`), token checks (`servic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
@@ -29,6 +28,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.logging import get_logger
 
+from prefect_pipedeploy.aio import cancel_and_wait
 from prefect_pipedeploy.engine.direct import LINE_LIMIT_BYTES
 from prefect_pipedeploy.gateway.reads import FreshReads
 from prefect_pipedeploy.prefect_api.published import read_status_variables
@@ -189,9 +189,7 @@ class PodLink:
         if self._writer is not None:
             self._writer.close()
         if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+            await cancel_and_wait(self._reader_task)
 
 
 class PodDoors:

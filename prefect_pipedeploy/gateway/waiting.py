@@ -32,6 +32,7 @@ from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.logging import get_logger
 
+from prefect_pipedeploy.aio import cancel_and_wait
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.status import settled
 
@@ -261,12 +262,8 @@ class RunWatcher:
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         self._live = False
+        await cancel_and_wait(*tasks)
 
     async def _listen(self) -> None:
         event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]))

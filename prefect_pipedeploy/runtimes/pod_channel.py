@@ -11,7 +11,6 @@ container at the same path, which the pod connects to (`--control-socket` /
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prefect_pipedeploy.aio import cancel_and_wait
 
 #: How long a pod that cannot inherit descriptors has to connect once started (its Python
 #: starts and imports prefect first); past that it is killed and re-created.
@@ -102,9 +103,7 @@ class PodChannel:
             {accepting, ended}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
         )
         if accepting not in done:
-            accepting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await accepting
+            await cancel_and_wait(accepting)
             if ended in done:
                 return None
             raise TimeoutError

@@ -1,8 +1,8 @@
 """Ending background asyncio tasks without hanging on them or swallowing the caller's cancel.
 
-For: `cancel_and_wait(*tasks)`, used wherever the gateway, the pod supervisor or the worker
-stops a task of its own (a reader, a listener, a sweeper): it cancels them and waits for them
-to end, at most `STOP_WAIT_S`. Their own end (cancelled, an exception) is not raised: they
+For: `cancel_and_wait(*tasks)`, used where the gateway or the pod supervisor stops a task of
+its own (a pod link's reader, the event listener, the upload sweeper, a pod's pending connect):
+it cancels them and waits for them to end, at most `STOP_WAIT_S`. Their own end (cancelled, an exception) is not raised: they
 were stopped on purpose. Before, each place did `task.cancel()` and then awaited the task
 under `contextlib.suppress(asyncio.CancelledError, ...)`, which also swallowed a cancellation of
 the caller itself (a timeout, a shutdown, pytest-timeout) while it waited, and waited forever

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -63,6 +63,23 @@ SERVER_POOL = {
     "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
     "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "20",
 }
+
+#: The older name Prefect still reads for each of SERVER_POOL's settings (3.9.1: it reads the
+#: current name first, so a value the user set under the older one would lose to ours).
+OLDER_POOL_NAMES = {
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "PREFECT_SQLALCHEMY_POOL_SIZE",
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "PREFECT_SQLALCHEMY_MAX_OVERFLOW",
+}
+
+
+def pool_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """SERVER_POOL's settings that `env` does not set already, under their current name or the
+    older one: what the stack adds to its server's environment on PostgreSQL."""
+    return {
+        name: value
+        for name, value in SERVER_POOL.items()
+        if name not in env and OLDER_POOL_NAMES[name] not in env
+    }
 
 
 @dataclass(kw_only=True)

@@ -29,7 +29,7 @@ import httpx
 import psutil
 
 from prefect_pipedeploy.exceptions import ServerUnavailable
-from prefect_pipedeploy.postgresql import SERVER_POOL, start_postgresql
+from prefect_pipedeploy.postgresql import pool_settings, start_postgresql
 from prefect_pipedeploy.prefect_api.poolcap import FILE_LEASE_STORAGE
 from prefect_pipedeploy.runtimes.process import ChildProcess, start_child
 
@@ -84,14 +84,13 @@ def server_environment(
     its API at that address (Prefect derives the UI's API URL from PREFECT_SERVER_API_HOST/PORT,
     not from `prefect server start --port`: before, the UI of a server on any port but 4200
     called 127.0.0.1:4200). A PREFECT_UI_API_URL the user set is kept (a reverse proxy's), and
-    so are the connection pool's settings, which are `postgresql.SERVER_POOL`'s on PostgreSQL
-    otherwise."""
+    so are the connection pool's settings (under either name Prefect reads), which are
+    `postgresql.SERVER_POOL`'s on PostgreSQL otherwise."""
     env = dict(base if base is not None else os.environ)
     home.mkdir(parents=True, exist_ok=True)
     env.setdefault("PREFECT_UI_API_URL", f"http://{reachable_host(host)}:{port}/api")
     if database_url is not None and database_url.startswith("postgresql"):
-        for name, value in SERVER_POOL.items():
-            env.setdefault(name, value)
+        env.update(pool_settings(env))
     env.update(
         {
             "PREFECT_SERVER_API_HOST": host,

@@ -173,6 +173,11 @@ MAX_OVERFLOW = "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"
             {POOL_SIZE: "7"},  # the user's value wins
             {POOL_SIZE: "7", MAX_OVERFLOW: SERVER_POOL[MAX_OVERFLOW]},
         ),
+        (
+            "postgresql+asyncpg://p:pw@127.0.0.1:5999/p",
+            {"PREFECT_SQLALCHEMY_MAX_OVERFLOW": "3"},  # under the older name Prefect reads too
+            {POOL_SIZE: SERVER_POOL[POOL_SIZE], MAX_OVERFLOW: None},
+        ),
     ],
 )
 def test_the_server_pools_its_postgresql_connections(

@@ -19,11 +19,15 @@ becomes a flow run the worker hands to the pod). Rows:
   each a 1 s execution: when each was answered, and when the last execution was seen final.
 - accept, per gateway: 32 concurrent callers make ACCEPT_CALLS non-waiting calls to the
   parallel pod while it is busy: 202s per second, how long a 202 took, and how the others were
-  answered.
+  answered. The pod is idle when each half begins: its calls make it busy, and a direct half
+  holds the whole work of the executions its pod takes.
+- accept, pod full first, per gateway: the same burst once every slot of the pod runs a
+  FULL_SLEEP_S execution (made by calls through the same gateway and seen Running first), so
+  the whole burst meets a busy pod; also whether the pod was still full when it ended.
 - parallel, per gateway: 16 concurrent callers make PARALLEL_CALLS waiting calls of a 0 s
   execution: p50, p99, executions/s.
-Back-to-back runs through the direct gateway, then the other; accept and parallel each in four
-parts of half a gateway's calls (direct, worker path, worker path, direct), each after the
+Back-to-back runs through the direct gateway, then the other; the accept rows and parallel each
+in four parts of half a gateway's calls (direct, worker path, worker path, direct), each after the
 previous part's executions are final. Each latency row also shows its p50 divided by the floor's p50. Not for: a run on
 its own.
 """
@@ -42,6 +46,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import httpx
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Completed, Running
 
 from benchmarks.logs_at_final import BenchLike as LogsBenchLike
@@ -65,6 +70,9 @@ GATEWAYS = {"direct": "true", "worker_path": "false"}
 # 96 and 64 of one gateway they took 7.5 minutes, with these about 4.5.
 ACCEPT_CALLS = 64
 PARALLEL_CALLS = 48
+#: The executions that fill every slot of the pod before a "pod full first" accept half: long
+#: enough to outlast the burst (2-4 s on 2 cores).
+FULL_SLEEP_S = 8.0
 
 
 class WatcherLike(Protocol):
@@ -261,11 +269,66 @@ async def accept_rows(
     return {key: accept_row(label(key), calls, answered[key], wall_s[key]) for key in endpoints}
 
 
-def accept_row(name: str, calls: int, answered: Answered, wall_s: float) -> dict[str, Any]:
-    accepted = [elapsed for status, elapsed, _ in answered if status == 202]
-    row = latency_row(
-        f"accept {name}: 32 non-waiting callers while the pod is busy, each 202", accepted
+async def running(bench: BenchLike, ids: list[UUID]) -> int:
+    """How many of the runs `ids` are Running now."""
+    runs = await bench.client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
     )
+    return sum(1 for run in runs if run.state is not None and run.state.is_running())
+
+
+async def fill_pod(bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint) -> list[UUID]:
+    """PARALLEL non-waiting calls of FULL_SLEEP_S executions through `endpoint`; returns their
+    run ids once all of them are Running (every slot of the pod taken)."""
+    ids = []
+    for _ in range(PARALLEL):
+        status, _, answer = await endpoint.call(http, {"sleep_s": FULL_SLEEP_S}, wait=False)
+        if status != 202:
+            raise RuntimeError(f"a call to fill the pod was answered {status}: {answer}")
+        ids.append(UUID(answer["execution_id"]))
+    deadline = time.monotonic() + 60
+    while await running(bench, ids) < len(ids):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the pod's slots were not all taken within 60 s")
+        await asyncio.sleep(0.05)
+    return ids
+
+
+async def accept_full_rows(
+    bench: BenchLike, http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
+) -> dict[str, dict[str, Any]]:
+    """`accept_rows` with every slot of the pod running a FULL_SLEEP_S execution before each
+    half's burst begins (through the half's own gateway); records whether all were still
+    Running when the burst ended."""
+    answered: dict[str, Answered] = {key: [] for key in endpoints}
+    wall_s = dict.fromkeys(endpoints, 0.0)
+    full_throughout = dict.fromkeys(endpoints, True)
+    for key in abba(list(endpoints)):
+        filling = await fill_pod(bench, http, endpoints[key])
+        one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.5}, wait=False)
+        results, wall = await callers(32, calls // 2, one)
+        if await running(bench, filling) < len(filling):
+            full_throughout[key] = False
+        ids = [UUID(a["execution_id"]) for status, _, a in results if status == 202]
+        for run_id in [*filling, *ids]:
+            await bench.watcher.wait_final(run_id, 300)
+        answered[key] += results
+        wall_s[key] += wall
+        await asyncio.sleep(1)
+    rows = {}
+    for key in endpoints:
+        row = accept_row(label(key), calls, answered[key], wall_s[key], full_first=True)
+        row["pod_full_throughout"] = full_throughout[key]
+        rows[key] = row
+    return rows
+
+
+def accept_row(
+    name: str, calls: int, answered: Answered, wall_s: float, full_first: bool = False
+) -> dict[str, Any]:
+    accepted = [elapsed for status, elapsed, _ in answered if status == 202]
+    when = ", every slot of the pod taken first" if full_first else " while the pod is busy"
+    row = latency_row(f"accept {name}: 32 non-waiting callers{when}, each 202", accepted)
     row.update(
         {
             "calls": calls,
@@ -381,6 +444,14 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
                     f"  {label(key)}: {row['accepted_per_s']:.1f} accepted per s, "
                     f"{against_floor(row, floor)}, answers {row['statuses']}"
                 )
+            say("- the same, with every slot of the pod taken before the burst")
+            for key, row in (await accept_full_rows(bench, http, par_at, ACCEPT_CALLS)).items():
+                results[key]["accept_full"] = row
+                say(
+                    f"  {label(key)}: {row['accepted_per_s']:.1f} accepted per s, "
+                    f"{against_floor(row, floor)}, answers {row['statuses']}, pod full "
+                    f"throughout: {'yes' if row['pod_full_throughout'] else 'no'}"
+                )
             say("- 16 concurrent waiting callers, parallel pod")
             for key, row in (await parallel_rows(http, par_at, PARALLEL_CALLS)).items():
                 results[key]["parallel"] = row
@@ -413,7 +484,7 @@ def report_endpoint_path(results: dict[str, Any]) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     rows = [results["floor"], results.get("sdk")]
-    for kind in ("gateway", "back_to_back", "accept", "parallel"):
+    for kind in ("gateway", "back_to_back", "accept", "accept_full", "parallel"):
         rows += [results.get(key, {}).get(kind) for key in GATEWAYS]
     for row in rows:
         if not row or row["p50_s"] is None:
@@ -458,8 +529,17 @@ def load_lines(name: str, results: dict[str, Any]) -> list[str]:
     if "accept" in results:
         a = results["accept"]
         lines.append(
-            f"- {name}: 32 concurrent callers, {a['calls']} non-waiting calls while the pod is "
-            f"busy: {a['accepted_per_s']:.1f} accepted (202) per s, answers {a['statuses']}."
+            f"- {name}: 32 concurrent callers, {sum(a['statuses'].values())} non-waiting calls "
+            f"while the pod is busy: {a['accepted_per_s']:.1f} accepted (202) per s, answers "
+            f"{a['statuses']}."
+        )
+    if "accept_full" in results:
+        a = results["accept_full"]
+        lines.append(
+            f"- {name}: the same with every slot of the pod taken first: "
+            f"{a['accepted_per_s']:.1f} accepted (202) per s, answers {a['statuses']}; the pod "
+            + ("was" if a["pod_full_throughout"] else "was not")
+            + " full until the burst ended."
         )
     if "parallel" in results:
         p = results["parallel"]

@@ -250,23 +250,38 @@ def abba(keys: list[str]) -> list[str]:
 
 
 async def accept_rows(
-    bench: BenchLike, http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
+    bench: BenchLike,
+    http: httpx.AsyncClient,
+    endpoints: dict[str, Endpoint],
+    calls: int,
+    full_first: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per gateway, `calls` non-waiting calls of a 0.5 s execution from 32 concurrent callers
     while the pod is busy, in two halves (`abba`); each half returns once every execution it
-    had accepted is final, so the next half finds the pod idle."""
+    had accepted is final, so the next half finds the pod idle. `full_first`: every slot of the
+    pod runs a FULL_SLEEP_S execution before each half's burst (`fill_pod`), and the row says
+    whether all of them were still Running when the burst ended."""
     answered: dict[str, Answered] = {key: [] for key in endpoints}
     wall_s = dict.fromkeys(endpoints, 0.0)
+    full_throughout = dict.fromkeys(endpoints, True)
     for key in abba(list(endpoints)):
+        filling = await fill_pod(bench, http, endpoints[key]) if full_first else []
         one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.5}, wait=False)
         results, wall = await callers(32, calls // 2, one)
-        for status, _, answer in results:
-            if status == 202:
-                await bench.watcher.wait_final(UUID(answer["execution_id"]), 300)
+        if filling and await running(bench, filling) < len(filling):
+            full_throughout[key] = False
+        accepted = [UUID(answer["execution_id"]) for status, _, answer in results if status == 202]
+        for run_id in [*filling, *accepted]:
+            await bench.watcher.wait_final(run_id, 300)
         answered[key] += results
         wall_s[key] += wall
         await asyncio.sleep(1)
-    return {key: accept_row(label(key), calls, answered[key], wall_s[key]) for key in endpoints}
+    rows = {}
+    for key in endpoints:
+        rows[key] = accept_row(label(key), calls, answered[key], wall_s[key], full_first)
+        if full_first:
+            rows[key]["pod_full_throughout"] = full_throughout[key]
+    return rows
 
 
 async def running(bench: BenchLike, ids: list[UUID]) -> int:
@@ -292,35 +307,6 @@ async def fill_pod(bench: BenchLike, http: httpx.AsyncClient, endpoint: Endpoint
             raise RuntimeError("the pod's slots were not all taken within 60 s")
         await asyncio.sleep(0.05)
     return ids
-
-
-async def accept_full_rows(
-    bench: BenchLike, http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
-) -> dict[str, dict[str, Any]]:
-    """`accept_rows` with every slot of the pod running a FULL_SLEEP_S execution before each
-    half's burst begins (through the half's own gateway); records whether all were still
-    Running when the burst ended."""
-    answered: dict[str, Answered] = {key: [] for key in endpoints}
-    wall_s = dict.fromkeys(endpoints, 0.0)
-    full_throughout = dict.fromkeys(endpoints, True)
-    for key in abba(list(endpoints)):
-        filling = await fill_pod(bench, http, endpoints[key])
-        one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.5}, wait=False)
-        results, wall = await callers(32, calls // 2, one)
-        if await running(bench, filling) < len(filling):
-            full_throughout[key] = False
-        ids = [UUID(a["execution_id"]) for status, _, a in results if status == 202]
-        for run_id in [*filling, *ids]:
-            await bench.watcher.wait_final(run_id, 300)
-        answered[key] += results
-        wall_s[key] += wall
-        await asyncio.sleep(1)
-    rows = {}
-    for key in endpoints:
-        row = accept_row(label(key), calls, answered[key], wall_s[key], full_first=True)
-        row["pod_full_throughout"] = full_throughout[key]
-        rows[key] = row
-    return rows
 
 
 def accept_row(
@@ -445,7 +431,8 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
                     f"{against_floor(row, floor)}, answers {row['statuses']}"
                 )
             say("- the same, with every slot of the pod taken before the burst")
-            for key, row in (await accept_full_rows(bench, http, par_at, ACCEPT_CALLS)).items():
+            full = await accept_rows(bench, http, par_at, ACCEPT_CALLS, full_first=True)
+            for key, row in full.items():
                 results[key]["accept_full"] = row
                 say(
                     f"  {label(key)}: {row['accepted_per_s']:.1f} accepted per s, "

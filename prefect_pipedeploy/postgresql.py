@@ -55,10 +55,10 @@ INSTALL = "install Debian's postgresql package: apt-get install -y postgresql"
 #: again as soon as its transaction ends: under load every request past the fifth at once paid
 #: a new connection (its authentication, PostgreSQL's new backend process, asyncpg's type
 #: introspection, its statements prepared again). Measured (benchmarks/README.md, "PostgreSQL:
-#: the server's connection pool, and reads shared by calls"): 16 concurrent create/set-state/read rounds, the
-#: server's CPU 10.3-11.3 -> 8.6-9.2 ms per request, 28-30 -> 35-38 rounds/s; the gateway
-#: section accepted 15.4 / 18.1 -> 21.2 / 28.0 calls/s. 40 connections at most, of the
-#: cluster's 100.
+#: the server's connection pool, and reads shared by calls"): 16 concurrent
+#: create/set-state/read rounds, the server's CPU 10.3-11.3 -> 8.6-9.2 ms per request, 28-30 ->
+#: 35-38 rounds/s; the gateway section accepted 15.4 / 18.1 -> 21.2 / 28.0 calls/s. 40
+#: connections at most, of the cluster's 100.
 SERVER_POOL = {
     "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
     "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "20",

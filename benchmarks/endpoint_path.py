@@ -27,9 +27,9 @@ becomes a flow run the worker hands to the pod). Rows:
 - parallel, per gateway: 16 concurrent callers make PARALLEL_CALLS waiting calls of a 0 s
   execution: p50, p99, executions/s.
 Back-to-back runs through the direct gateway, then the other; the accept rows and parallel each
-in four parts of half a gateway's calls (direct, worker path, worker path, direct), each after the
-previous part's executions are final. Each latency row also shows its p50 divided by the floor's p50. Not for: a run on
-its own.
+in four parts of half a gateway's calls (direct, worker path, worker path, direct), each after
+the previous part's executions are final. Each latency row also shows its p50 divided by the
+floor's p50. Not for: a run on its own.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Ending background asyncio tasks without hanging on them or swallowing the caller's cancel.
 
-For: `cancel_and_wait(*tasks)`, used where the gateway or the pod supervisor stops a task of
-its own (a pod link's reader, the event listener, the upload sweeper, a pod's pending connect):
-it cancels them and waits for them to end, at most `STOP_WAIT_S`. Their own end (cancelled, an
-exception) is not raised: they were stopped on purpose. Before, each place did `task.cancel()` and then awaited the task
-under `contextlib.suppress(asyncio.CancelledError, ...)`, which also swallowed a cancellation of
-the caller itself (a timeout, a shutdown, pytest-timeout) while it waited, and waited forever
-for a task that did not end when cancelled. Not for: tasks whose result is wanted (await them),
-the pod's runs (`engine.pod`, which ends them with a state).
+For: `cancel_and_wait(*tasks)`, used where the gateway or the pod supervisor stops a task of its own
+(a pod link's reader, the event listener, the upload sweeper, a pod's pending connect): it cancels
+them and waits for them to end, at most `STOP_WAIT_S`. Their own end (cancelled, an exception) is
+not raised: they were stopped on purpose. Before, each place did `task.cancel()` and then awaited
+the task under `contextlib.suppress(asyncio.CancelledError, ...)`, which also swallowed a
+cancellation of the caller itself (a timeout, a shutdown, pytest-timeout) while it waited, and
+waited forever for a task that did not end when cancelled. Not for: tasks whose result is wanted
+(await them), the pod's runs (`engine.pod`, which ends them with a state).
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun
 from prefect.events import Event
 from prefect.events.clients import get_events_subscriber
-from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.aio import cancel_and_wait
@@ -43,6 +44,14 @@ FALLBACK_POLL_S = 0.5
 
 #: How often it reads them anyway while the stream is up (an event lost on the way).
 SAFETY_POLL_S = 5.0
+
+#: The flow-run events the watcher listens to: those of a final state, the only ones that can
+#: settle a run (a run failed with retries left is read again when its grace ends). Each event
+#: is sent to every subscriber it matches, so the server sends a gateway 1 event per execution,
+#: not 4 (Scheduled, Pending, Running, the final one) or more.
+FINAL_STATES: dict[str, str | list[str]] = {
+    "prefect.state-type": sorted(state.value for state in TERMINAL_STATES)
+}
 
 
 class BadTokenLimiter:
@@ -210,8 +219,8 @@ def run_id_of(event: Event) -> UUID | None:
 class RunWatcher:
     """Waits for executions to settle, without polling while Prefect's event stream is up.
 
-    One subscription to the flow-run events of the server serves every waiting request: an
-    event about a watched run has it read (one API call for all the runs that moved), and a run
+    One subscription to the final-state events of the server's flow runs (`FINAL_STATES`)
+    serves every waiting request: an event about a watched run has it read (one API call for all the runs that moved), and a run
     settles when `status.settled` says so. A run that failed with retries left is read again
     when its grace ends. While the stream is down (the server restarting, or the gateway just
     started), every watched run is read each `fallback_s`; when it comes back, each once more
@@ -266,7 +275,10 @@ class RunWatcher:
         await cancel_and_wait(*tasks)
 
     async def _listen(self) -> None:
-        event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]))
+        event_filter = EventFilter(
+            event=EventNameFilter(prefix=["prefect.flow-run."]),
+            resource=EventResourceFilter(labels=ResourceSpecification(FINAL_STATES)),
+        )
         while True:
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:

@@ -108,6 +108,14 @@ class PodHandle:
     def is_up(self) -> bool:
         return self.status == PodStatus.up and self.writer is not None and not self.stopping
 
+    @property
+    def full(self) -> bool:
+        """A parallel pod that is up with every slot taken (by the runs its worker handed it
+        and the direct calls it took). A queue-mode pod's one slot is counted in the API
+        across workers (`dispatch.count_active`), so it is never full here."""
+        parallelism = self.spec.parallelism
+        return self.is_up and parallelism > 1 and len(self.in_flight) >= parallelism
+
     def send(self, message: dict[str, Any]) -> bool:
         if self.writer is None or self.writer.is_closing():
             return False

@@ -2,10 +2,10 @@
 
 For: the worker's decisions as values (`split_ready_runs`: elastic runs, runs for a pod, runs
 whose pod is not known yet; `pod_heads`: the runs a pod starts now within its parallelism;
-`ram_requests`: elastic runs as FIFO RAM requests) and the API calls they lead to (`claim` a run,
-signed by its `Claimer`; `count_active` runs of a queue-mode deployment, `queue_retry` a failed
-run, `say_waiting` why a run waits). Not for: the order rules themselves (`ordering`), RAM
-(`admission`, `worker.ram`).
+`ram_requests`: elastic runs as FIFO RAM requests; `deployment_of` a run's event) and the API
+calls they lead to (`claim` a run, signed by its `Claimer`; `count_active` runs of a queue-mode
+deployment, `queue_retry` a failed run, `say_waiting` why a run waits). Not for: the order
+rules themselves (`ordering`), RAM (`admission`, `worker.ram`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.schemas.events import Event
 from prefect.exceptions import Abort
 from prefect.states import Pending, Scheduled
 from prefect.utilities.engine import propose_state
@@ -43,6 +44,18 @@ from prefect_pipedeploy.spec import Mode, spec_from_job_variables
 
 #: Active states: a run in one of these holds its deployment's queue slot.
 ACTIVE = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+
+
+def deployment_of(event: Event) -> UUID | None:
+    """The deployment a flow-run event names among its related resources, if any."""
+    for related in event.related:
+        kind, _, ident = related.id.rpartition(".")
+        if kind == "prefect.deployment":
+            try:
+                return UUID(ident)
+            except ValueError:
+                return None
+    return None
 
 
 def plain_utc(moment: datetime.datetime) -> datetime.datetime:

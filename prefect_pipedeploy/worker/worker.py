@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +32,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.events.schemas.events import Event
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.utilities.services import start_client_metrics_server, stop_client_metrics_server
@@ -68,6 +69,7 @@ from prefect_pipedeploy.worker.dispatch import (
     Claimer,
     claim,
     count_active,
+    deployment_of,
     pod_heads,
     queue_retry,
     ram_requests,
@@ -191,8 +193,8 @@ class PipeDeployWorker(
     async def _serve(self, printer: Any) -> None:
         async with anyio.create_task_group() as loops:
             loops.start_soon(self._sync_loop)
-            loops.start_soon(self._listen, WAKE_ON_STATES, self.wake)
-            loops.start_soon(self._listen, CANCEL_EVENTS, self.cancels.wake)
+            loops.start_soon(self._listen, WAKE_ON_STATES, self.run_ready)
+            loops.start_soon(self._listen, CANCEL_EVENTS, lambda _event: self.cancels.wake())
             loops.start_soon(self.cancels.run)
             loops.start_soon(self._submit_loop)
             loops.start_soon(self._pod_loop)
@@ -354,9 +356,23 @@ class PipeDeployWorker(
         """Look for runs now instead of at the next poll."""
         self._rounds.wake()
 
-    async def _listen(self, states: tuple[str, ...], wake: Any) -> None:
-        """Call `wake` when a run of this pool enters one of `states`: with WAKE_ON_STATES the
-        submit loop (a run became ready to start), with CANCEL_EVENTS the cancel loop.
+    def run_ready(self, event: Event) -> None:
+        """A run of this pool may be ready to start (its event): look for runs now, unless it
+        waits for a parallel pod of ours with every slot taken. Then the pod's next finished
+        run looks (`runs_held_back`), and until that look the pod takes no direct call, which
+        would pass the waiting run: a burst of calls to a full pod costs the worker no read
+        per call, as the look would find nothing to start."""
+        deployment_id = deployment_of(event)
+        pod = self.pods.pods.get(deployment_id) if deployment_id is not None else None
+        if pod is None or not pod.full:
+            self.wake()
+            return
+        pod.runs_held_back = True
+        pod.open_direct(False)
+
+    async def _listen(self, states: tuple[str, ...], on_event: Callable[[Event], object]) -> None:
+        """Call `on_event` when a run of this pool enters one of `states`: with WAKE_ON_STATES
+        `run_ready` (a run may be ready to start), with CANCEL_EVENTS the cancel loop's wake.
 
         Only those states: a run of ours that ends wakes the worker locally (pod message,
         process exit), and every wake costs API calls."""
@@ -369,8 +385,8 @@ class PipeDeployWorker(
         while True:
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
-                    async for _event in subscriber:
-                        wake()
+                    async for event in subscriber:
+                        on_event(event)
             except Exception as exc:  # the poll keeps working meanwhile
                 self.worker_logger.debug("Event subscription ended (%s); reconnecting", exc)
                 await anyio.sleep(2)

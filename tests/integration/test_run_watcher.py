@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Completed, Running
+from prefect.states import Completed, Pending, Running
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.gateway.waiting import RunWatcher
@@ -67,6 +68,52 @@ async def test_runs_settle_on_their_events_without_any_poll(deployment_id: uuid.
                 latest, done = await asyncio.wait_for(wait, 30)
                 assert done and latest is not None and latest.state is not None
                 assert latest.state.is_completed()
+        finally:
+            await watcher.close()
+
+
+@pytest.mark.anyio
+async def test_a_run_is_read_again_only_when_it_reaches_a_final_state(
+    deployment_id: uuid.UUID,
+) -> None:
+    """The watcher subscribes to final-state events only (`waiting.FINAL_STATES`). Before, it
+    got every flow-run event of the server, so each execution's Scheduled, Pending and Running
+    were sent to every gateway, and a watched run was read again at each. Here one watched run
+    goes Pending and Running; a second one completes after that (its event comes after theirs
+    on the stream): no read names the first run until it completes, and then it settles."""
+    async with get_client() as client:
+        read_ids: list[set[uuid.UUID]] = []
+        read = client.read_flow_runs
+
+        async def recording_read(**kwargs: object) -> object:
+            run_filter = kwargs["flow_run_filter"]
+            assert isinstance(run_filter, FlowRunFilter) and run_filter.id is not None
+            read_ids.append(set(run_filter.id.any_ or []))
+            return await read(**kwargs)  # type: ignore[arg-type]
+
+        client.read_flow_runs = recording_read  # type: ignore[method-assign]
+        watcher = RunWatcher(client, fallback_s=NEVER_S, safety_s=NEVER_S)
+        try:
+            moving, marker = [
+                await client.create_flow_run_from_deployment(deployment_id) for _ in "ab"
+            ]
+            waits = {marker.id: asyncio.create_task(watcher.wait(marker.id, 0, timeout_s=60))}
+            await until(lambda: watcher.live)
+            await asyncio.sleep(0.5)  # the read of the watched runs when the stream came up
+            waits[moving.id] = asyncio.create_task(watcher.wait(moving.id, 0, timeout_s=60))
+            await until(lambda: any(moving.id in ids for ids in read_ids))  # its first read
+            since = len(read_ids)
+            await client.set_flow_run_state(moving.id, Pending(), force=True)
+            await client.set_flow_run_state(moving.id, Running(), force=True)
+            await complete_later(client, marker.id, 0)
+            latest, done = await asyncio.wait_for(waits[marker.id], 30)
+            assert done and latest is not None and latest.id == marker.id
+            assert not any(moving.id in ids for ids in read_ids[since:]), read_ids[since:]
+            assert not waits[moving.id].done()
+            await client.set_flow_run_state(moving.id, Completed(), force=True)
+            latest, done = await asyncio.wait_for(waits[moving.id], 30)
+            assert done and latest is not None and latest.state is not None
+            assert latest.state.is_completed()
         finally:
             await watcher.close()
 

@@ -24,6 +24,8 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.states import Completed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy import PipeDeploy
@@ -162,6 +164,56 @@ async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
         waiting = (await client.read_flow_run(second.id)).state
         assert waiting is not None and waiting.is_scheduled()
         assert pod.in_flight == {first.id}
+    finally:
+        worker.pods.pods.pop(deployment.id, None)
+        writer.close()
+        reader.close()
+        theirs.close()
+
+
+async def test_a_run_for_a_full_parallel_pod_costs_the_worker_no_look(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    """Before: every Scheduled event of the pool woke the worker's submit loop, and each round
+    read the pool's ready runs, also for a run that waits for a parallel pod with every slot
+    taken: under a burst of calls to a busy pod, about one read per call, each finding nothing
+    to start (the server's second cost after the creates themselves). Now such an event only
+    marks the pod (its next finished run makes the worker look) and closes its door to direct
+    calls, which would pass the waiting run; with a slot free, the event wakes the loop."""
+    deployment = await deploy(
+        sdk,
+        client,
+        mode="low_latency",
+        enable_parallel_executions=True,
+        max_parallel_executions_per_pod=2,
+    )
+    ours, theirs = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=ours)
+    reader = theirs.makefile("r")
+    pod = PodHandle(
+        deployment, spec_from_job_variables(deployment.job_variables), Path("unused.log")
+    )
+    pod.status, pod.writer = PodStatus.up, writer
+    pod.in_flight = {uuid.uuid4(), uuid.uuid4()}  # both slots taken
+    worker.pods.pods[deployment.id] = pod
+    woke: list[bool] = []
+    worker.wake = lambda: woke.append(True)  # type: ignore[method-assign]
+    scheduled = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.Scheduled"]),
+        related=EventRelatedFilter(id=[f"prefect.deployment.{deployment.id}"]),
+    )
+    try:
+        async with get_events_subscriber(filter=scheduled) as events:
+            await new_run(client, deployment)
+            worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
+            assert woke == [] and pod.runs_held_back
+            await writer.drain()
+            sent = json.loads(await asyncio.to_thread(reader.readline))
+            assert sent == {"op": "direct", "open": False}
+            pod.in_flight.pop()  # a slot frees
+            await new_run(client, deployment)
+            worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
+            assert woke == [True]
     finally:
         worker.pods.pods.pop(deployment.id, None)
         writer.close()

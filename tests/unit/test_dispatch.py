@@ -11,11 +11,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.events.schemas.events import Event
 from prefect.states import Completed, Crashed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy.admission import run_key
 from prefect_pipedeploy.worker.dispatch import (
     claim_conflict,
+    deployment_of,
     may_retry,
     pod_heads,
     ram_requests,
@@ -213,3 +215,32 @@ def test_a_claim_holds_only_when_the_server_wrote_it_over_a_waiting_state(
 
 def test_a_claim_not_in_the_history_read_holds() -> None:
     assert claim_conflict(history(("Scheduled", 0)), Pending()) is None
+
+
+DEPLOYMENT = uuid.uuid4()
+
+
+@pytest.mark.parametrize(
+    ("related", "expected"),
+    [
+        (
+            [("prefect.flow.1", "flow"), (f"prefect.deployment.{DEPLOYMENT}", "deployment")],
+            DEPLOYMENT,
+        ),
+        ([("prefect.flow.1", "flow"), ("prefect.work-pool.2", "work-pool")], None),
+        ([], None),
+        ([("prefect.deployment.not-a-uuid", "deployment")], None),
+    ],
+    ids=["among related", "none related", "no related", "malformed id"],
+)
+def test_the_deployment_a_runs_event_names(
+    related: list[tuple[str, str]], expected: uuid.UUID | None
+) -> None:
+    event = Event(
+        event="prefect.flow-run.Scheduled",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
+        related=[
+            {"prefect.resource.id": ident, "prefect.resource.role": role} for ident, role in related
+        ],
+    )
+    assert deployment_of(event) == expected

@@ -142,10 +142,9 @@ class Gateway:
         self._loaded_at = -math.inf
         self._refresh_lock = asyncio.Lock()
         self._reported: set[str] = set()
-        self._rereads: FreshReads[tuple[UUID, str], Endpoint | None] = FreshReads(
-            self._read_endpoint
-        )
         self._waiting = WaitingExecutions(self._count_waiting)
+        # the deployments as they are now: what a create makes its run from, what a token is
+        # checked against again
         self._deployments: FreshReads[UUID, DeploymentResponse] = FreshReads(client.read_deployment)
 
     async def close(self) -> None:
@@ -234,18 +233,14 @@ class Gateway:
     async def _reread(self, endpoint: Endpoint) -> Endpoint | None:
         """The endpoint as its deployment is now (None once it is gone or serves no endpoint
         at this path), from a read begun after this request asked, shared by every request
-        that asked before it began (`reads.FreshReads`): a storm of wrong tokens costs one
-        read at a time, not one each, and a token rotated before a request arrived is seen."""
-        return await self._rereads.get((endpoint.deployment_id, endpoint.path))
-
-    async def _read_endpoint(self, key: tuple[UUID, str]) -> Endpoint | None:
-        deployment_id, path = key
+        that asked before it began, creates included (`_deployments`, `reads.FreshReads`): a
+        storm of wrong tokens costs one read at a time, not one each, and a token rotated
+        before a request arrived is seen."""
         try:
-            deployment = await self.client.read_deployment(deployment_id)
-            fresh = endpoint_of(deployment)
+            fresh = endpoint_of(await self._deployments.get(endpoint.deployment_id))
         except (ObjectNotFound, PipeDeployError):
             return None
-        if fresh is not None and fresh.path == path:
+        if fresh is not None and fresh.path == endpoint.path:
             self._table = {**self._table, fresh.path: fresh}
             return fresh
         return None

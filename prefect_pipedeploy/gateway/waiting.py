@@ -220,12 +220,13 @@ class RunWatcher:
     """Waits for executions to settle, without polling while Prefect's event stream is up.
 
     One subscription to the final-state events of the server's flow runs (`FINAL_STATES`)
-    serves every waiting request: an event about a watched run has it read (one API call for all the runs that moved), and a run
-    settles when `status.settled` says so. A run that failed with retries left is read again
-    when its grace ends. While the stream is down (the server restarting, or the gateway just
-    started), every watched run is read each `fallback_s`; when it comes back, each once more
-    (events sent meanwhile may be lost). Each `safety_s` the runs are read even while the
-    stream is up: an event lost on the way costs that long, not a hung call.
+    serves every waiting request: an event about a watched run has it read (one API call for
+    all the runs that moved), and a run settles when `status.settled` says so. A run that
+    failed with retries left is read again when its grace ends. While the stream is down (the
+    server restarting, or the gateway just started), every watched run is read each
+    `fallback_s`; when it comes back, each once more (events sent meanwhile may be lost). Each
+    `safety_s` the runs are read even while the stream is up: an event lost on the way costs
+    that long, not a hung call.
     """
 
     def __init__(

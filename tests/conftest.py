@@ -16,6 +16,7 @@ Shared helpers live in tests/support; its fixture modules are registered below.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -25,6 +26,9 @@ from pathlib import Path
 
 # Settings must be in place before Prefect is imported anywhere in this process.
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="pipedeploy-tests-"))
+# The session's home (server database, client home, scratch files) goes when this process
+# exits: also when pytest stops before configuring (a usage error left it behind before).
+atexit.register(shutil.rmtree, _TEST_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_TEST_HOME / "client")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -80,11 +84,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     rank = {root / path: place for place, path in enumerate(LONGEST_FIRST)}
     rank.update({root / path: len(rank) + 1 + place for place, path in enumerate(LAST)})
     items.sort(key=lambda item: rank.get(item.path, len(LONGEST_FIRST)))  # stable: the rest too
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the session's home (server database, client home, scratch files)."""
-    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

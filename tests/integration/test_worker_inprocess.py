@@ -8,6 +8,7 @@ so each decision the worker takes is seen in the API exactly as a user would see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
@@ -138,10 +140,27 @@ async def test_a_label_the_api_refuses_does_not_fail_the_submission(
     await worker._give_worker_labels_to_flow_run(uuid.uuid4())
 
 
-async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
-    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
-) -> None:
-    deployment = await deploy(sdk, client, mode="low_latency")
+@dataclass
+class StandInPod:
+    """A pod stood in by a socket pair: the worker writes to `pod`, the test reads the far end."""
+
+    pod: PodHandle
+    writer: asyncio.StreamWriter
+    far_end: socket.socket
+    reader: TextIO
+
+    async def sent(self) -> dict[str, Any]:
+        """The next message the worker sent the pod."""
+        await self.writer.drain()
+        message: dict[str, Any] = json.loads(await asyncio.to_thread(self.reader.readline))
+        return message
+
+
+@contextlib.asynccontextmanager
+async def stand_in_pod(
+    worker: PipeDeployWorker, deployment: DeploymentResponse
+) -> AsyncIterator[StandInPod]:
+    """The worker's pod of `deployment`, up, for the block."""
     ours, theirs = socket.socketpair()
     _, writer = await asyncio.open_connection(sock=ours)
     reader = theirs.makefile("r")
@@ -151,10 +170,23 @@ async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
     pod.status, pod.writer = PodStatus.up, writer
     worker.pods.pods[deployment.id] = pod
     try:
+        yield StandInPod(pod, writer, theirs, reader)
+    finally:
+        worker.pods.pods.pop(deployment.id, None)
+        writer.close()
+        reader.close()
+        theirs.close()
+
+
+async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
+    worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
+) -> None:
+    deployment = await deploy(sdk, client, mode="low_latency")
+    async with stand_in_pod(worker, deployment) as standin:
+        pod = standin.pod
         first, second = await new_run(client, deployment), await new_run(client, deployment, 0.01)
         await worker.get_and_submit_flow_runs()
-        await writer.drain()
-        sent = json.loads(await asyncio.to_thread(reader.readline))
+        sent = await standin.sent()
         assert sent["op"] == "run" and sent["flow_run"]["id"] == str(first.id)
         assert pod.in_flight == {first.id}
         assert pod.runs_held_back  # the second waits for the first
@@ -164,11 +196,6 @@ async def test_queue_mode_hands_one_run_at_a_time_to_the_pod(
         waiting = (await client.read_flow_run(second.id)).state
         assert waiting is not None and waiting.is_scheduled()
         assert pod.in_flight == {first.id}
-    finally:
-        worker.pods.pods.pop(deployment.id, None)
-        writer.close()
-        reader.close()
-        theirs.close()
 
 
 async def test_a_run_for_a_full_parallel_pod_costs_the_worker_no_look(
@@ -187,61 +214,40 @@ async def test_a_run_for_a_full_parallel_pod_costs_the_worker_no_look(
         enable_parallel_executions=True,
         max_parallel_executions_per_pod=2,
     )
-    ours, theirs = socket.socketpair()
-    _, writer = await asyncio.open_connection(sock=ours)
-    reader = theirs.makefile("r")
-    pod = PodHandle(
-        deployment, spec_from_job_variables(deployment.job_variables), Path("unused.log")
-    )
-    pod.status, pod.writer = PodStatus.up, writer
-    pod.in_flight = {uuid.uuid4(), uuid.uuid4()}  # both slots taken
-    worker.pods.pods[deployment.id] = pod
     woke: list[bool] = []
     worker.wake = lambda: woke.append(True)  # type: ignore[method-assign]
     scheduled = EventFilter(
         event=EventNameFilter(name=["prefect.flow-run.Scheduled"]),
         related=EventRelatedFilter(id=[f"prefect.deployment.{deployment.id}"]),
     )
-    try:
-        async with get_events_subscriber(filter=scheduled) as events:
-            await new_run(client, deployment)
-            worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
-            assert woke == [] and pod.runs_held_back
-            await writer.drain()
-            sent = json.loads(await asyncio.to_thread(reader.readline))
-            assert sent == {"op": "direct", "open": False}
-            pod.in_flight.pop()  # a slot frees
-            await new_run(client, deployment)
-            worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
-            assert woke == [True]
-    finally:
-        worker.pods.pods.pop(deployment.id, None)
-        writer.close()
-        reader.close()
-        theirs.close()
+    async with (
+        stand_in_pod(worker, deployment) as standin,
+        get_events_subscriber(filter=scheduled) as events,
+    ):
+        pod = standin.pod
+        pod.in_flight = {uuid.uuid4(), uuid.uuid4()}  # both slots taken
+        await new_run(client, deployment)
+        worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
+        assert woke == [] and pod.runs_held_back
+        assert await standin.sent() == {"op": "direct", "open": False}
+        pod.in_flight.pop()  # a slot frees
+        await new_run(client, deployment)
+        worker.run_ready(await asyncio.wait_for(events.__anext__(), 30))
+        assert woke == [True]
 
 
 async def test_a_run_handed_to_a_pod_gone_down_goes_back_to_the_queue(
     worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
 ) -> None:
     deployment = await deploy(sdk, client, mode="low_latency", max_retries=0)
-    ours, theirs = socket.socketpair()
-    _, writer = await asyncio.open_connection(sock=ours)
-    pod = PodHandle(
-        deployment, spec_from_job_variables(deployment.job_variables), Path("unused.log")
-    )
-    pod.status, pod.writer = PodStatus.up, writer
-    worker.pods.pods[deployment.id] = pod
-    writer.close()  # the pod's channel closed between the check and the hand-off
-    theirs.close()
-    try:
+    async with stand_in_pod(worker, deployment) as standin:
+        standin.writer.close()  # the pod's channel closed between the check and the hand-off
+        standin.far_end.close()
         flow_run = await new_run(client, deployment)
         await worker.get_and_submit_flow_runs()
         state = (await client.read_flow_run(flow_run.id)).state
         assert state is not None and state.is_scheduled() and state.name == "Requeued", state
         assert "went down as this execution was handed to it" in (state.message or "")
-    finally:
-        worker.pods.pods.pop(deployment.id, None)
 
 
 async def test_a_failed_run_is_requeued_right_after_the_next_one(

@@ -22,6 +22,7 @@ fix what it names here, then raise `CHECKED_AGAINST`.
 from __future__ import annotations
 
 import abc
+import datetime
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -602,6 +603,55 @@ def sqlite_creates_immediate() -> None:
         return marked
 
     server.create_app = create_app_marking_creates  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------------------
+# A PostgreSQL server's timestamps bound as plain datetimes (checked against 3.9.1)
+# ---------------------------------------------------------------------------------------------
+#
+# On Python 3.11 and 3.12, Prefect's server makes its timestamps as `prefect.types._datetime.
+# DateTime`, a Pendulum subclass, and its `Timestamp` column type hands them to asyncpg as they
+# are on PostgreSQL. asyncpg encodes a timestamp by subtracting its epoch from it, and
+# Pendulum's `__sub__` builds an `Interval`: about 65 us each on this project's 2-core machine,
+# against 2 us for the conversion below, a few dozen times per flow-run create (its row, its
+# state, its event and the event's resources): about 7 % of the server's time while it creates
+# runs (py-spy, benchmarks/README.md). Installed by the server the stack starts (`serverproc`),
+# in its process: bound values are the same instants as stdlib datetimes in UTC; what is
+# stored and read back does not change.
+
+
+def _plain_utc(value: Any) -> Any:
+    """`value` (an aware datetime, maybe a Pendulum one) as a stdlib datetime in UTC."""
+    if type(value) is datetime.datetime:
+        return value
+    offset = value.utcoffset()
+    plain = datetime.datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        datetime.timezone.utc,
+    )
+    return plain - offset if offset else plain
+
+
+def postgres_timestamps_plain() -> None:
+    """In this process (a Prefect server about to start): on PostgreSQL, Prefect's `Timestamp`
+    columns bind stdlib datetimes in UTC (`_plain_utc`); SQLite's binding is left as it is."""
+    from prefect.server.utilities.database import Timestamp
+
+    bind = Timestamp.process_bind_param
+
+    def process_bind_param(self: Any, value: Any, dialect: Any) -> Any:
+        bound = bind(self, value, dialect)
+        if bound is None or dialect.name != "postgresql":
+            return bound
+        return _plain_utc(bound)
+
+    Timestamp.process_bind_param = process_bind_param  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,7 @@ from prefect_pipedeploy.stack import (
 )
 from tests.support.executions import deploy, eventual_log_messages, run_many, unique, wait_until_up
 from tests.support.paths import PIPELINES
-from tests.support.postgresql import connections_of, flow_runs_in
+from tests.support.postgresql import connections_of, fetch_value, flow_runs_in
 from tests.support.processes import api_switched, start_gateway
 
 
@@ -150,3 +151,36 @@ def test_the_server_keeps_its_connections_through_bursts(
     # Prefect's pool: 7 open after each burst (its 5 and two of its services'), 3 of them
     # the same; this one: 22, 21 of them the same
     assert len(first & second) > 10, (first, second)
+
+
+def test_timestamps_are_stored_as_the_instants_given(
+    server_on_postgresql: tuple[str, str],
+) -> None:
+    """The server binds its timestamps as stdlib datetimes in UTC (`_compat.
+    postgres_timestamps_plain`): a run's expected start given at +05:30 is stored, and read
+    back through the API, as the same instant, and so is the time of its Scheduled state."""
+    api_url, database_url = server_on_postgresql
+    given = "2031-03-04T10:20:30.123456+05:30"
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        flow = http.post("/flows/", json={"name": unique("timestamps")})
+        flow.raise_for_status()
+        created = http.post(
+            "/flow_runs/",
+            json={
+                "flow_id": flow.json()["id"],
+                "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": given}},
+            },
+        )
+        created.raise_for_status()
+        run = http.get(f"/flow_runs/{created.json()['id']}").json()
+    instant = datetime.fromisoformat(given)
+    assert datetime.fromisoformat(run["expected_start_time"]) == instant
+    assert datetime.fromisoformat(run["next_scheduled_start_time"]) == instant
+    stored = fetch_value(
+        database_url, "SELECT expected_start_time FROM flow_run WHERE id = $1::uuid", run["id"]
+    )
+    assert stored == instant and stored.utcoffset() == timedelta(0)
+    state_time = fetch_value(
+        database_url, "SELECT timestamp FROM flow_run_state WHERE flow_run_id = $1::uuid", run["id"]
+    )
+    assert abs(datetime.now(timezone.utc) - state_time) < timedelta(minutes=5)

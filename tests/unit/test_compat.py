@@ -12,10 +12,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import pendulum
 import prefect
 import pytest
 from prefect.blocks.core import Block
 from prefect.flow_engine import AsyncFlowRunEngine, FlowRunEngine
+from prefect.types._datetime import DateTime
 from prefect.workers.base import BaseWorker
 
 from prefect_pipedeploy import _compat
@@ -99,6 +101,22 @@ def test_flow_engines_patch_a_given_run_through_their_client_property(engine: ty
     ], changed(f"{engine.__name__}.initialize_run's PATCH of a given run", "engine_fields")
     assert isinstance(inspect.getattr_static(engine, "client"), property), changed(
         f"{engine.__name__}.client", "_PodEngine"
+    )
+
+
+def test_the_timestamp_column_binds_what_it_is_given_on_postgresql() -> None:
+    # `postgres_timestamps_plain` wraps `Timestamp.process_bind_param`, and turns what it binds
+    # on PostgreSQL (the value as given, 3.9.1) into a stdlib datetime in UTC
+    from prefect.server.utilities.database import Timestamp
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+    where = "postgres_timestamps_plain"
+    assert parameters(Timestamp.process_bind_param) == ["self", "value", "dialect"], changed(
+        "Timestamp.process_bind_param's parameters", where
+    )
+    given = DateTime(2030, 1, 2, 3, 4, 5, 6, tzinfo=pendulum.timezone("Europe/Paris"))
+    assert Timestamp().process_bind_param(given, dialect()) is given, changed(
+        "what Timestamp binds on PostgreSQL", where
     )
 
 

@@ -10,14 +10,14 @@ It is Prefect's own CLI and server, with:
   full collections, a few a minute under load, took 130-380 ms each with everything tracked,
   and every call in flight waited for them (the 430-475 ms p99 outliers of the gateway round
   trip).
-- On SQLite, its flow-run creates begun IMMEDIATE (`_compat.sqlite_creates_immediate`):
+- On SQLite, its flow-run creates begun IMMEDIATE (`_compat_server.sqlite_creates_immediate`):
   concurrent creates wait for the writes before them instead of failing with 503. Measured
   (benchmarks/README.md): with 32 concurrent callers the worker path's creates met 3.6
   refusals each and the gateway accepted 3.9 calls/s that way (10.2 direct); begun
   IMMEDIATE, no request was refused, and with 4 creates at a time it accepted 11.3-11.8
   (direct) and 11.1-17.8 (worker path) calls/s over three runs.
 - On PostgreSQL, its timestamps bound as stdlib datetimes in UTC
-  (`_compat.postgres_timestamps_plain`), not as Pendulum ones, whose subtraction asyncpg's
+  (`_compat_server.postgres_timestamps_plain`), not as Pendulum ones, whose subtraction asyncpg's
   encoding pays about 65 us for each. Measured (benchmarks/README.md): 32 concurrent plain
   flow-run creates cost the server 23.7 ms each instead of 30.1.
 Not for: a server started any other way (`prefect server start` works the same, without
@@ -35,7 +35,7 @@ import urllib.request
 import prefect.server.api.server  # noqa: F401 - the server's modules: most long-lived objects
 from prefect.cli import app
 
-from prefect_pipedeploy._compat import postgres_timestamps_plain, sqlite_creates_immediate
+from prefect_pipedeploy._compat_server import postgres_timestamps_plain, sqlite_creates_immediate
 
 #: How long the second freeze waits for the server to answer.
 SERVING_WAIT_S = 600.0

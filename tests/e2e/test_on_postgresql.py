@@ -156,7 +156,7 @@ def test_the_server_keeps_its_connections_through_bursts(
 def test_timestamps_are_stored_as_the_instants_given(
     server_on_postgresql: tuple[str, str],
 ) -> None:
-    """The server binds its timestamps as stdlib datetimes in UTC (`_compat.
+    """The server binds its timestamps as stdlib datetimes in UTC (`_compat_server.
     postgres_timestamps_plain`): a run's expected start given at +05:30 is stored, and read
     back through the API, as the same instant, and so is the time of its Scheduled state."""
     api_url, database_url = server_on_postgresql

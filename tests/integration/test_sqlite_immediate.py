@@ -1,4 +1,4 @@
-"""A SQLite server's flow-run creates begun IMMEDIATE (`_compat.sqlite_creates_immediate`,
+"""A SQLite server's flow-run creates begun IMMEDIATE (`_compat_server.sqlite_creates_immediate`,
 installed by `serverproc` in the server the stack starts): concurrent creates wait for the writes
 before them instead of failing (503 at the server).
 
@@ -28,8 +28,9 @@ from prefect.server.api import server
 from prefect.server.database.configurations import AioSqliteConfiguration
 from prefect.states import Completed, Running
 
-from prefect_pipedeploy import PipeDeploy, _compat
-from prefect_pipedeploy._compat import begins_immediate, sqlite_creates_immediate, wrap_transports
+from prefect_pipedeploy import PipeDeploy, _compat_server
+from prefect_pipedeploy._compat import wrap_transports
+from prefect_pipedeploy._compat_server import begins_immediate, sqlite_creates_immediate
 from prefect_pipedeploy.prefect_api.runs import create_deployment_run
 from tests.support.paths import PIPELINES
 
@@ -105,11 +106,11 @@ async def test_installed_a_creates_transaction_begins_immediate_and_the_other_wa
     database: Any, installed: None
 ) -> None:
     config, engine = database
-    token = _compat._begin_immediate.set(True)  # what the app does for a create request
+    token = _compat_server._begin_immediate.set(True)  # what the app does for a create request
     try:
         b_waited, rows = await read_then_write_while_another_commits(config, engine)
     finally:
-        _compat._begin_immediate.reset(token)
+        _compat_server._begin_immediate.reset(token)
     assert b_waited
     assert rows == [1, 2]  # A's commit, then B's: both kept
 

@@ -25,9 +25,13 @@ from prefect_pipedeploy.worker import PipeDeployWorker
 
 
 def changed(what: str, where: str) -> str:
+    """The message of a changed shape; `where` names the function to update, in `_compat` unless
+    it says its module (`_compat_server.x`)."""
+    place = where if where.startswith("_compat_server.") else f"_compat.{where}"
+    module = place.split(".")[0]
     return (
-        f"Prefect {prefect.__version__} changed {what}, which prefect_pipedeploy/_compat.py "
-        f"relies on (checked against Prefect {_compat.CHECKED_AGAINST}); update _compat.{where}"
+        f"Prefect {prefect.__version__} changed {what}, which prefect_pipedeploy/{module}.py "
+        f"relies on (checked against Prefect {_compat.CHECKED_AGAINST}); update {place}"
     )
 
 
@@ -110,7 +114,7 @@ def test_the_timestamp_column_binds_what_it_is_given_on_postgresql() -> None:
     from prefect.server.utilities.database import Timestamp
     from sqlalchemy.dialects.postgresql.asyncpg import dialect
 
-    where = "postgres_timestamps_plain"
+    where = "_compat_server.postgres_timestamps_plain"
     assert parameters(Timestamp.process_bind_param) == ["self", "value", "dialect"], changed(
         "Timestamp.process_bind_param's parameters", where
     )
@@ -127,7 +131,7 @@ def test_the_sqlite_configuration_begins_its_transactions_by_a_context_variable(
     from prefect.cli._server_utils import _run_in_foreground
     from prefect.server.database import configurations
 
-    where = "sqlite_creates_immediate"
+    where = "_compat_server.sqlite_creates_immediate"
     source = inspect.getsource(_run_in_foreground)
     assert "from prefect.server.api.server import create_app" in source, changed(
         "where `prefect server start` gets its app", where

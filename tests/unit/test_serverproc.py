@@ -1,6 +1,6 @@
 """The stack's Prefect server entry (`serverproc`): where its health check is, the second
 `gc.freeze()` once it answers, and its timestamps bound on PostgreSQL as stdlib datetimes in UTC
-(`_compat.postgres_timestamps_plain`; stored through a real server: test_on_postgresql.py). That the stack's server runs through it: every test's server
+(`_compat_server.postgres_timestamps_plain`; stored through a real server: test_on_postgresql.py). That the stack's server runs through it: every test's server
 (`stack.start_prefect_server`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prefect.types._datetime import now as prefect_now
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import dialect as sqlite_dialect
 
-from prefect_pipedeploy._compat import postgres_timestamps_plain
+from prefect_pipedeploy._compat_server import postgres_timestamps_plain
 from prefect_pipedeploy.serverproc import freeze_once_serving, health_url
 from prefect_pipedeploy.stack import free_port
 

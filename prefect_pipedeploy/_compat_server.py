@@ -31,9 +31,10 @@ from typing import Any
 # (every 503 a server answered, by route). Begun IMMEDIATE, a create takes the write lock at
 # BEGIN, waiting for the writer before it as `busy_timeout` allows: creates queue instead of
 # failing. Other requests keep Prefect's modes: begun IMMEDIATE too, a round trip at rest took
-# a few percent longer (medians 204 -> 212 ms and 214 -> 225 ms, benchmarks/README.md). Installed by the server the
-# stack starts (`serverproc`), in its process: the app `create_app` builds is wrapped so that
-# the requests `IMMEDIATE_REQUESTS` matches run with `_begin_immediate` set.
+# a few percent longer (medians 204 -> 212 ms and 214 -> 225 ms, benchmarks/README.md).
+# Installed by the server the stack starts (`serverproc`), in its process: the app `create_app`
+# builds is wrapped so that the requests `IMMEDIATE_REQUESTS` matches run with
+# `_begin_immediate` set.
 
 #: The requests whose write transactions begin IMMEDIATE: the two flow-run creates.
 IMMEDIATE_REQUESTS = re.compile(r"^/api/(flow_runs/?|deployments/[^/]+/create_flow_run)$")

@@ -10,7 +10,9 @@ gateway read the deployment as the pod has it, `same_version`, with the flow ver
 policy its engine would PATCH, `_compat.engine_fields`; its engine does not propose Running nor
 send that PATCH), tells
 the worker about it as about a run it handed over (so a pod that dies under it ends it
-Crashed), runs it like any other run of the pod, and answers once its final state and its logs
+Crashed; the worker hears the create's idempotency key first, so a pod that dies between its
+create and that word leaves a run the worker finds by the key), runs it like any other run of
+the pod, and answers once its final state and its logs
 are stored, with the outputs. Not for: deciding who may call (the gateway checks tokens), runs
 made any other way (the worker's path).
 
@@ -30,6 +32,7 @@ import datetime
 import hmac
 import json
 import secrets
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from prefect.logging import get_logger
@@ -100,6 +103,10 @@ class DirectDoor:
         if not pod.take_slot_now():
             answer({"refused": pod.direct_refusal() or "the pod is busy"})
             return
+        # the worker hears of the run by its key before it exists: a pod that dies between its
+        # create and its "started" leaves a run its worker finds by the key and ends
+        key = str(call.get("idempotency_key") or f"pipedeploy-direct-{uuid.uuid4()}")
+        pod.send({"event": "creating", "idempotency_key": key})
         try:
             flow_run = await create_execution(
                 pod.client,
@@ -108,11 +115,12 @@ class DirectDoor:
                 call.get("parameters") or {},
                 list(call.get("tags") or []),
                 state=Running(message=DIRECT_MESSAGE),
-                idempotency_key=call.get("idempotency_key"),
+                idempotency_key=key,
                 deployment=pod.deployment if same_version(pod, call) else None,
                 engine_fields=engine_fields(pod.runner.flow),
             )
         except Exception as exc:  # the gateway's own create shows the caller why
+            pod.send({"event": "not_created", "idempotency_key": key})
             pod.release_slot()
             logger.info("A direct call was not created (%s: %s)", type(exc).__name__, exc)
             answer({"refused": f"the execution could not be created: {type(exc).__name__}"})

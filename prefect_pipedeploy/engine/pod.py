@@ -19,8 +19,10 @@ token, timeout), {"op": "cancel", "flow_run_id": ..., "reason": ...}, {"op": "ho
 "pid": ...} (the pod's pid on the worker's machine, which names its orphan note) and {"op": "direct",
 "open": bool} (whether runs of the deployment wait for the pod: direct calls are taken only when
 none do); the pod answers {"event": "ready", "pid": ..., "direct": {host, port, key}},
-{"event": "load_failed", "error": ...}, {"event": "started", "flow_run_id": ..., "direct":
-bool} (a run took a slot; `direct`: the pod created it for a gateway call, `engine.direct`),
+{"event": "load_failed", "error": ...}, {"event": "started", "flow_run_id": ...} (a run took a
+slot), with "direct": true and "idempotency_key": K for a run the pod created for a gateway
+call (`engine.direct`), which it announced before its create with {"event": "creating",
+"idempotency_key": K} (or withdrew, {"event": "not_created", ...}, when the create failed),
 {"event": "finished", "flow_run_id": ..., "state": ..., "message": ..., "sealed": bool}.
 Up to the deployment's parallelism runs execute at once, whichever way they came; a run the
 worker hands over while every slot is taken waits for one. A thread writes a byte to FD2 every
@@ -327,7 +329,10 @@ class Pod:
         stored_outputs: dict[str, str] = {}
         if not slot_taken:
             await self._take_slot()
-        self.send({"event": "started", "flow_run_id": str(flow_run.id), "direct": direct})
+        started: dict[str, Any] = {"event": "started", "flow_run_id": str(flow_run.id)}
+        if direct:  # the key the worker was told before the create (`engine.direct`)
+            started.update(direct=True, idempotency_key=flow_run.idempotency_key)
+        self.send(started)
         try:
             parameters = await self.runner.prepare(self.client, flow_run)
             if parameters is None:

@@ -6,7 +6,8 @@ create the run, discard the sealed values if the create fails: the one way the g
 start an execution), `create_run` (the create itself; `create_deployment_run`, the same run
 through Prefect's plain create route where it can, `plain_create`: a pod's direct calls),
 `fail_run` / `crash_run` / `cancel_run` (mark a run Failed, Crashed or Cancelled with a
-message, leaving a run that is already final alone), and `request_cancel` (the Cancelling
+message, leaving a run that is already final alone), `requeue_run` and
+`runs_by_idempotency_key` (what a dead pod held), and `request_cancel` (the Cancelling
 state the UI's Cancel writes). Not for: running the pipeline (`engine`), deciding retries
 (`worker`), the gateway's 429 check and uploaded files (`gateway.service`).
 
@@ -19,13 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import FlowRunCreate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
+)
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
@@ -250,6 +257,22 @@ async def _end_run(
     except (Abort, ObjectNotFound):  # Abort: it reached a final state meanwhile
         return False
     return accepted.type == state.type
+
+
+async def runs_by_idempotency_key(
+    client: PrefectClient, deployment_id: UUID, keys: Collection[str]
+) -> set[UUID]:
+    """The deployment's runs created with one of the idempotency `keys` (a dead pod's direct
+    calls, `runtimes.low_latency`); none for keys whose create never happened."""
+    if not keys:
+        return set()
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            idempotency_key=FlowRunFilterIdempotencyKey(any_=sorted(keys))
+        ),
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+    )
+    return {run.id for run in runs}
 
 
 async def requeue_run(

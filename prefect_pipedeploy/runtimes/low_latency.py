@@ -47,6 +47,7 @@ from prefect_pipedeploy.prefect_api.published import forget_pod_status, publish_
 from prefect_pipedeploy.prefect_api.runs import (
     API_ANSWER_WAIT_S,
     requeue_run,
+    runs_by_idempotency_key,
     when_api_answers,
 )
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
@@ -84,6 +85,10 @@ class PodHandle:
     process: RuntimeHandle | None = None
     in_flight: set[UUID] = field(default_factory=set)
     started: set[UUID] = field(default_factory=set)  # runs of in_flight the pod began
+    # idempotency keys of the runs the pod is creating for direct calls (told before each
+    # create, until its "started" names the run): a pod that dies in between leaves a run
+    # found by its key (`_end_in_flight`)
+    creating: set[str] = field(default_factory=set)
     failures: int = 0
     last_heartbeat: float = 0.0
     kill_reason: str | None = None  # set when the worker kills the pod on purpose
@@ -445,10 +450,15 @@ class PodSupervisor:
             await self._publish(pod, PodStatus.up, None)
             self._event(pod, "ready", pid=message.get("pid"))
             self.on_change()
+        elif event == "creating":  # a direct call's run about to be made (`engine.direct`)
+            pod.creating.add(str(message.get("idempotency_key")))
+        elif event == "not_created":
+            pod.creating.discard(str(message.get("idempotency_key")))
         elif event == "started":
             flow_run_id = UUID(message["flow_run_id"])
             if message.get("direct"):  # made by the pod for a gateway call: ours from now on
                 pod.in_flight.add(flow_run_id)
+                pod.creating.discard(str(message.get("idempotency_key")))
             pod.started.add(flow_run_id)
         elif event == "finished":
             flow_run_id = UUID(message["flow_run_id"])
@@ -469,12 +479,13 @@ class PodSupervisor:
     async def _end_in_flight(self, pod: PodHandle, explanation: str, recreated: bool) -> None:
         """What a pod that went down still held: runs that were running end Crashed, saying why;
         runs still Pending (never began) go back to the queue. Nothing waits on a pod that is
-        gone.
+        gone. The runs it held include those it created for direct calls but died before
+        naming (found by the idempotency keys it announced, `PodHandle.creating`).
 
         The Prefect API may be away (a server restart): then this waits for it, and tries
         again, until every run is ended (a pod being re-created) or for `API_ANSWER_WAIT_S` (a
         pod being stopped, so that a worker's stop does not hang on a server that is gone)."""
-        if not pod.in_flight:
+        if not pod.in_flight and not pod.creating:
             return
         then = "; the pod is being re-created" if recreated else ""
         crashed = f"The low-latency pod of deployment {pod.name!r} {explanation} while running this execution{then}."
@@ -484,10 +495,15 @@ class PodSupervisor:
         )
         give_up_at = None if recreated else time.monotonic() + API_ANSWER_WAIT_S
         ended: list[UUID] = []
-        while pod.in_flight:
+        while pod.in_flight or pod.creating:
             try:
                 async with self._client() as client:
                     await when_api_answers(client)
+                    if pod.creating:  # runs made for direct calls the pod never named
+                        pod.in_flight |= await runs_by_idempotency_key(
+                            client, pod.deployment.id, pod.creating
+                        )
+                        pod.creating.clear()
                     for flow_run_id in list(pod.in_flight):
                         # by its state, not by the pod's "started": a run the pod began but
                         # that is still Pending (its inputs being fetched) never ran; before,
@@ -517,6 +533,7 @@ class PodSupervisor:
                 await asyncio.sleep(1)
         pod.in_flight.clear()
         pod.started.clear()
+        pod.creating.clear()
         self.on_change()
         for flow_run_id in ended:
             await self.on_finished(pod.deployment.id, flow_run_id, "CRASHED", False)

@@ -53,7 +53,7 @@ from prefect_pipedeploy.prefect_api.runs import (
 from prefect_pipedeploy.runtimes.base import Runtime, RuntimeHandle
 from prefect_pipedeploy.runtimes.docker import runtime_for
 from prefect_pipedeploy.runtimes.orphans import orphan_notes_dir
-from prefect_pipedeploy.runtimes.pod_channel import CONNECT_TIMEOUT_S, PodChannel
+from prefect_pipedeploy.runtimes.pod_channel import CONNECT_TIMEOUT_S, PodChannel, read_line
 from prefect_pipedeploy.runtimes.pod_plan import RunningPod, backoff_s, plan_pods, pod_fingerprint
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.spec import DeploymentSpec, spec_from_job_variables
@@ -378,7 +378,7 @@ class PodSupervisor:
                 pod.send({"op": "host_pid", "pid": process.pid})
             watchdog = asyncio.create_task(self._watch_heartbeats(pod, beats))
             try:
-                while line := await _read_line(reader):
+                while line := await read_line(reader):
                     message = json.loads(line)
                     load_error = await self._on_message(pod, message) or load_error
             finally:
@@ -585,17 +585,6 @@ class PodSupervisor:
                 ],
                 payload={"worker": self.worker_name, **payload},
             )
-
-
-async def _read_line(reader: asyncio.StreamReader) -> bytes:
-    """The pod's next line; b"" at its end. A pod that exits with a message of ours unread (it
-    recycles itself right after a run: `{"op": "direct"}` may be on the way) resets the
-    connection: that is its end too, not an error of the supervisor (before, it ended the
-    supervisor's task, and the pod was never re-created)."""
-    try:
-        return await reader.readline()
-    except ConnectionError:
-        return b""
 
 
 def _tail(path: Path, chars: int) -> str:

@@ -5,7 +5,8 @@ the runtime. A runtime whose processes inherit descriptors (`process`) gets a so
 each, the pod's ends passed as `--control-fd` / `--heartbeat-fd`; one whose processes cannot (a
 container) gets a Unix socket for each in a private temporary folder, mounted into the
 container at the same path, which the pod connects to (`--control-socket` /
-`--heartbeat-socket`). Not for: what goes over them (`runtimes.low_latency`, `engine.pod`).
+`--heartbeat-socket`), and `read_line`, the worker's read of the pod's next line. Not for: what
+goes over them (`runtimes.low_latency`, `engine.pod`).
 """
 
 from __future__ import annotations
@@ -121,3 +122,14 @@ class PodChannel:
         self._ours.clear()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+
+
+async def read_line(reader: asyncio.StreamReader) -> bytes:
+    """The pod's next line; b"" at its end. A pod that exits with a message of ours unread (it
+    recycles itself right after a run: `{"op": "direct"}` may be on the way) resets the
+    connection: that is its end too, not an error of the supervisor (before, it ended the
+    supervisor's task, and the pod was never re-created)."""
+    try:
+        return await reader.readline()
+    except ConnectionError:
+        return b""

@@ -7,8 +7,9 @@ Modules: `models` (the three models and the pool's base job template), `worker` 
 class: its loops and `run`), `dispatch` (where ready runs go, which start, retries), `ram` (RAM
 admission against the worker's capacity and the pool's cap, and the RSS watcher), `recovery`
 (runs a dead worker claimed and never started), `leftovers` (the processes a dead worker left
-running, taken in charge), `cancel` (runs asked to stop: Cancelling), `rounds` (a loop woken by
-events, with a poll as fallback).
+running, taken in charge), `cancel` (runs asked to stop: Cancelling), `upkeep` (the slow loop:
+pods kept, capacity published, sealed values swept, what others left recovered), `rounds` (a
+loop woken by events, with a poll as fallback).
 """
 
 from __future__ import annotations

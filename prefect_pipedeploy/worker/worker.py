@@ -19,7 +19,6 @@ import datetime
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
@@ -42,19 +41,11 @@ from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError, RuntimeStartError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
-from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, fail_run, requeue_run
-from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys, sweep_sealed
+from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
-from prefect_pipedeploy.runtimes.docker import (
-    kill_container,
-    remove_dead_workers_containers,
-    runtime_for,
-)
-from prefect_pipedeploy.runtimes.elastic import (
-    remove_dead_workers_workdirs,
-    run_elastic,
-)
+from prefect_pipedeploy.runtimes.docker import kill_container, runtime_for
+from prefect_pipedeploy.runtimes.elastic import run_elastic
 from prefect_pipedeploy.runtimes.low_latency import PodSupervisor
 from prefect_pipedeploy.runtimes.process import (
     WORKER_PID_VARIABLE,
@@ -83,17 +74,8 @@ from prefect_pipedeploy.worker.models import (
     PipeDeployWorkerResult,
 )
 from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher, worker_ram_capacity_mib
-from prefect_pipedeploy.worker.recovery import recover_abandoned
 from prefect_pipedeploy.worker.rounds import Rounds
-
-#: How often a worker re-publishes its RAM capacity (readers drop entries older than 10 min).
-CAPACITY_REFRESH_S = 60.0
-
-#: How often a worker deletes sealed secret values whose run is gone (`sealed.sweep_sealed`).
-SEALED_SWEEP_S = 600.0
-
-#: Runs left Pending are looked for again every this fraction of `pending_recovery_s`.
-RECOVERY_EVERY = 0.5
+from prefect_pipedeploy.worker.upkeep import Upkeep
 
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
@@ -136,6 +118,7 @@ class PipeDeployWorker(
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
         self.leftovers = Leftovers(self)  # what dead workers of this machine left running
         self.cancels = Cancels(self)  # runs asked to stop (Cancelling)
+        self.upkeep = Upkeep(self)  # pods kept, capacity published, what others left recovered
         self.pods = PodSupervisor(
             runtime=self.runtime,
             rss=self.rss,
@@ -197,7 +180,7 @@ class PipeDeployWorker(
             loops.start_soon(self._listen, CANCEL_EVENTS, lambda _event: self.cancels.wake())
             loops.start_soon(self.cancels.run)
             loops.start_soon(self._submit_loop)
-            loops.start_soon(self._pod_loop)
+            loops.start_soon(self.upkeep.run)
             loops.start_soon(self.rss.run)
             loops.start_soon(self.admission.renew_leases)
             await self.emit_started_event()
@@ -209,7 +192,7 @@ class PipeDeployWorker(
         async with anyio.create_task_group() as loops:
             loops.start_soon(self.rss.run)
             loops.start_soon(self.cancels.run)
-            await self._reconcile_pods()
+            await self.reconcile_pods()
             timeout_s = get_settings().pod_start_timeout_s
             with anyio.move_on_after(timeout_s):
                 while any(p.status == PodStatus.creation_pending for p in self.pods.pods.values()):
@@ -253,91 +236,19 @@ class PipeDeployWorker(
 
         await self._rounds.run(get_settings().poll_seconds, self.get_and_submit_flow_runs, failed)
 
-    async def _pod_loop(self) -> None:
-        """Keep one pod per low-latency deployment of the pool (started before any trigger);
-        on the first round, recover what dead workers left."""
-        poll_s = get_settings().poll_seconds
-        recovered = False
-        capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
-        swept_at = time.monotonic()  # sweep after the first interval
-        recovered_at = time.monotonic()
-        while True:
-            if self.has_synced and not recovered:
-                try:
-                    await self._recover()
-                    recovered = True
-                except Exception as exc:
-                    self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
-            elif recovered and time.monotonic() - recovered_at > RECOVERY_EVERY * (
-                get_settings().pending_recovery_s
-            ):
-                recovered_at = time.monotonic()
-                try:  # runs a worker killed and restarted at once left Pending
-                    await self.leftovers.end_runs_of_dead_orphans()
-                    if await self._recover_abandoned():
-                        self.wake()
-                except Exception as exc:
-                    self.worker_logger.warning("Could not look for abandoned runs: %s", exc)
-            if self.has_synced:
-                try:
-                    await self._reconcile_pods()
-                    if time.monotonic() - capacity_published_at > CAPACITY_REFRESH_S:
-                        await publish_capacity(
-                            self.client, self.pool_name, self.name, self.ledger.capacity_mib
-                        )
-                        capacity_published_at = time.monotonic()
-                    if time.monotonic() - swept_at > SEALED_SWEEP_S:
-                        swept_at = time.monotonic()
-                        await sweep_sealed(self.client)
-                except Exception as exc:
-                    self.worker_logger.warning("Could not reconcile pods: %s", exc)
-            await anyio.sleep(poll_s)
-
-    def _held_runs(self) -> set[UUID]:
+    def held_runs(self) -> set[UUID]:
         """The runs this worker has claimed: being submitted, running elastic, or in a pod."""
         held = set(self._elastic_running) | self.submitting_runs() | self._claiming
         for pod in self.pods.pods.values():
             held |= pod.in_flight
         return held
 
-    async def _reconcile_pods(self) -> None:
+    async def reconcile_pods(self) -> None:
         deployments = await read_all_deployments(
             self.client,
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool_name])),
         )
         await self.pods.reconcile(deployments)
-
-    async def _recover(self) -> None:
-        """Give back the pool-cap slots of dead workers of this machine, take charge of the
-        executions and pods they left running, remove the temporary working directories of
-        their executions that ended meanwhile, and re-queue the runs they claimed but never
-        started."""
-        await self.admission.release_dead_leases()
-        await self.leftovers.adopt()
-        await self.leftovers.end_runs_of_dead_orphans()
-        left = [w.name for w in remove_dead_workers_workdirs()]
-        left += await asyncio.to_thread(remove_dead_workers_containers)
-        for name in left:
-            self.worker_logger.info(
-                "Removed %s, left by a worker that died", name, extra={"action": "swept"}
-            )
-        await self._recover_abandoned()
-        self.wake()
-
-    async def _recover_abandoned(self) -> int:
-        """Re-queue the pool's runs left Pending by gone workers (`recover_abandoned`); never
-        this worker's own held runs. (Before, the first-round look passed none as held: when it
-        failed under load and ran again on a later round, the worker had claimed runs since,
-        found its own claims older than `pending_recovery_s` and re-queued them, so an elastic
-        run executed up to six times.)"""
-        return await recover_abandoned(
-            self.client,
-            self.pool_name,
-            get_settings().pending_recovery_s,
-            self.worker_logger,
-            held=self._held_runs(),
-            me=self.claimer,
-        )
 
     @property
     def api_url(self) -> str | None:

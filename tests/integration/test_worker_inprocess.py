@@ -355,7 +355,7 @@ async def test_a_run_a_live_worker_claimed_is_not_recovered_however_long_it_wait
 async def test_the_first_look_for_abandoned_runs_leaves_the_workers_own_held_runs_alone(
     worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
 ) -> None:
-    """Before: the worker's first look for runs left Pending by dead workers (`_recover`, on the
+    """Before: the worker's first look for runs left Pending by dead workers (`Upkeep.recover`, on the
     first round after it synced, and again on later rounds while it failed) held none of the
     worker's own runs back: a run the worker had claimed in the meantime and was starting, Pending
     for longer than `pending_recovery_s`, counted as its own abandoned claim and was re-queued,
@@ -369,7 +369,7 @@ async def test_the_first_look_for_abandoned_runs_leaves_the_workers_own_held_run
     assert await claim(client, gone, worker.claimer)  # claimed, then dropped: nobody holds it
     with temporary_settings(pending_recovery_s=0.001):
         await asyncio.sleep(0.01)
-        await worker._recover()
+        await worker.upkeep.recover()
     held, dropped = [(await client.read_flow_run(r.id)).state for r in (mine, gone)]
     assert held is not None and dropped is not None
     assert (held.type.value, Claimer.of(held.message)) == ("PENDING", worker.claimer)

@@ -26,6 +26,10 @@ becomes a flow run the worker hands to the pod). Rows:
   the whole burst meets a busy pod; also whether the pod was still full when it ended.
 - parallel, per gateway: 16 concurrent callers make PARALLEL_CALLS waiting calls of a 0 s
   execution: p50, p99, executions/s.
+The accept and parallel rows also say where their time went: the CPU the Prefect server,
+PostgreSQL, the worker with its pods, each gateway and the benchmark itself used over the
+bursts, per call, and as a share of one core (`cpu.CpuMeter`); on 2 cores, a part near 100 %
+of a core is what bounds the row.
 Back-to-back runs through the direct gateway, then the other; the accept rows and parallel each
 in four parts of half a gateway's calls (direct, worker path, worker path, direct), each after
 the previous part's executions are final. Each latency row also shows its p50 divided by the
@@ -41,6 +45,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
@@ -49,6 +54,7 @@ import httpx
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Completed, Running
 
+from benchmarks.cpu import CpuMeter, add_used, cpu_line
 from benchmarks.logs_at_final import BenchLike as LogsBenchLike
 from benchmarks.logs_at_final import say, wait_until_up
 from benchmarks.stats import percentile
@@ -84,6 +90,8 @@ class BenchLike(LogsBenchLike, Protocol):
 
     @property
     def watcher(self) -> WatcherLike: ...  # read-only here, so `Bench.watcher: RunWatcher` fits
+
+    children: list[ChildProcess]
 
 
 def label(key: str) -> str:
@@ -147,15 +155,18 @@ async def floor_row(bench: BenchLike, deployment_id: UUID, runs: int) -> dict[st
 
 
 async def sdk_row(bench: BenchLike, deployment_id: UUID, runs: int) -> dict[str, Any]:
-    samples, failures = [], 0
+    samples, failed = [], []
     for i in range(runs + 1):
         await asyncio.sleep(bench.args.gap_s)
         sample = await bench.round_trip(deployment_id)
         if sample["state"] != "COMPLETED":
-            failures += 1
+            failed.append({key: sample[key] for key in ("id", "state", "message")})
+            say(f"  SDK run {sample['id']}: {sample['state']}: {sample['message']}")
         elif i:
             samples.append(sample["round_trip_s"])
-    return latency_row("SDK: create + final state seen on events + read", samples, failures)
+    row = latency_row("SDK: create + final state seen on events + read", samples, len(failed))
+    row["failed"] = failed
+    return row
 
 
 async def gateway_rows(
@@ -255,19 +266,23 @@ async def accept_rows(
     endpoints: dict[str, Endpoint],
     calls: int,
     full_first: bool = False,
+    meter: CpuMeter | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per gateway, `calls` non-waiting calls of a 0.5 s execution from 32 concurrent callers
     while the pod is busy, in two halves (`abba`); each half returns once every execution it
     had accepted is final, so the next half finds the pod idle. `full_first`: every slot of the
     pod runs a FULL_SLEEP_S execution before each half's burst (`fill_pod`), and the row says
-    whether all of them were still Running when the burst ended."""
+    whether all of them were still Running when the burst ended. With `meter`, each row has
+    the CPU each part of the stack used over its bursts (`cpu_s`)."""
     answered: dict[str, Answered] = {key: [] for key in endpoints}
     wall_s = dict.fromkeys(endpoints, 0.0)
+    cpu_s: dict[str, dict[str, float]] = {key: {} for key in endpoints}
     full_throughout = dict.fromkeys(endpoints, True)
     for key in abba(list(endpoints)):
         filling = await fill_pod(bench, http, endpoints[key]) if full_first else []
         one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.5}, wait=False)
-        results, wall = await callers(32, calls // 2, one)
+        results, wall, used = await metered(meter, callers(32, calls // 2, one))
+        cpu_s[key] = add_used(cpu_s[key], used)
         if filling and await running(bench, filling) < len(filling):
             full_throughout[key] = False
         accepted = [UUID(answer["execution_id"]) for status, _, answer in results if status == 202]
@@ -279,9 +294,21 @@ async def accept_rows(
     rows = {}
     for key in endpoints:
         rows[key] = accept_row(label(key), calls, answered[key], wall_s[key], full_first)
+        rows[key]["cpu_s"] = cpu_s[key]
         if full_first:
             rows[key]["pod_full_throughout"] = full_throughout[key]
     return rows
+
+
+async def metered(
+    meter: CpuMeter | None, burst: Coroutine[Any, Any, tuple[Answered, float]]
+) -> tuple[Answered, float, dict[str, float]]:
+    """`burst`'s answers and wall time, and the CPU each part used meanwhile ({} without a
+    meter)."""
+    if meter is not None:
+        meter.start()
+    results, wall = await burst
+    return results, wall, meter.used() if meter is not None else {}
 
 
 async def running(bench: BenchLike, ids: list[UUID]) -> int:
@@ -327,19 +354,27 @@ def accept_row(
 
 
 async def parallel_rows(
-    http: httpx.AsyncClient, endpoints: dict[str, Endpoint], calls: int
+    http: httpx.AsyncClient,
+    endpoints: dict[str, Endpoint],
+    calls: int,
+    meter: CpuMeter | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per gateway, `calls` waiting calls of a 0 s execution from 16 concurrent callers, in two
-    halves (`abba`)."""
+    halves (`abba`); with `meter`, the CPU each part used (`cpu_s`)."""
     answered: dict[str, Answered] = {key: [] for key in endpoints}
     wall_s = dict.fromkeys(endpoints, 0.0)
+    cpu_s: dict[str, dict[str, float]] = {key: {} for key in endpoints}
     for key in abba(list(endpoints)):
         one = functools.partial(endpoints[key].call, http, {"sleep_s": 0.0})
-        results, wall = await callers(16, calls // 2, one)
+        results, wall, used = await metered(meter, callers(16, calls // 2, one))
         answered[key] += results
         wall_s[key] += wall
+        cpu_s[key] = add_used(cpu_s[key], used)
         await asyncio.sleep(1)
-    return {key: parallel_row(label(key), answered[key], wall_s[key]) for key in endpoints}
+    rows = {key: parallel_row(label(key), answered[key], wall_s[key]) for key in endpoints}
+    for key, row in rows.items():
+        row["cpu_s"] = cpu_s[key]
+    return rows
 
 
 def parallel_row(name: str, answered: Answered, wall_s: float) -> dict[str, Any]:
@@ -400,6 +435,7 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
         for child, url in gateways.values():
             await asyncio.to_thread(wait_for_http, f"{url}/health", 90, child)
         await wait_until_up(pd, ["bench-gw-noop", "bench-gw-par"])
+        meter = stack_meter(bench, worker, {key: child for key, (child, _) in gateways.items()})
         noop_at = {key: Endpoint(url, noop) for key, (_, url) in gateways.items()}
         par_at = {key: Endpoint(url, par) for key, (_, url) in gateways.items()}
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as http:
@@ -424,14 +460,18 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
                 )
                 await asyncio.sleep(1)
             say("- 32 concurrent callers, non-waiting calls while the pod is busy")
-            for key, row in (await accept_rows(bench, http, par_at, ACCEPT_CALLS)).items():
+            accept = await accept_rows(bench, http, par_at, ACCEPT_CALLS, meter=meter)
+            for key, row in accept.items():
                 results[key]["accept"] = row
                 say(
                     f"  {label(key)}: {row['accepted_per_s']:.1f} accepted per s, "
                     f"{against_floor(row, floor)}, answers {row['statuses']}"
                 )
+                say(f"    {cpu_line(row['cpu_s'], row['n'], 'accepted call')}")
             say("- the same, with every slot of the pod taken before the burst")
-            full = await accept_rows(bench, http, par_at, ACCEPT_CALLS, full_first=True)
+            full = await accept_rows(
+                bench, http, par_at, ACCEPT_CALLS, full_first=True, meter=meter
+            )
             for key, row in full.items():
                 results[key]["accept_full"] = row
                 say(
@@ -439,17 +479,36 @@ async def endpoint_path_section(bench: BenchLike, flows_file: Path) -> None:
                     f"{against_floor(row, floor)}, answers {row['statuses']}, pod full "
                     f"throughout: {'yes' if row['pod_full_throughout'] else 'no'}"
                 )
+                say(f"    {cpu_line(row['cpu_s'], row['n'], 'accepted call')}")
             say("- 16 concurrent waiting callers, parallel pod")
-            for key, row in (await parallel_rows(http, par_at, PARALLEL_CALLS)).items():
+            parallel = await parallel_rows(http, par_at, PARALLEL_CALLS, meter=meter)
+            for key, row in parallel.items():
                 results[key]["parallel"] = row
                 say(
                     f"  {label(key)}: {against_floor(row, floor)}, "
                     f"{row['executions_per_s']:.1f} executions/s"
                 )
+                say(f"    {cpu_line(row['cpu_s'], row['n'], 'execution')}")
     finally:
         for child, _ in gateways.values():
             bench.stop(child)
         bench.stop(worker)
+
+
+def stack_meter(
+    bench: BenchLike, worker: ChildProcess, gateways: dict[str, ChildProcess]
+) -> CpuMeter:
+    """A meter of the Prefect server, PostgreSQL (when the stack has it), the worker with its
+    pods, and each gateway."""
+    parts = {
+        child.name: child.popen.pid
+        for child in bench.children
+        if child.name in ("prefect-server", "postgresql")
+    }
+    parts["worker + pods"] = worker.popen.pid
+    for key, child in gateways.items():
+        parts[f"gateway {label(key)}"] = child.popen.pid
+    return CpuMeter(parts)
 
 
 async def endpoint_call_warmup(http: httpx.AsyncClient, endpoint: Endpoint) -> None:
@@ -520,6 +579,8 @@ def load_lines(name: str, results: dict[str, Any]) -> list[str]:
             f"while the pod is busy: {a['accepted_per_s']:.1f} accepted (202) per s, answers "
             f"{a['statuses']}."
         )
+        if a.get("cpu_s"):
+            lines.append(f"  {cpu_line(a['cpu_s'], a['n'], 'accepted call')}.")
     if "accept_full" in results:
         a = results["accept_full"]
         lines.append(
@@ -528,10 +589,14 @@ def load_lines(name: str, results: dict[str, Any]) -> list[str]:
             + ("was" if a["pod_full_throughout"] else "was not")
             + " full until the burst ended."
         )
+        if a.get("cpu_s"):
+            lines.append(f"  {cpu_line(a['cpu_s'], a['n'], 'accepted call')}.")
     if "parallel" in results:
         p = results["parallel"]
         lines.append(
             f"- {name}: 16 concurrent waiting callers: {p['executions_per_s']:.1f} executions/s, "
             f"answers {p['statuses']}."
         )
+        if p.get("cpu_s"):
+            lines.append(f"  {cpu_line(p['cpu_s'], p['n'], 'execution')}.")
     return [""] + lines if lines else []

@@ -288,6 +288,35 @@ def kill_container(identifier: str) -> None:
         docker_client().containers.get(identifier).kill()
 
 
+def container_of(pid: int) -> str | None:
+    """The id of the running container of this runtime whose first process is `pid` (as this
+    machine sees it); None when there is none, or no engine."""
+    import docker
+
+    try:
+        running = docker_client().containers.list(filters={"label": LABEL, "status": "running"})
+    except (RuntimeStartError, docker.errors.DockerException):
+        return None
+    for container in running:
+        if int(container.attrs.get("State", {}).get("Pid") or 0) == pid:
+            return str(container.id)
+    return None
+
+
+def remove_ended_container(identifier: str, wait_s: float = 30.0) -> str | None:
+    """Wait up to `wait_s` for the container `identifier` to end (its first process has), then
+    remove it; its name, None when it is gone already or did not end."""
+    import docker
+
+    try:
+        container = docker_client().containers.get(identifier)
+        container.wait(timeout=wait_s)
+        container.remove(force=True)
+    except (RuntimeStartError, docker.errors.DockerException, OSError):
+        return None  # gone already, or still running: a later worker's sweep removes it
+    return str(container.name)
+
+
 def remove_dead_workers_containers() -> list[str]:
     """Remove the ended containers that workers of this machine which died left behind (a live
     worker removes its own once it has read how they ended); their names. Nothing without an

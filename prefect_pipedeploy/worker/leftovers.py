@@ -2,7 +2,7 @@
 
 For: `Leftovers`, one per worker: `adopt` counts the RAM of the elastic processes and pods a dead
 worker of the same API left running, watches them against their request until they end, then
-frees it and ends a run that never said how it ended; `end_runs_of_dead_orphans` ends the runs
+frees it, removes the container one ran in, and ends a run that never said how it ended; `end_runs_of_dead_orphans` ends the runs
 of orphaned pods that died before anyone adopted them (`runtimes.orphans`). Not for: runs a dead
 worker claimed but never started (`recovery`), or its pool-cap leases (`worker.ram`).
 """
@@ -17,6 +17,7 @@ from uuid import UUID
 from prefect_pipedeploy.admission import Holding, run_key
 from prefect_pipedeploy.iomapping import remove_execution_dirs
 from prefect_pipedeploy.prefect_api.runs import crash_run
+from prefect_pipedeploy.runtimes.docker import container_of, remove_ended_container
 from prefect_pipedeploy.runtimes.elastic import elastic_workdir_of
 from prefect_pipedeploy.runtimes.orphans import (
     OrphanNote,
@@ -72,13 +73,22 @@ class Leftovers:
 
     async def _outlive(self, process: AdoptedProcess, key: str, kind: str, ident: str) -> None:
         """Wait for an adopted process to end, then free its RAM, remove the temporary working
-        directory its dead worker made for it, and end its run if it did not say how it ended."""
+        directory its dead worker made for it and the container it ran in (only its dead worker
+        would have: before, the ended container stayed until another worker started), and end
+        its run if it did not say how it ended."""
         workdir = elastic_workdir_of(process.pid)
+        container = await asyncio.to_thread(container_of, process.pid)
         await process.wait()
         self.worker.rss.unwatch(key)
         self.worker.ledger.release(key)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if container is not None:
+            removed = await asyncio.to_thread(remove_ended_container, container)
+            if removed is not None:
+                self.worker.worker_logger.info(
+                    "Removed %s, left by a worker that died", removed, extra={"action": "swept"}
+                )
         if kind == "elastic":
             remove_execution_dirs(ident)
             await crash_run(

@@ -3,12 +3,15 @@ shipped code in containers of an image built here (`tests/support/docker_images.
 low-latency pod in one long-lived container (module state kept between runs, re-created after an
 out-of-memory kill, removed with its deployment), the RAM request as the container's memory
 limit, images with different versions of one package side by side (`pipedeploy image build`),
-and the errors that stop a container (an image that is not there, an engine that does not
-answer) failing the run while the worker goes on."""
+the errors that stop a container (an image that is not there, an engine that does not
+answer) failing the run while the worker goes on, and a container whose worker was killed,
+adopted by the next worker and removed once it ended."""
 
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -20,7 +23,7 @@ import pytest
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.datastore.configured import load_data_store
-from prefect_pipedeploy.runtimes.docker import LABEL
+from prefect_pipedeploy.runtimes.docker import LABEL, WORKER_LABEL
 from prefect_pipedeploy.stack import ChildProcess
 from tests.support.docker_images import docker_client_or_skip, project_image
 from tests.support.eventually import eventually
@@ -194,6 +197,79 @@ def test_an_unreachable_engine_fails_the_run_naming_it(
     message = failed["message"] or ""
     assert f"cannot reach the Docker engine at unix://{socket}" in message
     assert "use runtime: process" in message
+
+
+HELD_PIPELINE = """
+import os
+import time
+
+
+def held(gate: str) -> dict:
+    deadline = time.monotonic() + 300
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {"released": os.path.exists(gate)}
+"""
+
+
+def containers_of_worker(docker: Any, worker_pid: int) -> list[Any]:
+    """The runtime containers the worker with `worker_pid` started, running or ended."""
+    filters = {"label": [LABEL, f"{WORKER_LABEL}={worker_pid}"]}
+    return docker.containers.list(all=True, filters=filters, sparse=True)
+
+
+def test_a_container_a_killed_worker_left_is_adopted_then_removed_once_it_ends(
+    data_store: str, docker: Any, image: str, store_mount: str, tmp_path: Path
+) -> None:
+    """Fault, with an execution in flight: the worker that started an elastic execution's
+    container is killed outright. The next worker on the machine adopts the container's process
+    (its RAM counted until it ends), the execution finishes its run, and the ended container,
+    which only its dead worker would have removed, is removed once it ended. Before: it stayed,
+    exited, until yet another worker started (the sweep ran at a worker's start only)."""
+    pool = unique("adopt-docker")
+    own = PipeDeploy(work_pool_name=pool)
+    (tmp_path / "project").mkdir()
+    pipeline = tmp_path / "project" / "held.py"
+    pipeline.write_text(HELD_PIPELINE)
+    name = deploy_in_docker(own, f"{pipeline}:held", image, store_mount, max_retries=0)
+    gate = Path(store_mount.split(":")[0]) / f"gate-{uuid.uuid4().hex}"  # seen in the container
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = start_worker(pool, tmp_path / "first")
+    second = None
+    try:
+        execution = own.run_deployment(name, {"gate": str(gate)}, wait_for_completion=False)
+        execution_id = execution["execution_id"]
+        eventually(
+            lambda: own.get_pipeline_execution(execution_id)["status"],
+            180,
+            until=lambda status: status == "Running",
+        )
+        assert len(containers_of_worker(docker, first.popen.pid)) == 1
+        os.kill(first.popen.pid, signal.SIGKILL)
+        first.popen.wait(10)
+        second = start_worker(pool, tmp_path / "second")
+        log = second.log_path
+        eventually(lambda: "Adopted the elastic process" in log.read_text(), 60, until=bool)
+        gate.touch()
+        run = eventually(
+            lambda: own.get_pipeline_execution(execution_id),
+            120,
+            until=lambda e: e["status"] not in ("Pending", "Running"),
+        )
+        assert run["status"] == "Succeeded", run
+        assert own.retrieve_pipeline_execution_outputs(execution_id)["outputs"] == {
+            "released": True
+        }
+        # removed while the adopting worker runs, not at some later worker's start
+        eventually(
+            lambda: containers_of_worker(docker, first.popen.pid), 60, until=lambda left: not left
+        )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        gate.unlink(missing_ok=True)
 
 
 def test_two_images_with_different_versions_of_one_package_serve_side_by_side(

@@ -154,6 +154,14 @@ class PipeDeploySettings(PrefectBaseSettings):
             "false: every call creates a run the worker hands on, as runs made any other way."
         ),
     )
+    code_cache_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description=(
+            "How long a machine keeps a pipeline's fetched code (<PREFECT_HOME>/pipedeploy/code) "
+            "after the last run that fetched it; a folder a live process works in is kept."
+        ),
+    )
     gateway_upload_retention_s: float = Field(
         default=24 * 3600.0,
         gt=0,

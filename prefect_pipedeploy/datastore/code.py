@@ -8,7 +8,9 @@ deployment's pull step), and `pull_code`, that pull step: Prefect's `run_steps` 
 elastic run's process and in a pod before they import the pipeline, like
 `set_working_directory`. It fetches the archive into a local cache keyed by digest
 (`<PREFECT_HOME>/pipedeploy/code/<sha256>`, shared by every run of the machine), verifies the
-digest, unpacks it and returns `{"directory": ...}`, where the run then imports from.
+digest, unpacks it and returns `{"directory": ...}`, where the run then imports from;
+`evict_code` removes from that cache what no run used for `code_cache_retention_s` (a worker's
+upkeep calls it), never the folder a live process works in.
 Not for: deciding where a deployment's code comes from (`sdk.deployments`), loading the
 pipeline (`engine.loader`).
 
@@ -22,9 +24,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,11 +210,16 @@ def cache_root() -> Path:
 
 def fetch_code(store: DataStore, key: str, sha256: str, where: str, root: Path) -> Path:
     """The folder of the archive `key` (digest `sha256`) under `root`, fetched from `store` and
-    unpacked unless there already. Raises `CodeArchiveError` when the archive is missing or its
-    digest is not `sha256` (`where` names the store in the message)."""
+    unpacked unless there already (its time then refreshed: `evict_code` keeps what runs use).
+    Raises `CodeArchiveError` when the archive is missing or its digest is not `sha256`
+    (`where` names the store in the message)."""
     target = root / sha256
     if target.is_dir():
-        return target
+        try:
+            os.utime(target)
+            return target
+        except FileNotFoundError:  # evicted meanwhile: fetched again below
+            pass
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=root))
     try:
@@ -249,6 +258,50 @@ def fetch_code(store: DataStore, key: str, sha256: str, where: str, root: Path) 
         return target
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: The cache's folder of one archive is named by its digest; a fetch works in a "."-named one.
+_DIGEST_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def evict_code(root: Path, retention_s: float, now: float | None = None) -> list[Path]:
+    """Remove from the code cache `root` what no run used within `retention_s`, and return it:
+    each archive's folder last fetched longer ago (its time, refreshed by every fetch), unless
+    a live process of this machine works in it (its current directory is in it: a pod imports
+    its code once and runs from there for as long as it lives), and the work folders of
+    fetches that never finished, as old. Anything else under `root` is left alone."""
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    in_use = working_directories()
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not (_DIGEST_NAME.match(entry.name) or entry.name.startswith(".")):
+            continue
+        try:
+            if not entry.is_dir() or now - entry.stat().st_mtime < retention_s:
+                continue
+        except OSError:
+            continue
+        real = entry.resolve()
+        if any(cwd == real or real in cwd.parents for cwd in in_use):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def working_directories() -> set[Path]:
+    """The current directories of this machine's processes (those this user may read)."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            found.add(Path(process.cwd()))
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def _extract_files(tar: tarfile.TarFile, destination: Path) -> None:

@@ -2,7 +2,7 @@
 
 For: `Upkeep`, one per worker. It keeps one pod per low-latency deployment of the pool (started
 before any trigger), publishes the worker's RAM capacity, deletes sealed secret values whose run
-is gone, and recovers what others left: on its first round after the worker synced, the pool-cap
+is gone, removes from the machine's code cache what no run used lately, and recovers what others left: on its first round after the worker synced, the pool-cap
 slots, processes, work directories and containers of dead workers of this machine
 (`leftovers`, `ram`, `runtimes`) and the runs they claimed and never started (`recovery`); then,
 every RECOVERY_EVERY of `pending_recovery_s`, runs left Pending again. Not for: choosing or
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from prefect_pipedeploy.datastore.code import cache_root, evict_code
 from prefect_pipedeploy.prefect_api.published import publish_capacity
 from prefect_pipedeploy.prefect_api.sealed import sweep_sealed
 from prefect_pipedeploy.runtimes.docker import remove_dead_workers_containers
@@ -32,6 +33,9 @@ CAPACITY_REFRESH_S = 60.0
 
 #: How often a worker deletes sealed secret values whose run is gone (`sealed.sweep_sealed`).
 SEALED_SWEEP_S = 600.0
+
+#: How often a worker removes from the machine's code cache what no run used lately.
+CODE_EVICTION_S = 3600.0
 
 #: Runs left Pending are looked for again every this fraction of `pending_recovery_s`.
 RECOVERY_EVERY = 0.5
@@ -52,6 +56,7 @@ class Upkeep:
         recovered = False
         capacity_published_at = -CAPACITY_REFRESH_S  # publish on the first round
         swept_at = time.monotonic()  # sweep after the first interval
+        evicted_at = -CODE_EVICTION_S  # on the first round
         recovered_at = time.monotonic()
         while True:
             if worker.has_synced and not recovered:
@@ -81,9 +86,24 @@ class Upkeep:
                     if time.monotonic() - swept_at > SEALED_SWEEP_S:
                         swept_at = time.monotonic()
                         await sweep_sealed(worker.client)
+                    if time.monotonic() - evicted_at > CODE_EVICTION_S:
+                        evicted_at = time.monotonic()
+                        await self.evict_code()
                 except Exception as exc:
                     worker.worker_logger.warning("Could not reconcile pods: %s", exc)
             await anyio.sleep(poll_s)
+
+    async def evict_code(self) -> None:
+        """Remove from the machine's code cache what no run used for `code_cache_retention_s`
+        (`datastore.code.evict_code`), saying what."""
+        retention_s = get_settings().code_cache_retention_s
+        for folder in await asyncio.to_thread(evict_code, cache_root(), retention_s):
+            self.worker.worker_logger.info(
+                "Removed %s from the code cache: no run used it for %g s",
+                folder,
+                retention_s,
+                extra={"action": "code_evicted"},
+            )
 
     async def recover(self) -> None:
         """Give back the pool-cap slots of dead workers of this machine, take charge of the

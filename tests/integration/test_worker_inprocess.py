@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from prefect.states import Completed, Failed, Pending, Running, Scheduled
 
 from prefect_pipedeploy import PipeDeploy
 from prefect_pipedeploy.admission import Holding
+from prefect_pipedeploy.datastore.code import cache_root
 from prefect_pipedeploy.examples import demo
 from prefect_pipedeploy.runtimes.low_latency import PodHandle
 from prefect_pipedeploy.settings import temporary_settings
@@ -374,3 +376,25 @@ async def test_the_first_look_for_abandoned_runs_leaves_the_workers_own_held_run
     assert held is not None and dropped is not None
     assert (held.type.value, Claimer.of(held.message)) == ("PENDING", worker.claimer)
     assert (dropped.name, dropped.message) == ("Recovered", RECOVERED_MESSAGE)
+
+
+async def test_the_upkeep_removes_code_no_run_used_within_the_retention(
+    worker: PipeDeployWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's slow loop empties the machine's code cache of what no run fetched within
+    `code_cache_retention_s`, and says so; code used since stays."""
+    root = cache_root()
+    old, fresh = root / uuid.uuid4().hex.ljust(64, "0"), root / uuid.uuid4().hex.ljust(64, "1")
+    for path in (old, fresh):
+        path.mkdir(parents=True)
+    a_day_ago = datetime.now(timezone.utc).timestamp() - 24 * 3600
+    os.utime(old, (a_day_ago, a_day_ago))
+    try:
+        with temporary_settings(code_cache_retention_s=3600), caplog.at_level(logging.INFO):
+            await worker.upkeep.evict_code()
+        assert not old.exists()
+        assert fresh.is_dir()
+        assert f"Removed {old} from the code cache: no run used it for 3600 s" in caplog.text
+    finally:
+        for path in (old, fresh):
+            shutil.rmtree(path, ignore_errors=True)

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "ram_capacity": None,
     "data_store": None,
     "code_max_mib": 100.0,
+    "code_cache_retention_s": 604800.0,
     "gateway_url": None,
     "gateway_wait_s": 25.0,
     "gateway_access_token_ttl_s": 900,

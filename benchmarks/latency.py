@@ -221,6 +221,21 @@ class RunWatcher:
         return moment
 
 
+async def read_final(client: PrefectClient, run_id: UUID, within_s: float = 2.0) -> Any:
+    """The run, read once its final state is visible: Prefect's server sends a state's event
+    from inside the transaction that writes the state, so a read right after the final state's
+    event can still show the state before (seen on PostgreSQL: Running). Read again every 10 ms
+    for up to `within_s`; then the run as read."""
+    deadline = time.perf_counter() + within_s
+    run = await client.read_flow_run(run_id)
+    while (run.state is None or run.state.type.value not in FINAL) and (
+        time.perf_counter() < deadline
+    ):
+        await asyncio.sleep(0.01)
+        run = await client.read_flow_run(run_id)
+    return run
+
+
 async def poll_final(
     client: PrefectClient, run_id: UUID, timeout_s: float, every_s: float
 ) -> float:
@@ -264,7 +279,7 @@ class Bench:
             t_final = await self.watcher.wait_final(created.id, self.args.run_timeout)
         else:
             t_final = await poll_final(self.client, created.id, self.args.run_timeout, 0.02)
-        run = await self.client.read_flow_run(created.id)
+        run = await read_final(self.client, created.id)
         t1 = time.perf_counter()
         state = run.state.type.value if run.state else "UNKNOWN"
         return {

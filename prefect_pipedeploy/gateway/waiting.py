@@ -27,13 +27,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun
-from prefect.events import Event
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.logging import get_logger
 
 from prefect_pipedeploy.aio import cancel_and_wait
+from prefect_pipedeploy.prefect_api.runs import run_id_of
 from prefect_pipedeploy.settings import get_settings
 from prefect_pipedeploy.status import settled
 
@@ -44,6 +44,14 @@ FALLBACK_POLL_S = 0.5
 
 #: How often it reads them anyway while the stream is up (an event lost on the way).
 SAFETY_POLL_S = 5.0
+
+#: How soon a run is read again when the read after its final state's event still showed the
+#: state before (Prefect's server sends a state's event from inside the transaction that writes
+#: the state, so a read right after the event can come before that write is visible), and how
+#: many times at most: the write lands within milliseconds; a transaction rolled back after its
+#: event never does, and the run is then read at the next safety read.
+STALE_RECHECK_S = 0.05
+STALE_RECHECKS = 20
 
 #: The flow-run events the watcher listens to: those of a final state, the only ones that can
 #: settle a run (a run failed with retries left is read again when its grace ends). Each event
@@ -202,18 +210,20 @@ class _Watch:
     latest: FlowRun | None = None
     waiters: int = 0
     recheck_at: float | None = None
-    """When (monotonic) a run that failed with retries left is settled unless it moved."""
+    """When (monotonic) the run is read again: a run that failed with retries left is settled
+    then unless it moved; a read that came before its final state's write, soon."""
+    event_at: datetime | None = None
+    """When the latest final state the event stream announced for the run was entered."""
+    stale_reads: int = 0
 
 
-def run_id_of(event: Event) -> UUID | None:
-    """The flow run an event of Prefect's is about (`prefect.flow-run.<id>`), if any."""
-    kind, _, ident = event.resource.id.rpartition(".")
-    if kind != "prefect.flow-run":
-        return None
-    try:
-        return UUID(ident)
-    except ValueError:
-        return None
+def read_before_event(run: FlowRun, event_at: datetime | None) -> bool:
+    """Whether `run`, as read, shows a state older than the final state whose event came at
+    `event_at` (the event's `occurred`, the state's own timestamp): the read came before the
+    server's write of that state was visible."""
+    if event_at is None or run.state is None or run.state.timestamp is None:
+        return False
+    return run.state.timestamp < event_at
 
 
 class RunWatcher:
@@ -288,7 +298,10 @@ class RunWatcher:
                     self._wake.set()
                     async for event in subscriber:
                         run_id = run_id_of(event)
-                        if run_id is not None and run_id in self._watches:
+                        watch = self._watches.get(run_id) if run_id is not None else None
+                        if run_id is not None and watch is not None:
+                            watch.event_at = max(watch.event_at or event.occurred, event.occurred)
+                            watch.stale_reads = 0
                             self._due.add(run_id)
                             self._wake.set()
             except Exception as exc:  # the server is away: the watcher polls meanwhile
@@ -357,4 +370,11 @@ class RunWatcher:
                 elif run.state is not None and run.state.is_final():  # failed, may be retried
                     left_s = grace_s - (now - run.state.timestamp).total_seconds()
                     watch.recheck_at = time.monotonic() + max(0.0, left_s) + 0.05
+                elif read_before_event(run, watch.event_at) and watch.stale_reads < STALE_RECHECKS:
+                    # before: no event would come again, and the call waited for the next
+                    # safety read (up to SAFETY_POLL_S)
+                    watch.stale_reads += 1
+                    watch.recheck_at = time.monotonic() + STALE_RECHECK_S
+                else:
+                    watch.event_at = None
         return True

@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import DeploymentResponse
+from prefect.events import Event
 from prefect.exceptions import Abort, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Cancelling, Crashed, Failed, Scheduled, to_state_create
 from prefect.utilities.engine import propose_state
@@ -49,6 +50,17 @@ from prefect_pipedeploy.spec import DeploymentSpec
 #: as Prefect's client retries a refused connection once it has connected (2 + 4 + ... + 32 s).
 API_ANSWER_WAIT_S = 60.0
 API_ANSWER_POLL_S = 0.5
+
+
+def run_id_of(event: Event) -> UUID | None:
+    """The flow run an event of Prefect's is about (`prefect.flow-run.<id>`), if any."""
+    kind, _, ident = event.resource.id.rpartition(".")
+    if kind != "prefect.flow-run":
+        return None
+    try:
+        return UUID(ident)
+    except ValueError:
+        return None
 
 
 async def when_api_answers(client: PrefectClient, timeout_s: float = API_ANSWER_WAIT_S) -> None:

@@ -6,6 +6,7 @@ poll keeps them going when events are lost). Not for: what a round does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
@@ -13,7 +14,8 @@ import anyio
 
 
 class Rounds:
-    """Run `step` whenever `wake` is called, and at least every `poll_s`."""
+    """Run `step` whenever `wake` is called (or `wake_after`'s delay has passed), and at least
+    every `poll_s`."""
 
     def __init__(self) -> None:
         self._event = anyio.Event()
@@ -21,6 +23,12 @@ class Rounds:
     def wake(self) -> None:
         """Start the next round now instead of at the next poll."""
         self._event.set()
+
+    def wake_after(self, delay_s: float) -> None:
+        """Start a round `delay_s` from now, unless one starts before (from the event loop's
+        thread)."""
+        event = self._event
+        asyncio.get_running_loop().call_later(delay_s, event.set)
 
     async def run(
         self,

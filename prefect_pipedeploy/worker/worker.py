@@ -41,7 +41,13 @@ from prefect_pipedeploy._compat import WorkerBase
 from prefect_pipedeploy.admission import RamLedger, run_key
 from prefect_pipedeploy.exceptions import PipeDeployError, RuntimeStartError
 from prefect_pipedeploy.prefect_api.deployments import read_all_deployments
-from prefect_pipedeploy.prefect_api.runs import cancel_run, crash_run, fail_run, requeue_run
+from prefect_pipedeploy.prefect_api.runs import (
+    cancel_run,
+    crash_run,
+    fail_run,
+    requeue_run,
+    run_id_of,
+)
 from prefect_pipedeploy.prefect_api.sealed import discard, sealed_keys
 from prefect_pipedeploy.runtimes.base import RuntimeHandle
 from prefect_pipedeploy.runtimes.docker import kill_container, runtime_for
@@ -80,6 +86,14 @@ from prefect_pipedeploy.worker.upkeep import Upkeep
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
 
+#: A run whose event woke the worker but which its look for runs did not find is looked for
+#: again this much later, up to ANNOUNCED_LOOKS looks in all: Prefect's server sends a state's
+#: event from inside the transaction that writes the state, so the look can come before the
+#: run is visible (seen: the run then started at the next poll, `poll_seconds` later, 2 s by
+#: default). A run scheduled for later is not found either; the looks stop there.
+ANNOUNCED_RECHECK_S = 0.05
+ANNOUNCED_LOOKS = 4
+
 
 class PipeDeployWorker(
     WorkerBase[PipeDeployJobConfiguration, PipeDeployVariables, PipeDeployWorkerResult]
@@ -116,6 +130,7 @@ class PipeDeployWorker(
         self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
+        self._announced: dict[UUID, int] = {}  # runs an event woke us for -> looks left
         self.leftovers = Leftovers(self)  # what dead workers of this machine left running
         self.cancels = Cancels(self)  # runs asked to stop (Cancelling)
         self.upkeep = Upkeep(self)  # pods kept, capacity published, what others left recovered
@@ -276,6 +291,9 @@ class PipeDeployWorker(
         deployment_id = deployment_of(event)
         pod = self.pods.pods.get(deployment_id) if deployment_id is not None else None
         if pod is None or not pod.full:
+            run_id = run_id_of(event)
+            if run_id is not None:
+                self._announced[run_id] = ANNOUNCED_LOOKS
             self.wake()
             return
         pod.runs_held_back = True
@@ -308,6 +326,7 @@ class PipeDeployWorker(
         if not self.has_synced:
             return []
         responses = {response.flow_run.id: response for response in await self.fetch_ready_runs()}
+        self._look_again_for_announced(set(responses))
         runs = [response.flow_run for response in responses.values()]
         deployments: dict[UUID, DeploymentResponse | None] = {}
         for deployment_id in {run.deployment_id for run in runs}:
@@ -325,6 +344,17 @@ class PipeDeployWorker(
             pod.open_direct(deployment_id not in ready.to_pods or not pod.runs_held_back)
         admitted = await self._admit_elastic(ready.elastic, deployments)
         return await self.submit_runs([responses[run.id] for run in admitted])
+
+    def _look_again_for_announced(self, found: set[UUID]) -> None:
+        """After a look for runs: the runs an event announced that it did not find are looked
+        for again soon (ANNOUNCED_RECHECK_S), while they have looks left."""
+        for run_id, left in list(self._announced.items()):
+            if run_id in found or left <= 1:
+                del self._announced[run_id]
+            else:
+                self._announced[run_id] = left - 1
+        if self._announced:
+            self._rounds.wake_after(ANNOUNCED_RECHECK_S)
 
     async def _admit_elastic(
         self, flow_runs: list[FlowRun], deployments: dict[UUID, DeploymentResponse | None]

@@ -27,9 +27,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.events import Event
 
+from prefect_pipedeploy.prefect_api.runs import run_id_of
 from prefect_pipedeploy.settings import get_settings
-from prefect_pipedeploy.worker.rounds import Rounds
+from prefect_pipedeploy.worker.rounds import Announced, Rounds
 
 if TYPE_CHECKING:
     from prefect_pipedeploy.runtimes.base import RuntimeHandle
@@ -55,11 +57,20 @@ class Cancels:
         self.elastic: dict[UUID, str] = {}  # elastic runs being cancelled -> why
         self._sent: set[UUID] = set()  # runs whose pod was told to cancel them
         self._rounds = Rounds()
+        self._announced = Announced(self._rounds)  # Cancelling by their event, not seen yet
         self._kills: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Look for Cancelling runs now instead of at the next poll."""
         self._rounds.wake()
+
+    def on_event(self, event: Event) -> None:
+        """A run of the pool is Cancelling (its event): look now, and again soon while the look
+        does not see it (`rounds.Announced`), if this worker holds it."""
+        run_id = run_id_of(event)
+        if run_id is not None and run_id in self.held():
+            self._announced.add(run_id)
+        self.wake()
 
     def cancelled(self, flow_run_id: UUID) -> str | None:
         """Why an elastic run of this worker was cancelled (None: it was not)."""
@@ -90,6 +101,7 @@ class Cancels:
         """Stop the held runs that are Cancelling now; returns them."""
         held = self.held()
         if not held:
+            self._announced.after_round(set())
             return []  # nothing held costs no API call
         cancelling = await self.worker.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -97,6 +109,7 @@ class Cancels:
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING])),
             )
         )
+        self._announced.after_round({flow_run.id for flow_run in cancelling})
         stopped = []
         for flow_run in cancelling:
             if self._stop(flow_run.id):

@@ -2,9 +2,10 @@
 
 For: `Leftovers`, one per worker: `adopt` counts the RAM of the elastic processes and pods a dead
 worker of the same API left running, watches them against their request until they end, then
-frees it, removes the container one ran in, and ends a run that never said how it ended; `end_runs_of_dead_orphans` ends the runs
-of orphaned pods that died before anyone adopted them (`runtimes.orphans`). Not for: runs a dead
-worker claimed but never started (`recovery`), or its pool-cap leases (`worker.ram`).
+frees it, removes the container one ran in, and ends a run that never said how it ended;
+`end_runs_of_dead_orphans` ends the runs of orphaned pods that died before anyone adopted them
+(`runtimes.orphans`). Not for: runs a dead worker claimed but never started (`recovery`), or its
+pool-cap leases (`worker.ram`).
 """
 
 from __future__ import annotations

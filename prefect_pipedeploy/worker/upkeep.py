@@ -2,11 +2,12 @@
 
 For: `Upkeep`, one per worker. It keeps one pod per low-latency deployment of the pool (started
 before any trigger), publishes the worker's RAM capacity, deletes sealed secret values whose run
-is gone, removes from the machine's code cache what no run used lately, and recovers what others left: on its first round after the worker synced, the pool-cap
-slots, processes, work directories and containers of dead workers of this machine
-(`leftovers`, `ram`, `runtimes`) and the runs they claimed and never started (`recovery`); then,
-every RECOVERY_EVERY of `pending_recovery_s`, runs left Pending again. Not for: choosing or
-starting runs (`worker`, `dispatch`), nor cancels (`cancel`).
+is gone, removes from the machine's code cache what no run used lately, and recovers what
+others left: on its first round after the worker synced, the pool-cap slots, processes, work
+directories and containers of dead workers of this machine (`leftovers`, `ram`, `runtimes`) and
+the runs they claimed and never started (`recovery`); then, every RECOVERY_EVERY of
+`pending_recovery_s`, runs left Pending again. Not for: choosing or starting runs (`worker`,
+`dispatch`), nor cancels (`cancel`).
 """
 
 from __future__ import annotations

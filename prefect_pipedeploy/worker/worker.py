@@ -80,19 +80,11 @@ from prefect_pipedeploy.worker.models import (
     PipeDeployWorkerResult,
 )
 from prefect_pipedeploy.worker.ram import RamAdmission, RssWatcher, worker_ram_capacity_mib
-from prefect_pipedeploy.worker.rounds import Rounds
+from prefect_pipedeploy.worker.rounds import Announced, Rounds
 from prefect_pipedeploy.worker.upkeep import Upkeep
 
 #: Flow-run state names whose events mean "a run may be ready to start" (new, retried, re-queued).
 WAKE_ON_STATES = ("Scheduled", "AwaitingRetry", "Recovered")
-
-#: A run whose event woke the worker but which its look for runs did not find is looked for
-#: again this much later, up to ANNOUNCED_LOOKS looks in all: Prefect's server sends a state's
-#: event from inside the transaction that writes the state, so the look can come before the
-#: run is visible (seen: the run then started at the next poll, `poll_seconds` later, 2 s by
-#: default). A run scheduled for later is not found either; the looks stop there.
-ANNOUNCED_RECHECK_S = 0.05
-ANNOUNCED_LOOKS = 4
 
 
 class PipeDeployWorker(
@@ -130,7 +122,7 @@ class PipeDeployWorker(
         self._elastic_running: set[UUID] = set()  # submitted to run(), process or not yet
         self._elastic: dict[UUID, RuntimeHandle] = {}  # their processes, once started
         self._crashes_reported: set[UUID] = set()  # by run(), not yet seen by BaseWorker
-        self._announced: dict[UUID, int] = {}  # runs an event woke us for -> looks left
+        self._announced = Announced(self._rounds)  # runs an event woke us for, not found yet
         self.leftovers = Leftovers(self)  # what dead workers of this machine left running
         self.cancels = Cancels(self)  # runs asked to stop (Cancelling)
         self.upkeep = Upkeep(self)  # pods kept, capacity published, what others left recovered
@@ -192,7 +184,7 @@ class PipeDeployWorker(
         async with anyio.create_task_group() as loops:
             loops.start_soon(self._sync_loop)
             loops.start_soon(self._listen, WAKE_ON_STATES, self.run_ready)
-            loops.start_soon(self._listen, CANCEL_EVENTS, lambda _event: self.cancels.wake())
+            loops.start_soon(self._listen, CANCEL_EVENTS, self.cancels.on_event)
             loops.start_soon(self.cancels.run)
             loops.start_soon(self._submit_loop)
             loops.start_soon(self.upkeep.run)
@@ -293,7 +285,7 @@ class PipeDeployWorker(
         if pod is None or not pod.full:
             run_id = run_id_of(event)
             if run_id is not None:
-                self._announced[run_id] = ANNOUNCED_LOOKS
+                self._announced.add(run_id)
             self.wake()
             return
         pod.runs_held_back = True
@@ -326,7 +318,7 @@ class PipeDeployWorker(
         if not self.has_synced:
             return []
         responses = {response.flow_run.id: response for response in await self.fetch_ready_runs()}
-        self._look_again_for_announced(set(responses))
+        self._announced.after_round(set(responses))
         runs = [response.flow_run for response in responses.values()]
         deployments: dict[UUID, DeploymentResponse | None] = {}
         for deployment_id in {run.deployment_id for run in runs}:
@@ -344,17 +336,6 @@ class PipeDeployWorker(
             pod.open_direct(deployment_id not in ready.to_pods or not pod.runs_held_back)
         admitted = await self._admit_elastic(ready.elastic, deployments)
         return await self.submit_runs([responses[run.id] for run in admitted])
-
-    def _look_again_for_announced(self, found: set[UUID]) -> None:
-        """After a look for runs: the runs an event announced that it did not find are looked
-        for again soon (ANNOUNCED_RECHECK_S), while they have looks left."""
-        for run_id, left in list(self._announced.items()):
-            if run_id in found or left <= 1:
-                del self._announced[run_id]
-            else:
-                self._announced[run_id] = left - 1
-        if self._announced:
-            self._rounds.wake_after(ANNOUNCED_RECHECK_S)
 
     async def _admit_elastic(
         self, flow_runs: list[FlowRun], deployments: dict[UUID, DeploymentResponse | None]

@@ -358,8 +358,8 @@ async def test_a_run_a_live_worker_claimed_is_not_recovered_however_long_it_wait
 async def test_the_first_look_for_abandoned_runs_leaves_the_workers_own_held_runs_alone(
     worker: PipeDeployWorker, sdk: PipeDeploy, client: PrefectClient
 ) -> None:
-    """Before: the worker's first look for runs left Pending by dead workers (`Upkeep.recover`, on the
-    first round after it synced, and again on later rounds while it failed) held none of the
+    """Before: the worker's first look for runs left Pending by dead workers (`Upkeep.recover`,
+    on the first round after it synced, and again on later rounds while it failed) held none of the
     worker's own runs back: a run the worker had claimed in the meantime and was starting, Pending
     for longer than `pending_recovery_s`, counted as its own abandoned claim and was re-queued,
     and the worker ran it again (two workers, `pending_recovery_s` 1 s: elastic runs executed
@@ -409,7 +409,7 @@ async def test_a_run_announced_before_its_write_is_visible_is_looked_for_again_a
     visible. Before: the look found nothing and the run waited for the next poll
     (`poll_seconds`, 2 s by default; seen as 2.3 s round trips in the benchmark's SDK row).
     Here the first look after the event answers as such a look would (nothing ready) and the
-    poll is an hour: the worker looks again within ANNOUNCED_RECHECK_S and hands the run to
+    poll is an hour: the worker looks again within `rounds.ANNOUNCED_RECHECK_S` and hands the run to
     its pod."""
     deployment = await deploy(sdk, client, mode="low_latency")
     fetch = worker.fetch_ready_runs

@@ -31,6 +31,11 @@ from tests.support.executions import deploy, eventual_log_messages, run_many, un
 from tests.support.paths import PIPELINES
 from tests.support.postgresql import connections_of, fetch_value, flow_runs_in
 from tests.support.processes import api_switched, start_gateway
+from tests.support.server_reads import (
+    a_run_through_the_server,
+    both_answers,
+    check_the_run_and_its_event,
+)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +189,20 @@ def test_timestamps_are_stored_as_the_instants_given(
         database_url, "SELECT timestamp FROM flow_run_state WHERE flow_run_id = $1::uuid", run["id"]
     )
     assert abs(datetime.now(timezone.utc) - state_time) < timedelta(minutes=5)
+
+
+def test_new_runs_labels_and_related_resources_are_read_as_prefect_reads_them(
+    server_on_postgresql: tuple[str, str],
+) -> None:
+    """`_compat_server.lean_flow_run_reads` on PostgreSQL: every case of
+    tests/support/server_reads.py answered as Prefect's own functions answer it, on the server's
+    own database (rolled back after), then a run the server made and its Scheduled event."""
+    api_url, database_url = server_on_postgresql
+    labels, related = asyncio.run(both_answers(database_url, create=False))
+    assert {case: ours for case, (_, ours) in labels.items()} == {
+        case: prefects for case, (prefects, _) in labels.items()
+    }
+    assert {case: ours for case, (_, ours) in related.items()} == {
+        case: prefects for case, (prefects, _) in related.items()
+    }
+    check_the_run_and_its_event(asyncio.run(a_run_through_the_server(api_url)))

@@ -1350,9 +1350,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         results["errors"]["benchmark"] = f"{type(exc).__name__}: {exc}"
         say(traceback.format_exc())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    finish(args, results, children, started)
+    finally:  # also on SystemExit and the like: nothing started is left running
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        finish(args, results, children, started)
     return 1 if "benchmark" in results["errors"] else 0
 
 

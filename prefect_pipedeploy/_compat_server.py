@@ -3,8 +3,8 @@ server installs in its own process before it serves.
 
 For: `sqlite_creates_immediate` (a SQLite server's flow-run creates begun IMMEDIATE),
 `postgres_timestamps_plain` (a PostgreSQL server's timestamps bound as stdlib datetimes) and
-`lean_flow_run_reads` (a new flow run's labels and its events' related resources read in one
-statement each). Not
+`lean_flow_run_reads` (a new flow run's labels, its events' related resources and the
+deployment the concurrency rules look at read in one statement each). Not
 for: anything a client process does (`_compat`, the home of the rest of Prefect's private API
 this project uses; this half is apart because it runs in another process, the server's, and
 `_compat` had grown past the size the architecture aims at). Each section says the Prefect
@@ -237,13 +237,64 @@ def _present(**columns: Any) -> Any:
     return SimpleNamespace(**columns) if columns["id"] is not None else None
 
 
+# The orchestration rules of deployment concurrency (`core_policy.SecureFlowConcurrencySlots`,
+# `ValidateDeploymentConcurrencyAtRunning`, `ReleaseFlowConcurrencySlots`,
+# `EnforceDeploymentConcurrencyOnLate`, the only users of `deployments.read_deployment` in
+# `core_policy`) read the run's whole deployment, four statements, at its Pending and at its final
+# state, to look at its concurrency limit; a deployment without one makes every rule return at
+# once. Counted, a parallel pod's direct executions: 37 statements each, 4 of them this read.
+# The rules now read the deployment's `concurrency_limit_id` and `concurrency_options` first; a
+# deployment with a limit is then read whole as before (`deployment_for_concurrency`).
+
+
+async def deployment_for_concurrency(session: Any, deployment_id: Any) -> Any:
+    """What the concurrency rules need of Prefect's `read_deployment`: None for a deployment that
+    is gone; for one without a concurrency limit, its id, no limit and its options; for one with
+    a limit, the deployment as Prefect reads it."""
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    read = sa.select(db.Deployment.concurrency_limit_id, db.Deployment.concurrency_options).where(
+        db.Deployment.id == deployment_id
+    )
+    row = (await session.execute(read)).first()
+    if row is None:
+        return None
+    if row.concurrency_limit_id is not None:
+        return await _prefect_reads["deployment"](session=session, deployment_id=deployment_id)
+    return SimpleNamespace(
+        id=deployment_id,
+        concurrency_limit_id=None,
+        global_concurrency_limit=None,
+        concurrency_options=row.concurrency_options,
+    )
+
+
+class _ConcurrencyRulesDeployments:
+    """`prefect.server.models.deployments` as `core_policy` sees it: its `read_deployment` is
+    `deployment_for_concurrency`, anything else the module's own."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    read_deployment = staticmethod(deployment_for_concurrency)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
 def lean_flow_run_reads() -> None:
     """In this process (a Prefect server about to start): a new flow run's labels and its
-    events' related resources are read by `flow_run_labels` and `flow_run_related_resources`."""
-    from prefect.server.models import events, flow_runs
+    events' related resources are read by `flow_run_labels` and `flow_run_related_resources`, and
+    the concurrency rules' deployment by `deployment_for_concurrency`."""
+    from prefect.server.models import deployments, events, flow_runs
+    from prefect.server.orchestration import core_policy
 
     _prefect_reads.setdefault("labels", flow_runs.with_system_labels_for_flow_run)
     _prefect_reads.setdefault("related", events._flow_run_related_resources_from_orm)
+    _prefect_reads.setdefault("deployment", deployments.read_deployment)
+    core_policy.deployments = _ConcurrencyRulesDeployments(deployments)  # type: ignore[assignment]
     flow_runs.with_system_labels_for_flow_run = flow_run_labels  # type: ignore[assignment]
     events._flow_run_related_resources_from_orm = (  # type: ignore[assignment]
         flow_run_related_resources

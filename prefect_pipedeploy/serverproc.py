@@ -20,10 +20,11 @@ It is Prefect's own CLI and server, with:
   (`_compat_server.postgres_timestamps_plain`), not as Pendulum ones, whose subtraction asyncpg's
   encoding pays about 65 us for each. Measured (benchmarks/README.md): 32 concurrent plain
   flow-run creates cost the server 23.7 ms each instead of 30.1.
-- A new flow run's labels and its events' related resources read in one statement each
-  (`_compat_server.lean_flow_run_reads`), not through whole deployments, flows and work queues.
-  Measured (benchmarks/README.md, PostgreSQL): 9 of the 21 statements of a deployment run's
-  create; the gateway accepted 31-33 calls a second with the pod full instead of 23-26.
+- A new flow run's labels, its events' related resources and the deployment the concurrency
+  rules look at read in one statement each (`_compat_server.lean_flow_run_reads`), not as whole
+  deployments, flows and work queues. Measured (benchmarks/README.md, PostgreSQL): 9 of the 21
+  statements of a deployment run's create; the gateway accepted 31-33 calls a second with the
+  pod full instead of 23-26.
 Not for: a server started any other way (`prefect server start` works the same, without
 them).
 """

@@ -32,6 +32,8 @@ from tests.support.paths import PIPELINES
 from tests.support.postgresql import connections_of, fetch_value, flow_runs_in
 from tests.support.processes import api_switched, start_gateway
 from tests.support.server_reads import (
+    LIMITED_ANSWERS,
+    a_limited_deployments_runs,
     a_run_through_the_server,
     both_answers,
     check_the_run_and_its_event,
@@ -196,13 +198,12 @@ def test_new_runs_labels_and_related_resources_are_read_as_prefect_reads_them(
 ) -> None:
     """`_compat_server.lean_flow_run_reads` on PostgreSQL: every case of
     tests/support/server_reads.py answered as Prefect's own functions answer it, on the server's
-    own database (rolled back after), then a run the server made and its Scheduled event."""
+    own database (rolled back after), then a run the server made and its Scheduled event, and a
+    deployment limited to one run at a time."""
     api_url, database_url = server_on_postgresql
-    labels, related = asyncio.run(both_answers(database_url, create=False))
-    assert {case: ours for case, (_, ours) in labels.items()} == {
-        case: prefects for case, (prefects, _) in labels.items()
-    }
-    assert {case: ours for case, (_, ours) in related.items()} == {
-        case: prefects for case, (prefects, _) in related.items()
-    }
+    for answers in asyncio.run(both_answers(database_url, create=False)):
+        assert {case: ours for case, (_, ours) in answers.items()} == {
+            case: prefects for case, (prefects, _) in answers.items()
+        }
     check_the_run_and_its_event(asyncio.run(a_run_through_the_server(api_url)))
+    assert asyncio.run(a_limited_deployments_runs(api_url)) == LIMITED_ANSWERS

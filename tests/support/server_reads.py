@@ -1,9 +1,10 @@
 """The reads `_compat_server.lean_flow_run_reads` puts in the stack's Prefect server, compared with
-Prefect's own on a real database, case by case.
+Prefect's own on a real database, case by case; a deployment concurrency limit at work.
 
 For: tests/integration/test_server_reads.py (SQLite) and tests/e2e/test_on_postgresql.py (the
 cluster its server runs on). Each case is a flow run (its labels' input, or the ORM run its first
-state event describes) over flows, a work pool with two queues and deployments made through
+state event describes, or the deployment the concurrency rules read) over flows, a work pool
+with two queues and deployments made through
 Prefect's own models in the database at `database_url`; each is answered by Prefect's function
 and by ours, and the two answers are returned side by side.
 Not for: the server's other changes (test_serverproc.py, test_sqlite_immediate.py).
@@ -20,10 +21,12 @@ from prefect.server import models, schemas
 from prefect.server.database import provide_database_interface
 from prefect.server.database.dependencies import temporary_database_interface
 from prefect.server.models import events
+from prefect.server.orchestration import core_policy
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
 
 from prefect_pipedeploy._compat_server import (
     _prefect_reads,
+    deployment_for_concurrency,
     flow_run_labels,
     flow_run_related_resources,
     lean_flow_run_reads,
@@ -47,6 +50,12 @@ RELATED_CASES = [
     "a run whose flow is gone",
     "a subflow's run (a parent task run)",
     "a run whose related resources Prefect has kept already",
+]
+CONCURRENCY_CASES = [
+    "a deployment without a concurrency limit",
+    "a deployment with a concurrency limit",
+    "a deployment with a concurrency limit that cancels new runs",
+    "a deployment that is gone",
 ]
 
 
@@ -104,6 +113,12 @@ async def world(session: Any, db: Any) -> dict[str, Any]:
     )
     bare = await deployment("bare", work_queue_id=pool.default_queue_id)
     poolless = await deployment("poolless")
+    limited = await deployment("limited", concurrency_limit=2)
+    cancels = await deployment(
+        "cancels",
+        concurrency_limit=1,
+        concurrency_options=schemas.core.ConcurrencyOptions(collision_strategy="CANCEL_NEW"),
+    )
     await session.flush()
     return {
         "flow": flow,
@@ -113,6 +128,8 @@ async def world(session: Any, db: Any) -> dict[str, Any]:
         "tagged": tagged,
         "bare": bare,
         "poolless": poolless,
+        "limited": limited,
+        "cancels": cancels,
         "db": db,
     }
 
@@ -162,16 +179,44 @@ def related_input(case: str, w: dict[str, Any]) -> Any:
     }[case]
 
 
-async def both_answers(
-    database_url: str, create: bool
-) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
-    """Per case, (Prefect's answer, ours): the labels, then the related resources with what is
-    kept for the run's later events."""
+def concurrency_input(case: str, w: dict[str, Any]) -> UUID:
+    """The deployment id the concurrency rules read for `case`."""
+    return {
+        CONCURRENCY_CASES[0]: w["tagged"].id,
+        CONCURRENCY_CASES[1]: w["limited"].id,
+        CONCURRENCY_CASES[2]: w["cancels"].id,
+        CONCURRENCY_CASES[3]: uuid4(),
+    }[case]
+
+
+def what_the_rules_see(deployment: Any) -> Any:
+    """Everything of a deployment the concurrency rules of `core_policy` read (3.9.1)."""
+    if deployment is None:
+        return None
+    limit = deployment.global_concurrency_limit
+    return {
+        "id": deployment.id,
+        "concurrency_limit_id": deployment.concurrency_limit_id,
+        "concurrency_options": deployment.concurrency_options,
+        "limit": None if limit is None else (limit.id, limit.limit, limit.active_slots),
+    }
+
+
+Answers = dict[str, tuple[Any, Any]]
+
+
+async def both_answers(database_url: str, create: bool) -> tuple[Answers, Answers, Answers]:
+    """Per case, (Prefect's answer, ours): the labels; the related resources with what is kept
+    for the run's later events; what the concurrency rules see of a deployment."""
+    kept_rules_module = core_policy.deployments
     lean_flow_run_reads()  # records Prefect's functions; the module attributes are put back
     prefect_labels, prefect_related = _prefect_reads["labels"], _prefect_reads["related"]
+    prefect_deployment = _prefect_reads["deployment"]
     restore_module_functions(prefect_labels, prefect_related)
-    labels: dict[str, tuple[Any, Any]] = {}
-    related: dict[str, tuple[Any, Any]] = {}
+    core_policy.deployments = kept_rules_module
+    labels: Answers = {}
+    related: Answers = {}
+    concurrency: Answers = {}
     async with prefect_database(database_url, create) as db:
         async with db.session_context(begin_transaction=True) as session:
             w = await world(session, db)
@@ -187,8 +232,16 @@ async def both_answers(
                     await described(prefect_related, session, run, case),
                     await described(flow_run_related_resources, session, run, case),
                 )
+            for case in CONCURRENCY_CASES:
+                deployment_id = concurrency_input(case, w)
+                concurrency[case] = (
+                    what_the_rules_see(
+                        await prefect_deployment(session=session, deployment_id=deployment_id)
+                    ),
+                    what_the_rules_see(await deployment_for_concurrency(session, deployment_id)),
+                )
             await session.rollback()
-    return labels, related
+    return labels, related, concurrency
 
 
 async def described(
@@ -311,3 +364,48 @@ def check_the_run_and_its_event(made: dict[str, Any]) -> None:
         {"prefect.resource.id": "prefect.tag.dep-tag"},
         {"prefect.resource.id": "prefect.tag.flow-tag"},
     ]
+
+
+async def a_limited_deployments_runs(api_url: str) -> list[str]:
+    """On the server at `api_url`: a deployment limited to one run at a time and two of its
+    runs. Each step's answer, in order: the first run's Pending, the second's (the slot taken),
+    the first run's Running and Completed, the second's Pending again (the slot released)."""
+    from prefect.client.orchestration import PrefectClient
+
+    tag = uuid4().hex[:8]
+    answers = []
+    async with PrefectClient(api_url) as client:
+        http = client._client
+        flow = await post(http, "/flows/", {"name": f"limited-{tag}"})
+        deployment = await post(
+            http,
+            "/deployments/",
+            {"name": f"limited-{tag}", "flow_id": flow["id"], "concurrency_limit": 1},
+        )
+        runs = [
+            await post(http, f"/deployments/{deployment['id']}/create_flow_run", {})
+            for _ in range(2)
+        ]
+
+        async def propose(run: dict[str, Any], state: str) -> None:
+            answer = await post(
+                http, f"/flow_runs/{run['id']}/set_state", {"state": {"type": state}}
+            )
+            answers.append(f"{answer['status']} {answer['state']['name']}")
+
+        await propose(runs[0], "PENDING")
+        await propose(runs[1], "PENDING")
+        await propose(runs[0], "RUNNING")
+        await propose(runs[0], "COMPLETED")
+        await propose(runs[1], "PENDING")
+    return answers
+
+
+#: What Prefect answers those steps (3.9.1).
+LIMITED_ANSWERS = [
+    "ACCEPT Pending",
+    "REJECT AwaitingConcurrencySlot",
+    "ACCEPT Running",
+    "ACCEPT Completed",
+    "ACCEPT Pending",
+]
